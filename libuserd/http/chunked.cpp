@@ -1,0 +1,117 @@
+// http/chunked.cpp: the chunked decoder's byte-at-a-time state machine; data runs are moved in one memmove.
+#include "libuserd/http/chunked.hpp"
+
+#include <algorithm>
+#include <cstring>
+
+namespace userd::http {
+namespace {
+// Extensions and trailers are legal but nobody needs many: 8 KiB matches the request head limit.
+constexpr std::uint32_t kMaxLineBytes = 8 * 1024;
+
+int hex_value(char c) noexcept {
+  if (c >= '0' && c <= '9') return c - '0';
+  if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+  if (c >= 'A' && c <= 'F') return c - 'A' + 10;
+  return -1;
+}
+bool is_field_byte(char c) noexcept {
+  auto u = static_cast<unsigned char>(c);
+  return u == '\t' || (u >= 0x20 && u != 0x7f);
+}
+}  // namespace
+
+ChunkStep ChunkedDecoder::decode(const char* src, std::size_t n, char* dst) noexcept {
+  std::size_t i = 0, out = 0;
+  auto result = [&](ChunkStatus s) { return ChunkStep{s, i, out}; };
+  while (i < n) {
+    const char c = src[i];
+    switch (state_) {
+      case State::Size: {
+        int v = hex_value(c);
+        if (v >= 0) {
+          // 15 hex digits is 2^60: far beyond any limit, and the shift cannot overflow.
+          if (++digits_ > 15) return result(ChunkStatus::Bad);
+          remaining_ = remaining_ << 4 | std::uint64_t(v);
+          ++i;
+          break;
+        }
+        if (digits_ == 0) return result(ChunkStatus::Bad);
+        if (c == ' ' || c == '\t') state_ = State::SizeWs;
+        else if (c == ';') state_ = State::Ext;
+        else if (c == '\r') state_ = State::SizeLf;
+        else return result(ChunkStatus::Bad);
+        ++i;
+        break;
+      }
+      case State::SizeWs:  // BWS before an extension: only more whitespace or ';' may follow
+        if (c == ';') state_ = State::Ext;
+        else if (c != ' ' && c != '\t') return result(ChunkStatus::Bad);
+        ++i;
+        break;
+      case State::Ext:
+        if (c == '\r') state_ = State::SizeLf;
+        else if (!is_field_byte(c) || ++line_bytes_ > kMaxLineBytes) return result(ChunkStatus::Bad);
+        ++i;
+        break;
+      case State::SizeLf:
+        if (c != '\n') return result(ChunkStatus::Bad);
+        ++i;
+        digits_ = 0;
+        if (remaining_ == 0) {
+          state_ = State::LineStart;
+          break;
+        }
+        if (remaining_ > max_body_ - total_) return result(ChunkStatus::TooLarge);
+        total_ += remaining_;
+        state_ = State::Data;
+        break;
+      case State::Data: {
+        std::size_t take = std::size_t(std::min<std::uint64_t>(remaining_, n - i));
+        if (dst + out != src + i) std::memmove(dst + out, src + i, take);
+        out += take;
+        i += take;
+        remaining_ -= take;
+        if (remaining_ == 0) state_ = State::DataCr;
+        break;
+      }
+      case State::DataCr:
+        if (c != '\r') return result(ChunkStatus::Bad);
+        state_ = State::DataLf;
+        ++i;
+        break;
+      case State::DataLf:
+        if (c != '\n') return result(ChunkStatus::Bad);
+        state_ = State::Size;
+        ++i;
+        break;
+      case State::LineStart:  // after the last chunk: a trailer field, or the final CRLF
+        if (c == '\r') state_ = State::FinalLf;
+        else if (is_field_byte(c) && c != ' ' && c != '\t') state_ = State::Trailer;
+        else return result(ChunkStatus::Bad);
+        ++i;
+        break;
+      case State::Trailer:
+        if (c == '\r') state_ = State::TrailerLf;
+        else if (!is_field_byte(c)) return result(ChunkStatus::Bad);
+        if (++line_bytes_ > kMaxLineBytes) return result(ChunkStatus::Bad);
+        ++i;
+        break;
+      case State::TrailerLf:
+        if (c != '\n') return result(ChunkStatus::Bad);
+        state_ = State::LineStart;
+        ++i;
+        break;
+      case State::FinalLf:
+        if (c != '\n') return result(ChunkStatus::Bad);
+        state_ = State::Done;
+        ++i;
+        return result(ChunkStatus::Done);
+      case State::Done:
+        return result(ChunkStatus::Done);
+    }
+  }
+  return result(state_ == State::Done ? ChunkStatus::Done : ChunkStatus::NeedMore);
+}
+
+}  // namespace userd::http

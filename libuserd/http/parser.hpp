@@ -1,0 +1,82 @@
+// http/parser.hpp: parses one HTTP/1.1 request head out of a byte span (RFC 9112 sections 2-6).
+// Results are views into the caller's bytes; nothing is copied or allocated.
+// On NeedMore the caller appends bytes and calls again, passing how many it had before.
+// Not here: sockets, bodies (chunked.hpp), routing (userd/router.hpp).
+#pragma once
+
+#include <array>
+#include <cstddef>
+#include <cstdint>
+#include <span>
+#include <string_view>
+
+#include "userd/request.hpp"
+
+namespace userd::http {
+
+// 100 covers every browser and proxy seen in practice (they send under 30) with room for tracing headers;
+// a request with more is answered 431 like an oversized head.
+inline constexpr std::size_t kMaxHeaders = 100;
+
+enum class HttpError : std::uint8_t {
+  None,
+  BadRequestLine,     // 400
+  UriTooLong,         // 414
+  BadVersion,         // 400: not "HTTP/" digit "." digit
+  VersionNotSupported,// 505
+  BadHeader,          // 400: bad name or value bytes, obs-fold, bare CR
+  TooManyHeaders,     // 431
+  HeadTooLarge,       // 431
+  MissingHost,        // 400: HTTP/1.1 without Host
+  DuplicateHost,      // 400
+  BadContentLength,   // 400: not digits, or differing values
+  LengthAndChunked,   // 400: Content-Length with Transfer-Encoding (smuggling)
+  BadFraming,         // 400: Transfer-Encoding in HTTP/1.0, chunked twice or not last
+  UnsupportedCoding,  // 501: Transfer-Encoding other than chunked
+  BodyTooLarge,       // 413
+  BadChunk,           // 400
+};
+
+enum class ParseStatus : std::uint8_t { Done, NeedMore, Bad };
+
+struct ParseResult {
+  ParseStatus status;
+  HttpError error;
+  std::uint32_t consumed;  // head bytes including the blank line, when Done
+};
+
+struct Limits {
+  std::size_t max_head = 8 * 1024;
+  std::size_t max_target = 8 * 1024;
+};
+
+struct RequestHead {
+  std::string_view method;
+  std::string_view target;
+  std::string_view path;
+  std::string_view query;
+  std::uint8_t minor = 1;  // HTTP/1.minor
+  std::uint16_t header_count = 0;
+  std::array<Header, kMaxHeaders> headers;
+  // Framing and connection semantics, read from the headers.
+  std::uint64_t content_length = 0;
+  bool has_content_length = false;
+  bool chunked = false;
+  bool keep_alive = true;
+  bool expect_continue = false;
+};
+
+// Parses a request head from buf. prev_len is how many of these bytes a previous NeedMore call already saw (0 on
+// the first call): the head is re-parsed only once its end has arrived, so trickled bytes cost O(n) overall.
+// Leading empty lines are skipped (RFC 9112 2.2). Limits are enforced on incomplete input too.
+ParseResult parse_request(std::span<const char> buf, std::size_t prev_len, RequestHead& out,
+                          const Limits& limits = {}) noexcept;
+
+// The status line for an error: 400, 413, 414, 431, 501 or 505.
+int status_for(HttpError e) noexcept;
+// A short lower-case reason for the JSON error body ("missing host header").
+std::string_view describe(HttpError e) noexcept;
+
+bool iequals(std::string_view a, std::string_view b) noexcept;
+
+}  // namespace userd::http

@@ -1,0 +1,90 @@
+// http/response_writer.cpp: response heads by plain appends; the status line comes from a table.
+#include "libuserd/http/response_writer.hpp"
+
+#include <charconv>
+
+namespace userd::http {
+
+std::string_view reason_phrase(int status) noexcept {
+  switch (status) {
+    case 100: return "Continue";
+    case 200: return "OK";
+    case 201: return "Created";
+    case 202: return "Accepted";
+    case 204: return "No Content";
+    case 301: return "Moved Permanently";
+    case 302: return "Found";
+    case 304: return "Not Modified";
+    case 400: return "Bad Request";
+    case 401: return "Unauthorized";
+    case 403: return "Forbidden";
+    case 404: return "Not Found";
+    case 405: return "Method Not Allowed";
+    case 408: return "Request Timeout";
+    case 409: return "Conflict";
+    case 413: return "Content Too Large";
+    case 414: return "URI Too Long";
+    case 429: return "Too Many Requests";
+    case 431: return "Request Header Fields Too Large";
+    case 500: return "Internal Server Error";
+    case 501: return "Not Implemented";
+    case 502: return "Bad Gateway";
+    case 503: return "Service Unavailable";
+    case 504: return "Gateway Timeout";
+    case 505: return "HTTP Version Not Supported";
+    default: return "Status";
+  }
+}
+
+void write_response_head(core::ByteBuffer& out, const ResponseHead& r) {
+  const int status = (r.status >= 100 && r.status <= 999) ? r.status : 500;
+  char line[16] = {'H', 'T', 'T', 'P', '/', '1', '.', '1', ' ', char('0' + status / 100),
+                   char('0' + status / 10 % 10), char('0' + status % 10), ' '};
+  out.append(line, 13);
+  out.append(reason_phrase(status));
+  out.append("\r\n");
+  if (!r.content_type.empty()) {
+    out.append("Content-Type: ");
+    out.append(r.content_type);
+    out.append("\r\n");
+  }
+  for (const Header& h : r.headers) {
+    out.append(h.name);
+    out.append(": ");
+    out.append(h.value);
+    out.append("\r\n");
+  }
+  out.append("Date: ");
+  out.append(r.date);
+  out.append("\r\n");
+  if (status_has_body(status)) {
+    char digits[24];
+    auto [end, ec] = std::to_chars(digits, digits + sizeof digits, r.content_length);
+    (void)ec;
+    out.append("Content-Length: ");
+    out.append(digits, std::size_t(end - digits));
+    out.append("\r\n");
+  }
+  if (r.connection == ConnectionHeader::Close) out.append("Connection: close\r\n");
+  else if (r.connection == ConnectionHeader::KeepAlive) out.append("Connection: keep-alive\r\n");
+  out.append("\r\n");
+}
+
+void write_error_response(core::ByteBuffer& out, int status, std::string_view message, std::string_view date,
+                          ConnectionHeader connection, bool head_only, std::span<const Header> extra) {
+  constexpr std::string_view kOpen = "{\"error\":\"", kClose = "\"}";
+  ResponseHead head;
+  head.status = status;
+  head.content_type = "application/json";
+  head.content_length = kOpen.size() + message.size() + kClose.size();
+  head.headers = extra;
+  head.date = date;
+  head.connection = connection;
+  write_response_head(out, head);
+  if (head_only) return;
+  out.append(kOpen);
+  out.append(message);
+  out.append(kClose);
+}
+
+}  // namespace userd::http

@@ -1,0 +1,35 @@
+// http/response_writer.hpp: status line and headers of an HTTP/1.1 response into a byte buffer.
+// Date and Content-Length are always written (but for 1xx/204/304, which carry no body); the connection header
+// says close, or keep-alive for an HTTP/1.0 client that asked for it.
+// Not here: sending, or deciding whether to close (server/connection.cpp).
+#pragma once
+
+#include <cstdint>
+#include <span>
+#include <string_view>
+
+#include "libuserd/core/byte_buffer.hpp"
+#include "userd/request.hpp"
+
+namespace userd::http {
+
+enum class ConnectionHeader : std::uint8_t { None, Close, KeepAlive };
+
+struct ResponseHead {
+  int status = 200;
+  std::string_view content_type;  // omitted when empty
+  std::uint64_t content_length = 0;
+  std::span<const Header> headers;
+  std::string_view date;
+  ConnectionHeader connection = ConnectionHeader::None;
+};
+
+std::string_view reason_phrase(int status) noexcept;
+// Whether a response with this status may carry a body (RFC 9110 6.4.1).
+constexpr bool status_has_body(int status) noexcept { return status >= 200 && status != 204 && status != 304; }
+void write_response_head(core::ByteBuffer& out, const ResponseHead& r);
+// A complete error response with the body {"error":"<message>"}; message must need no JSON escaping.
+void write_error_response(core::ByteBuffer& out, int status, std::string_view message, std::string_view date,
+                          ConnectionHeader connection, bool head_only, std::span<const Header> extra = {});
+
+}  // namespace userd::http

@@ -1,0 +1,43 @@
+// userd/request.hpp: what a handler sees of one HTTP request: views into the connection's bytes.
+// The views are valid only while the handler runs; a handler that answers later copies what it needs.
+// Not here: parsing (libuserd/http/parser.hpp), answering (responder.hpp).
+#pragma once
+
+#include <span>
+#include <string_view>
+
+namespace userd {
+
+namespace http {
+struct RequestHead;
+}
+
+struct Header {
+  std::string_view name;
+  std::string_view value;
+};
+
+class Request {
+ public:
+  Request(const http::RequestHead& head, std::string_view body, std::string_view backend) noexcept
+      : head_(&head), body_(body), backend_(backend) {}
+
+  std::string_view method() const noexcept;
+  std::string_view target() const noexcept;  // as sent: path and query
+  std::string_view path() const noexcept;
+  std::string_view query() const noexcept;  // after '?', without it
+  int version_minor() const noexcept;       // HTTP/1.0 -> 0, HTTP/1.1 -> 1
+  std::span<const Header> headers() const noexcept;
+  // The first header of that name, compared case-insensitively; empty when absent.
+  std::string_view header(std::string_view name) const noexcept;
+  std::string_view body() const noexcept { return body_; }  // de-chunked
+  bool keep_alive() const noexcept;
+  std::string_view backend() const noexcept { return backend_; }  // "io_uring" or "epoll"
+
+ private:
+  const http::RequestHead* head_;
+  std::string_view body_;
+  std::string_view backend_;
+};
+
+}  // namespace userd

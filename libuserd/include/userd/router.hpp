@@ -1,0 +1,44 @@
+// userd/router.hpp: (method, path) -> handler. Filled before Server::start(), then read-only and shared by
+// every loop thread. Paths match exactly; HEAD falls back to GET and sends no body.
+// Not here: calling the handler or writing 404/405 (the connection does that from find()'s answer).
+#pragma once
+
+#include <functional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "userd/request.hpp"
+#include "userd/responder.hpp"
+
+namespace userd {
+
+// Runs on the loop thread that read the request; it must not block. It answers through the Responder, now or
+// after other I/O on that thread completes.
+using Handler = std::function<void(const Request&, Responder)>;
+
+class Router {
+ public:
+  Router& route(std::string_view method, std::string_view path, Handler h);
+  Router& get(std::string_view path, Handler h) { return route("GET", path, std::move(h)); }
+
+  struct Match {
+    const Handler* handler;  // null: no route for this method
+    std::string_view allow;  // empty with a null handler: no such path (404); else the Allow value (405)
+  };
+  Match find(std::string_view method, std::string_view path) const noexcept;
+
+ private:
+  struct Method {
+    std::string name;
+    Handler handler;
+  };
+  struct Path {
+    std::string path;
+    std::vector<Method> methods;
+    std::string allow;  // "GET, HEAD", computed when a route is added
+  };
+  std::vector<Path> paths_;
+};
+
+}  // namespace userd

@@ -1,0 +1,56 @@
+// userd/server.hpp: the embedder's entry point: configure, route, start, stop.
+// One loop thread per CPU by default, each with its own listener (SO_REUSEPORT), ring or epoll set, buffers and
+// connections; nothing is shared between threads on the request path.
+// Not here: signals (the embedding program decides what stops the server), flags (userd/config.hpp).
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <string_view>
+
+#include "userd/result.hpp"
+#include "userd/router.hpp"
+
+namespace userd {
+
+enum class BackendKind : std::uint8_t { Auto, IoUring, Epoll };
+
+struct ServerConfig {
+  std::string host = "0.0.0.0";  // numeric IPv4 or IPv6 address, or "localhost"
+  std::uint16_t port = 8080;     // 0: the kernel picks one; Server::port() tells which
+  unsigned threads = 0;          // 0: one per CPU the process may run on
+  BackendKind backend = BackendKind::Auto;
+  // Receive buffers per thread: every connection of the thread draws from them, and each returns at once after
+  // its bytes are parsed or copied, so the count bounds bytes read per loop turn, not connections.
+  unsigned recv_buffers = 512;
+  unsigned recv_buffer_size = 4096;
+  std::size_t max_head = 8 * 1024;    // request line + headers; beyond: 431
+  std::size_t max_target = 8 * 1024;  // request target; beyond: 414
+  std::size_t max_body = 1 << 20;     // beyond: 413
+  unsigned linger_ms = 2000;          // after a final response, how long unread input is drained before closing
+};
+
+class Server {
+ public:
+  Server(ServerConfig config, Router router);
+  ~Server();  // stops and joins
+  Server(const Server&) = delete;
+  Server& operator=(const Server&) = delete;
+
+  // Binds every thread's listener and starts the loops. On failure nothing keeps running.
+  Result<void> start();
+  std::uint16_t port() const noexcept;
+  std::string_view backend() const noexcept;  // "io_uring" or "epoll", after start()
+  unsigned threads() const noexcept;
+  // Any thread; returns at once. The loops close their connections and end; wait() joins them.
+  void stop() noexcept;
+  void wait();
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace userd

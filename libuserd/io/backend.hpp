@@ -1,0 +1,57 @@
+// io/backend.hpp: the completion-shaped interface between the server and the kernel. The server arms operations
+// with a tag and later receives {tag, res} completions; io_uring does this natively, epoll emulates it.
+// Not here: HTTP, connection state (server/), which backend to pick (server/server.cpp).
+#pragma once
+
+#include <sys/socket.h>
+#include <sys/uio.h>
+
+#include <cstdint>
+#include <span>
+#include <string_view>
+
+namespace userd::io {
+
+struct Completion {
+  std::uint64_t tag;
+  std::int32_t res;         // bytes, an fd, or -errno
+  bool more;                // a multishot operation stays armed
+  bool has_buffer;          // a receive buffer holds res bytes at data; give it back with recycle()
+  std::uint16_t buffer_id;
+  char* data;
+};
+
+// Counters a backend keeps about itself; read by the owning thread only.
+struct BackendStats {
+  std::uint64_t submit_calls = 0;  // io_uring_enter or epoll_wait calls
+  std::uint64_t enobufs = 0;       // receives that found no buffer and were re-armed
+  std::uint64_t cq_overflows = 0;
+};
+
+class Backend {
+ public:
+  virtual ~Backend() = default;
+  virtual std::string_view name() const noexcept = 0;
+
+  // One Accept completion per new connection (res = fd, close-on-exec) until one arrives with more == false.
+  virtual void accept(int listen_fd, std::uint64_t tag) noexcept = 0;
+  // Recv completions carrying a buffer until one arrives with more == false (res 0: the peer closed).
+  virtual void recv(int fd, std::uint64_t tag) noexcept = 0;
+  // Sends all of iov[0..n); one Send completion with the bytes sent (short only on error) or -errno. iov and msg
+  // (scratch the backend may use) stay untouched by the caller until then. Never raises SIGPIPE.
+  virtual void send(int fd, std::uint64_t tag, const iovec* iov, unsigned n, msghdr* msg) noexcept = 0;
+  // Returns a receive buffer once its bytes are parsed or copied.
+  virtual void recycle(std::uint16_t buffer_id) noexcept = 0;
+  // how: SHUT_WR after a final response (the peer sees EOF, reads go on), SHUT_RDWR to end the connection.
+  // With SHUT_RDWR each armed operation completes (a receive with res 0 and more == false, a send with
+  // what it sent). close() only after that; closing first cancels nothing.
+  virtual void shutdown(int fd, int how) noexcept = 0;
+  virtual void close(int fd) noexcept = 0;
+  // Submits what was armed, waits up to timeout_ms for completions, and fills out. Returns how many.
+  virtual int wait(std::span<Completion> out, int timeout_ms) noexcept = 0;
+  // Any thread: makes the owner's wait() return with a Wake completion.
+  virtual void wake() noexcept = 0;
+  virtual const BackendStats& stats() const noexcept = 0;
+};
+
+}  // namespace userd::io

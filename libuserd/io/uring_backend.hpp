@@ -1,0 +1,26 @@
+// io/uring_backend.hpp: the io_uring Backend: one ring per thread, multishot accept, multishot recv from a
+// registered provided-buffer ring, SEND/SENDMSG, one io_uring_enter per loop turn.
+// The only file besides its .cpp that knows liburing exists. Create it on the thread that will use it
+// (SINGLE_ISSUER binds the ring to its creator).
+#pragma once
+
+#include <memory>
+
+#include "libuserd/io/backend.hpp"
+#include "userd/result.hpp"
+
+namespace userd::io {
+
+struct UringConfig {
+  unsigned sq_entries = 1024;
+  // Multishot operations post completions without new submissions, so the CQ is sized for connections.
+  unsigned cq_entries = 8192;
+  unsigned buffers = 512;  // power of two, at most 32768
+  unsigned buffer_size = 4096;
+};
+
+class UringBackend;
+// Fails with Errc::Unsupported (sys = errno) when the kernel refuses io_uring or lacks what it needs.
+Result<std::unique_ptr<Backend>> make_uring_backend(const UringConfig& cfg) noexcept;
+
+}  // namespace userd::io

@@ -1,0 +1,373 @@
+// server/connection.cpp: the connection state machine. Requests are parsed straight out of the receive buffer;
+// only an unfinished request (or requests queued behind one awaiting its answer) is copied into the
+// connection's own buffer, so the receive buffer goes back to the kernel as soon as on_recv returns.
+#include "libuserd/server/connection.hpp"
+
+#include <cerrno>
+#include <climits>
+#include <cstring>
+
+#include <unistd.h>
+
+#include "libuserd/io/tag.hpp"
+
+namespace userd::server {
+namespace {
+// Reading requests pauses while this much output waits to be sent: a pipelining client that does not read
+// its responses is held to this, not to whatever it can send.
+constexpr std::size_t kOutHighWater = 256 * 1024;
+// A static body this large is sent from where it lives (sendmsg with two iovecs) instead of being copied.
+constexpr std::size_t kCopyBelow = 16 * 1024;
+// Buffers grown past this by one large request are given back when the connection closes.
+constexpr std::size_t kKeepCapacity = 64 * 1024;
+constexpr std::size_t kMaxIov = IOV_MAX;
+constexpr std::string_view kContinue = "HTTP/1.1 100 Continue\r\n\r\n";
+}  // namespace
+
+void Connection::OutQueue::note_bytes(std::size_t from) noexcept {
+  std::size_t len = bytes.size() - from;
+  if (len == 0) return;
+  if (!segments.empty() && !segments.back().external && segments.back().offset + segments.back().len == from)
+    segments.back().len += len;
+  else
+    segments.push_back({nullptr, from, len});
+  total += len;
+}
+
+void Connection::open(int fd, std::uint32_t slot) noexcept {
+  fd_ = fd;
+  slot_ = slot;
+  state_ = State::Open;
+  peer_eof_ = close_after_flush_ = awaiting_ = in_dispatch_ = false;
+  head_done_ = head_stale_ = false;
+  head_prev_len_ = 0;
+  send_inflight_ = false;
+  ctx_->backend->recv(fd_, io::tag(io::Op::Recv, slot_, gen_));
+  recv_armed_ = true;
+}
+
+bool Connection::reading() const noexcept {
+  return state_ == State::Open && !awaiting_ && !close_after_flush_ &&
+         out_[0].total + out_[1].total <= kOutHighWater;
+}
+
+void Connection::on_recv(char* data, std::size_t n) noexcept {
+  if (state_ != State::Open) return;  // lingering: what the peer still sends is read and dropped
+  if (in_.empty()) {
+    std::size_t used = process(data, n);
+    if (used < n) keep_unfinished(data + used, n - used);
+  } else {
+    // One request (head + body) plus what a pipelining client may send while it is answered.
+    if (in_.size() + n > ctx_->limits.max_head + ctx_->max_body + kOutHighWater) {
+      abort();
+      return;
+    }
+    in_.append(data, n);
+    resume();
+  }
+  flush();
+}
+
+void Connection::resume() noexcept {
+  if (in_.empty() || state_ != State::Open) return;
+  std::size_t used = process(in_.data(), in_.size());
+  keep_unfinished(in_.data() + used, in_.size() - used);
+}
+
+// Moves the unfinished request at req into in_: the head, the body decoded so far, then the undecoded rest.
+// req may point into in_ itself.
+void Connection::keep_unfinished(char* req, std::size_t avail) noexcept {
+  const std::size_t live = head_done_ ? head_len_ + body_have_ : avail;
+  const std::size_t raw = head_done_ ? raw_off_ : avail;
+  if (in_.size() && req >= in_.data() && req <= in_.data() + in_.size()) {
+    std::memmove(in_.data(), req, live);
+    std::memmove(in_.data() + live, req + raw, avail - raw);
+    in_.resize_down(live + avail - raw);
+  } else {
+    in_.clear();
+    in_.append(req, live);
+    in_.append(req + raw, avail - raw);
+  }
+  if (head_done_) {
+    raw_off_ = live;
+    head_stale_ = true;
+  }
+}
+
+std::size_t Connection::process(char* buf, std::size_t len) noexcept {
+  std::size_t pos = 0;
+  while (pos < len && reading()) {
+    char* req = buf + pos;
+    const std::size_t avail = len - pos;
+    if (head_done_ && head_stale_) {  // the same bytes parsed before, now elsewhere: cannot fail
+      (void)http::parse_request({req, head_len_}, 0, head_, ctx_->limits);
+      head_stale_ = false;
+    }
+    if (!head_done_) {
+      http::ParseResult r = http::parse_request({req, avail}, head_prev_len_, head_, ctx_->limits);
+      if (r.status == http::ParseStatus::NeedMore) {
+        head_prev_len_ = avail;
+        break;
+      }
+      head_prev_len_ = 0;
+      if (r.status == http::ParseStatus::Bad) {
+        write_error(r.error);
+        return len;
+      }
+      head_done_ = true;
+      head_len_ = r.consumed;
+      body_have_ = 0;
+      raw_off_ = head_len_;
+      continue_sent_ = false;
+      if (head_.chunked) {
+        chunked_.reset(ctx_->max_body);
+      } else if (head_.content_length > ctx_->max_body) {
+        write_error(http::HttpError::BodyTooLarge);
+        return len;
+      }
+    }
+    std::size_t total;
+    if (head_.chunked) {
+      http::ChunkStep s = chunked_.decode(req + raw_off_, avail - raw_off_, req + head_len_ + body_have_);
+      body_have_ += s.produced;
+      raw_off_ += s.consumed;
+      if (s.status == http::ChunkStatus::Bad || s.status == http::ChunkStatus::TooLarge) {
+        write_error(s.status == http::ChunkStatus::Bad ? http::HttpError::BadChunk : http::HttpError::BodyTooLarge);
+        return len;
+      }
+      if (s.status == http::ChunkStatus::NeedMore) {
+        write_continue();
+        break;
+      }
+      total = raw_off_;
+    } else {
+      total = head_len_ + std::size_t(head_.content_length);
+      if (avail < total) {
+        write_continue();
+        break;
+      }
+      body_have_ = std::size_t(head_.content_length);
+    }
+    head_done_ = false;
+    dispatch({req + head_len_, body_have_});
+    pos += total;
+  }
+  return pos;
+}
+
+void Connection::dispatch(std::string_view body) noexcept {
+  ++seq_;
+  req_keep_alive_ = head_.keep_alive;
+  req_minor_ = head_.minor;
+  req_head_only_ = head_.method == "HEAD";
+  Router::Match m = ctx_->router->find(head_.method, head_.path);
+  if (!m.handler) {
+    if (m.allow.empty()) {
+      write_error_status(404, "not found");
+    } else {
+      const Header allow{"Allow", m.allow};
+      write_error_status(405, "method not allowed", {&allow, 1});
+    }
+    return;
+  }
+  awaiting_ = true;
+  in_dispatch_ = true;
+  const Request request(head_, body, ctx_->backend_name);
+  try {
+    (*m.handler)(request, Responder(ctx_->replies, slot_, gen_, seq_));
+  } catch (...) {
+    if (awaiting_) {
+      awaiting_ = false;
+      write_error_status(500, "internal error");
+    }
+  }
+  in_dispatch_ = false;
+}
+
+bool Connection::reply(std::uint32_t seq, const Response& r) noexcept {
+  if (!awaiting_ || seq != seq_ || state_ != State::Open) return false;
+  awaiting_ = false;
+  write_response(r);
+  if (!in_dispatch_) {  // answered later: carry on with requests that queued up meanwhile
+    resume();
+    flush();
+  }
+  return true;
+}
+
+static http::ConnectionHeader connection_header(bool keep_alive, std::uint8_t minor) noexcept {
+  if (!keep_alive) return http::ConnectionHeader::Close;
+  return minor == 0 ? http::ConnectionHeader::KeepAlive : http::ConnectionHeader::None;
+}
+
+void Connection::write_response(const Response& r) noexcept {
+  OutQueue& q = out_[filling_];
+  const std::size_t from = q.bytes.size();
+  http::ResponseHead h;
+  h.status = r.status;
+  h.content_type = r.content_type;
+  h.content_length = r.body.size();
+  h.headers = r.headers;
+  h.date = ctx_->date.value();
+  h.connection = connection_header(req_keep_alive_, req_minor_);
+  http::write_response_head(q.bytes, h);
+  const bool with_body = !req_head_only_ && http::status_has_body(r.status) && !r.body.empty();
+  if (with_body && r.body_is_static && r.body.size() >= kCopyBelow) {
+    q.note_bytes(from);
+    q.segments.push_back({r.body.data(), 0, r.body.size()});
+    q.total += r.body.size();
+  } else {
+    if (with_body) q.bytes.append(r.body);
+    q.note_bytes(from);
+  }
+  if (!req_keep_alive_) close_after_flush_ = true;
+}
+
+void Connection::write_error_status(int status, std::string_view message, std::span<const Header> extra) noexcept {
+  OutQueue& q = out_[filling_];
+  const std::size_t from = q.bytes.size();
+  http::write_error_response(q.bytes, status, message, ctx_->date.value(),
+                             connection_header(req_keep_alive_, req_minor_), req_head_only_, extra);
+  q.note_bytes(from);
+  if (!req_keep_alive_) close_after_flush_ = true;
+}
+
+// A request we cannot trust the framing of: answer, then close (the rest of the stream is not read).
+void Connection::write_error(http::HttpError e) noexcept {
+  head_done_ = false;
+  req_keep_alive_ = false;
+  req_head_only_ = false;
+  req_minor_ = 1;
+  write_error_status(http::status_for(e), http::describe(e));
+}
+
+// RFC 9110 10.1.1: a client that sent "Expect: 100-continue" may wait for this before sending the body.
+void Connection::write_continue() noexcept {
+  if (!head_done_ || !head_.expect_continue || continue_sent_ || head_.minor == 0) return;
+  continue_sent_ = true;
+  OutQueue& q = out_[filling_];
+  const std::size_t from = q.bytes.size();
+  q.bytes.append(kContinue);
+  q.note_bytes(from);
+}
+
+void Connection::flush() noexcept {
+  if (send_inflight_ || (state_ != State::Open)) return;
+  OutQueue& q = out_[filling_];
+  if (q.total == 0) {
+    if (awaiting_) return;
+    if (peer_eof_) abort();
+    else if (close_after_flush_) finish();
+    return;
+  }
+  filling_ ^= 1;
+  iov_.clear();
+  for (const Segment& s : q.segments)
+    iov_.push_back({const_cast<char*>(s.external ? s.external : q.bytes.data() + s.offset), s.len});
+  iov_next_ = 0;
+  send_left_ = q.total;
+  submit_send();
+}
+
+void Connection::submit_send() noexcept {
+  const std::size_t n = std::min(iov_.size() - iov_next_, kMaxIov);
+  send_inflight_ = true;
+  ctx_->backend->send(fd_, io::tag(io::Op::Send, slot_, gen_), iov_.data() + iov_next_, unsigned(n), &msg_);
+}
+
+void Connection::on_send(int res) noexcept {
+  send_inflight_ = false;
+  if (state_ != State::Open) {
+    maybe_release();
+    return;
+  }
+  if (res <= 0) {
+    abort();
+    return;
+  }
+  std::size_t sent = std::size_t(res);
+  send_left_ -= sent;
+  while (sent > 0) {  // a short send (only on error with MSG_WAITALL, or past IOV_MAX): resume where it stopped
+    iovec& v = iov_[iov_next_];
+    if (sent >= v.iov_len) {
+      sent -= v.iov_len;
+      ++iov_next_;
+    } else {
+      v.iov_base = static_cast<char*>(v.iov_base) + sent;
+      v.iov_len -= sent;
+      sent = 0;
+    }
+  }
+  if (send_left_ > 0) {
+    submit_send();
+    return;
+  }
+  out_[filling_ ^ 1].clear();
+  resume();
+  flush();
+}
+
+void Connection::on_recv_end(int res) noexcept {
+  recv_armed_ = false;
+  if (state_ == State::Closing) {
+    maybe_release();
+    return;
+  }
+  if (res == 0) {  // the peer closed its side: answer what it asked, then close
+    peer_eof_ = true;
+    if (state_ == State::Lingering) abort();
+    else flush();
+    return;
+  }
+  if (res > 0 || res == -ENOBUFS) {
+    // The multishot receive ended without an error (CQ overflow) or found the buffers empty for a moment: the
+    // re-armed receive goes out with the next submit, after this turn's buffers are back in the ring.
+    ctx_->backend->recv(fd_, io::tag(io::Op::Recv, slot_, gen_));
+    recv_armed_ = true;
+    return;
+  }
+  abort();
+}
+
+void Connection::finish() noexcept {
+  if (state_ != State::Open) return;
+  if (!recv_armed_) {
+    abort();
+    return;
+  }
+  // Lingering close: half-close so the client sees our last response and EOF, and keep reading (dropping it)
+  // until it closes or the deadline passes, so unread input does not turn into a reset that destroys the response.
+  state_ = State::Lingering;
+  ctx_->backend->shutdown(fd_, SHUT_WR);
+  linger_deadline_ = ctx_->now_ms + ctx_->linger_ms;
+}
+
+void Connection::abort() noexcept {
+  if (state_ == State::Closing || state_ == State::Free) return;
+  state_ = State::Closing;
+  if (recv_armed_ || send_inflight_) ctx_->backend->shutdown(fd_, SHUT_RDWR);
+  maybe_release();
+}
+
+void Connection::teardown() noexcept {
+  if (fd_ >= 0) ::close(fd_);
+  fd_ = -1;
+  state_ = State::Free;
+}
+
+void Connection::maybe_release() noexcept {
+  if (state_ != State::Closing || recv_armed_ || send_inflight_) return;
+  ctx_->backend->close(fd_);
+  fd_ = -1;
+  state_ = State::Free;
+  ++gen_;  // completions still carrying the old generation are dropped by the worker
+  awaiting_ = false;
+  head_done_ = false;
+  in_.clear();
+  out_[0].clear();
+  out_[1].clear();
+  for (core::ByteBuffer* b : {&in_, &out_[0].bytes, &out_[1].bytes})
+    if (b->capacity() > kKeepCapacity) b->release();
+}
+
+}  // namespace userd::server

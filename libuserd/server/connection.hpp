@@ -1,0 +1,143 @@
+// server/connection.hpp: one client connection's state machine: bytes in -> requests -> handler -> responses out,
+// in request order, batched into one send per turn. It talks to the kernel only through io::Backend, so the
+// same code runs on io_uring, on epoll and under a fake backend in unit tests.
+// Not here: accepting, slot allocation and the loop (worker.hpp); parsing rules (http/parser.hpp).
+#pragma once
+
+#include <sys/socket.h>
+#include <sys/uio.h>
+
+#include <cstdint>
+#include <ctime>
+#include <vector>
+
+#include "libuserd/core/byte_buffer.hpp"
+#include "libuserd/http/chunked.hpp"
+#include "libuserd/http/date.hpp"
+#include "libuserd/http/parser.hpp"
+#include "libuserd/http/response_writer.hpp"
+#include "libuserd/io/backend.hpp"
+#include "userd/responder.hpp"
+#include "userd/router.hpp"
+
+namespace userd::server {
+
+class ReplyTarget;
+
+// What all connections of one loop thread share. Read-only for connections but for now_ms.
+struct LoopContext {
+  io::Backend* backend = nullptr;
+  const Router* router = nullptr;
+  ReplyTarget* replies = nullptr;  // handed to Responders: the worker
+  http::DateCache date;
+  http::Limits limits;
+  std::uint64_t max_body = 1 << 20;
+  std::uint64_t now_ms = 0;  // CLOCK_MONOTONIC, refreshed once per loop turn
+  unsigned linger_ms = 2000;
+  std::string_view backend_name;
+};
+
+class Connection {
+ public:
+  enum class State : std::uint8_t { Free, Open, Lingering, Closing };
+
+  explicit Connection(LoopContext& ctx) noexcept : ctx_(&ctx) {}
+
+  // Takes a freshly accepted socket and arms its receive.
+  void open(int fd, std::uint32_t slot) noexcept;
+
+  // Completions routed here by the worker.
+  void on_recv(char* data, std::size_t n) noexcept;  // data is writable and ours until this returns
+  void on_recv_end(int res) noexcept;                // the multishot receive ended; res as its last completion
+  void on_send(int res) noexcept;
+
+  // A handler's answer (Responder::send). False when seq is not the request awaiting an answer.
+  bool reply(std::uint32_t seq, const Response& r) noexcept;
+  // Ends the connection now: pending output is dropped.
+  void abort() noexcept;
+  // Closes the socket without the backend, which is already gone (the worker's destructor).
+  void teardown() noexcept;
+  // Lingering connections past their deadline are aborted by the worker's sweep.
+  std::uint64_t linger_deadline() const noexcept { return linger_deadline_; }
+
+  State state() const noexcept { return state_; }
+  std::uint16_t gen() const noexcept { return gen_; }
+  std::uint32_t slot() const noexcept { return slot_; }
+  bool awaiting_reply() const noexcept { return awaiting_; }
+  std::uint32_t seq() const noexcept { return seq_; }
+  // The slot may be reused once the socket is closed and no completion is pending for it.
+  bool released() const noexcept { return state_ == State::Free; }
+
+ private:
+  struct Segment {
+    const char* external;  // null: bytes [offset, offset + len) of the queue's buffer
+    std::size_t offset;
+    std::size_t len;
+  };
+  // Responses waiting to go out. Two of them: one frozen while the kernel sends it, one filling.
+  struct OutQueue {
+    core::ByteBuffer bytes;
+    std::vector<Segment> segments;
+    std::size_t total = 0;
+    void clear() noexcept {
+      bytes.clear();
+      segments.clear();
+      total = 0;
+    }
+    void note_bytes(std::size_t from) noexcept;  // bytes appended since `from` become (part of) a segment
+  };
+
+  std::size_t process(char* buf, std::size_t len) noexcept;
+  void keep_unfinished(char* req, std::size_t avail) noexcept;
+  void resume() noexcept;
+  void dispatch(std::string_view body) noexcept;
+  void write_response(const Response& r) noexcept;
+  void write_error(http::HttpError e) noexcept;
+  void write_error_status(int status, std::string_view message, std::span<const Header> extra = {}) noexcept;
+  void write_continue() noexcept;
+  bool reading() const noexcept;
+  void flush() noexcept;
+  void submit_send() noexcept;
+  void finish() noexcept;
+  void maybe_release() noexcept;
+
+  LoopContext* ctx_;
+  int fd_ = -1;
+  std::uint32_t slot_ = 0;
+  std::uint16_t gen_ = 0;
+  State state_ = State::Free;
+  bool recv_armed_ = false;
+  bool send_inflight_ = false;
+  bool peer_eof_ = false;
+  bool close_after_flush_ = false;  // the last response is queued: read no further requests
+  bool awaiting_ = false;           // a handler holds a Responder for request seq_
+  bool in_dispatch_ = false;        // inside process(): the loop there continues after a synchronous reply
+
+  // The request being read. Offsets are from its first byte, in whichever buffer holds it.
+  http::RequestHead head_;
+  http::ChunkedDecoder chunked_;
+  bool head_done_ = false;
+  bool head_stale_ = false;        // head_ points into bytes that have moved: parse again before use
+  bool continue_sent_ = false;
+  std::size_t head_prev_len_ = 0;  // bytes the parser already saw without finding the head's end
+  std::size_t head_len_ = 0;
+  std::size_t body_have_ = 0;  // decoded body bytes, right after the head
+  std::size_t raw_off_ = 0;    // next undecoded body byte
+
+  // What the awaited response needs to know once the request's bytes are gone.
+  std::uint32_t seq_ = 0;
+  bool req_keep_alive_ = true;
+  bool req_head_only_ = false;
+  std::uint8_t req_minor_ = 1;
+
+  core::ByteBuffer in_;  // unfinished request bytes, and later requests while one awaits its answer
+  OutQueue out_[2];
+  unsigned filling_ = 0;
+  std::vector<iovec> iov_;
+  std::size_t iov_next_ = 0;    // first iovec not yet fully sent
+  std::size_t send_left_ = 0;
+  msghdr msg_{};
+  std::uint64_t linger_deadline_ = 0;
+};
+
+}  // namespace userd::server

@@ -1,0 +1,20 @@
+// server/reply_target.hpp: what a Responder calls into: the worker in a server, a single connection in tests.
+// Not here: the connection's own reply logic (connection.hpp).
+#pragma once
+
+#include <cstdint>
+
+#include "userd/responder.hpp"
+
+namespace userd::server {
+
+class ReplyTarget {
+ public:
+  virtual bool reply(std::uint32_t slot, std::uint16_t gen, std::uint32_t seq, const Response& r) noexcept = 0;
+  virtual bool awaiting(std::uint32_t slot, std::uint16_t gen, std::uint32_t seq) const noexcept = 0;
+
+ protected:
+  ~ReplyTarget() = default;
+};
+
+}  // namespace userd::server

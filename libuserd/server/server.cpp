@@ -1,0 +1,189 @@
+// server/server.cpp: Server: resolves the address, binds one SO_REUSEPORT listener per thread (the first picks
+// the port when 0 was asked for), starts the workers and chooses the backend once for all of them.
+#include "userd/server.hpp"
+
+#include <netdb.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <sched.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+#include <future>
+#include <thread>
+
+#include "libuserd/io/uring_backend.hpp"
+#include "libuserd/server/worker.hpp"
+
+namespace userd {
+
+struct Server::Impl {
+  ServerConfig cfg;
+  Router router;
+  std::vector<std::unique_ptr<server::Worker>> workers;
+  std::vector<std::thread> threads;
+  std::uint16_t port = 0;
+  std::string_view backend;
+  bool started = false;
+};
+
+namespace {
+
+unsigned cpus_allowed() noexcept {
+  cpu_set_t set;
+  if (sched_getaffinity(0, sizeof set, &set) == 0) return unsigned(CPU_COUNT(&set));
+  long n = sysconf(_SC_NPROCESSORS_ONLN);
+  return n > 0 ? unsigned(n) : 1;
+}
+
+Result<sockaddr_storage> resolve(const std::string& host, std::uint16_t port, socklen_t& len) noexcept {
+  addrinfo hints{};
+  hints.ai_family = AF_UNSPEC;
+  hints.ai_socktype = SOCK_STREAM;
+  hints.ai_flags = AI_PASSIVE | AI_NUMERICSERV | (host == "localhost" ? 0 : AI_NUMERICHOST);
+  addrinfo* res = nullptr;
+  const std::string service = std::to_string(port);
+  int rc = getaddrinfo(host.empty() ? nullptr : host.c_str(), service.c_str(), &hints, &res);
+  if (rc != 0 || !res) return fail(Errc::BadInput, EINVAL, "resolve listen address");
+  sockaddr_storage ss{};
+  std::memcpy(&ss, res->ai_addr, res->ai_addrlen);
+  len = res->ai_addrlen;
+  freeaddrinfo(res);
+  return ss;
+}
+
+Result<int> make_listener(const sockaddr_storage& addr, socklen_t len) noexcept {
+  int fd = ::socket(addr.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (fd < 0) return fail(Errc::Io, errno, "socket");
+  int one = 1;
+  setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+  // One listener per thread: the kernel spreads new connections across them by hash.
+  if (setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof one) < 0) {
+    int e = errno;
+    ::close(fd);
+    return fail(Errc::Io, e, "setsockopt SO_REUSEPORT");
+  }
+  // Accepted sockets inherit this: responses go out whole in one send, so Nagle only adds delay.
+  setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+  if (::bind(fd, reinterpret_cast<const sockaddr*>(&addr), len) < 0) {
+    int e = errno;
+    ::close(fd);
+    return fail(Errc::Io, e, "bind");
+  }
+  if (::listen(fd, SOMAXCONN) < 0) {
+    int e = errno;
+    ::close(fd);
+    return fail(Errc::Io, e, "listen");
+  }
+  return fd;
+}
+
+std::uint16_t bound_port(int fd) noexcept {
+  sockaddr_storage ss{};
+  socklen_t len = sizeof ss;
+  getsockname(fd, reinterpret_cast<sockaddr*>(&ss), &len);
+  if (ss.ss_family == AF_INET6) return ntohs(reinterpret_cast<sockaddr_in6*>(&ss)->sin6_port);
+  return ntohs(reinterpret_cast<sockaddr_in*>(&ss)->sin_port);
+}
+
+Result<std::unique_ptr<io::Backend>> make_backend(const ServerConfig& cfg) noexcept {
+  io::UringConfig uc;
+  uc.buffers = cfg.recv_buffers;
+  uc.buffer_size = cfg.recv_buffer_size;
+  switch (cfg.backend) {
+    case BackendKind::Auto:
+    case BackendKind::IoUring:
+      return io::make_uring_backend(uc);
+    case BackendKind::Epoll:
+      break;
+  }
+  return fail(Errc::Unsupported, ENOSYS, "epoll backend (not built yet)");
+}
+
+}  // namespace
+
+Server::Server(ServerConfig config, Router router) : impl_(std::make_unique<Impl>()) {
+  impl_->cfg = std::move(config);
+  impl_->router = std::move(router);
+}
+
+Server::~Server() {
+  stop();
+  wait();
+}
+
+Result<void> Server::start() {
+  Impl& s = *impl_;
+  if (s.started) return fail(Errc::BadInput, EALREADY, "start");
+  const unsigned n = s.cfg.threads ? s.cfg.threads : cpus_allowed();
+  socklen_t len = 0;
+  auto addr = resolve(s.cfg.host, s.cfg.port, len);
+  if (!addr) return Unexpected<Error>{addr.error()};
+
+  std::vector<int> fds;
+  auto close_all = [&] {
+    for (int fd : fds) ::close(fd);
+  };
+  for (unsigned i = 0; i < n; ++i) {
+    auto fd = make_listener(*addr, len);
+    if (!fd) {
+      close_all();
+      return Unexpected<Error>{fd.error()};
+    }
+    fds.push_back(*fd);
+    if (i == 0) {  // the others must share the port the first one got
+      s.port = bound_port(*fd);
+      if (addr->ss_family == AF_INET6) reinterpret_cast<sockaddr_in6*>(&*addr)->sin6_port = htons(s.port);
+      else reinterpret_cast<sockaddr_in*>(&*addr)->sin_port = htons(s.port);
+    }
+  }
+
+  // Each backend is made on its own thread (io_uring's SINGLE_ISSUER binds a ring to its creator); start()
+  // waits for every thread's verdict so a refusal is reported here, not lost in a thread.
+  std::vector<std::promise<Result<std::string_view>>> verdicts(n);
+  for (unsigned i = 0; i < n; ++i) {
+    s.workers.push_back(std::make_unique<server::Worker>(s.cfg, s.router, fds[i]));
+    server::Worker* w = s.workers.back().get();
+    std::promise<Result<std::string_view>>* verdict = &verdicts[i];
+    s.threads.emplace_back([w, verdict, &cfg = s.cfg] {
+      auto backend = make_backend(cfg);
+      if (!backend) {
+        verdict->set_value(Unexpected<Error>{backend.error()});
+        return;
+      }
+      verdict->set_value((*backend)->name());
+      w->run(std::move(*backend));
+    });
+  }
+  s.started = true;
+  Result<void> outcome;
+  for (auto& v : verdicts) {
+    auto r = v.get_future().get();
+    if (!r) outcome = Unexpected<Error>{r.error()};
+    else s.backend = *r;
+  }
+  if (!outcome) {
+    stop();
+    wait();
+  }
+  return outcome;
+}
+
+std::uint16_t Server::port() const noexcept { return impl_->port; }
+std::string_view Server::backend() const noexcept { return impl_->backend; }
+unsigned Server::threads() const noexcept { return unsigned(impl_->workers.size()); }
+
+void Server::stop() noexcept {
+  for (auto& w : impl_->workers) w->stop();
+}
+
+void Server::wait() {
+  for (auto& t : impl_->threads)
+    if (t.joinable()) t.join();
+  impl_->threads.clear();
+  impl_->workers.clear();
+}
+
+}  // namespace userd

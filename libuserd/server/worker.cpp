@@ -1,0 +1,154 @@
+// server/worker.cpp: the loop: wait for a batch of completions, refresh the clock once, route each completion.
+#include "libuserd/server/worker.hpp"
+
+#include <unistd.h>
+
+#include <cerrno>
+#include <ctime>
+
+#include "libuserd/io/tag.hpp"
+
+namespace userd::server {
+namespace {
+// Completions handled per wait: big enough to amortise the syscall, small enough to stay in cache.
+constexpr std::size_t kBatch = 256;
+// The loop wakes at least this often to expire lingering connections and retry a paused accept.
+constexpr int kTickMs = 250;
+}  // namespace
+
+Worker::Worker(const ServerConfig& cfg, const Router& router, int listen_fd) noexcept
+    : cfg_(cfg), listen_fd_(listen_fd) {
+  ctx_.router = &router;
+  ctx_.replies = this;
+  ctx_.limits.max_head = cfg.max_head;
+  ctx_.limits.max_target = cfg.max_target;
+  ctx_.max_body = cfg.max_body;
+  ctx_.linger_ms = cfg.linger_ms;
+}
+
+Worker::~Worker() {
+  backend_.reset();  // tears the ring down first: armed operations hold references to the sockets
+  for (auto& c : conns_) c->teardown();
+  if (listen_fd_ >= 0) ::close(listen_fd_);
+}
+
+void Worker::refresh_clock() noexcept {
+  timespec ts;
+  clock_gettime(CLOCK_MONOTONIC_COARSE, &ts);
+  ctx_.now_ms = std::uint64_t(ts.tv_sec) * 1000 + std::uint64_t(ts.tv_nsec) / 1000000;
+  clock_gettime(CLOCK_REALTIME_COARSE, &ts);
+  ctx_.date.update(ts.tv_sec);
+}
+
+void Worker::run(std::unique_ptr<io::Backend> backend) noexcept {
+  backend_ = std::move(backend);
+  ctx_.backend = backend_.get();
+  ctx_.backend_name = backend_->name();
+  wakeable_.store(backend_.get(), std::memory_order_release);
+  refresh_clock();
+  last_tick_ms_ = ctx_.now_ms;
+  arm_accept();
+  io::Completion batch[kBatch];
+  while (!stop_.load(std::memory_order_relaxed)) {
+    int n = backend_->wait(batch, kTickMs);
+    refresh_clock();
+    for (int i = 0; i < n; ++i) on_completion(batch[i]);
+    if (ctx_.now_ms - last_tick_ms_ >= std::uint64_t(kTickMs)) tick();
+  }
+}
+
+void Worker::stop() noexcept {
+  stop_.store(true, std::memory_order_relaxed);
+  if (io::Backend* b = wakeable_.load(std::memory_order_acquire)) b->wake();
+}
+
+void Worker::arm_accept() noexcept {
+  backend_->accept(listen_fd_, io::tag(io::Op::Accept));
+  accept_armed_ = true;
+  accept_paused_ = false;
+}
+
+void Worker::tick() noexcept {
+  last_tick_ms_ = ctx_.now_ms;
+  if (accept_paused_) arm_accept();
+  for (auto& c : conns_) {
+    if (c->state() == Connection::State::Lingering && c->linger_deadline() <= ctx_.now_ms) {
+      c->abort();
+      after(*c);
+    }
+  }
+}
+
+Connection* Worker::find(std::uint32_t slot, std::uint16_t gen) const noexcept {
+  if (slot >= conns_.size()) return nullptr;
+  Connection* c = conns_[slot].get();
+  return c->gen() == gen && !c->released() ? c : nullptr;
+}
+
+void Worker::after(Connection& c) noexcept {
+  if (!c.released()) return;
+  free_.push_back(c.slot());
+  if (accept_paused_) arm_accept();  // a descriptor came free
+}
+
+void Worker::on_completion(const io::Completion& c) noexcept {
+  switch (io::tag_op(c.tag)) {
+    case io::Op::Accept:
+      on_accept(c);
+      return;
+    case io::Op::Recv: {
+      Connection* conn = find(io::tag_slot(c.tag), io::tag_gen(c.tag));
+      if (conn && c.res > 0) conn->on_recv(c.data, std::size_t(c.res));
+      if (c.has_buffer) backend_->recycle(c.buffer_id);
+      if (conn && !c.more) conn->on_recv_end(c.res);
+      if (conn) after(*conn);
+      return;
+    }
+    case io::Op::Send: {
+      Connection* conn = find(io::tag_slot(c.tag), io::tag_gen(c.tag));
+      if (!conn) return;
+      conn->on_send(c.res);
+      after(*conn);
+      return;
+    }
+    case io::Op::Wake:
+    case io::Op::None:
+      return;
+  }
+}
+
+void Worker::on_accept(const io::Completion& c) noexcept {
+  if (!c.more) accept_armed_ = false;
+  if (c.res >= 0) {
+    std::uint32_t slot;
+    if (!free_.empty()) {
+      slot = free_.back();
+      free_.pop_back();
+    } else {
+      slot = std::uint32_t(conns_.size());
+      conns_.push_back(std::make_unique<Connection>(ctx_));
+    }
+    conns_[slot]->open(c.res, slot);
+  }
+  if (accept_armed_ || stop_.load(std::memory_order_relaxed)) return;
+  // Out of descriptors or memory: re-arming now would fail again at once and spin. Wait for a close or a tick.
+  if (c.res == -EMFILE || c.res == -ENFILE || c.res == -ENOMEM || c.res == -ENOBUFS)
+    accept_paused_ = true;
+  else
+    arm_accept();
+}
+
+bool Worker::reply(std::uint32_t slot, std::uint16_t gen, std::uint32_t seq, const Response& r) noexcept {
+  Connection* conn = find(slot, gen);
+  if (!conn) return false;
+  bool ok = conn->reply(seq, r);
+  after(*conn);
+  return ok;
+}
+
+bool Worker::awaiting(std::uint32_t slot, std::uint16_t gen, std::uint32_t seq) const noexcept {
+  Connection* conn = find(slot, gen);
+  return conn && conn->state() == Connection::State::Open && conn->awaiting_reply() && conn->seq() == seq;
+}
+
+}  // namespace userd::server

@@ -1,0 +1,54 @@
+// server/worker.hpp: one loop thread: its listener, its backend, its connection slots. Completions are drained
+// in batches and routed by tag to the connection they belong to; nothing here is shared with other workers but
+// the read-only router and the stop flag.
+// Not here: HTTP (connection.hpp), choosing the backend or binding (server.cpp).
+#pragma once
+
+#include <atomic>
+#include <memory>
+#include <vector>
+
+#include "libuserd/io/backend.hpp"
+#include "libuserd/server/connection.hpp"
+#include "libuserd/server/reply_target.hpp"
+#include "userd/server.hpp"
+
+namespace userd::server {
+
+class Worker final : public ReplyTarget {
+ public:
+  Worker(const ServerConfig& cfg, const Router& router, int listen_fd) noexcept;
+  ~Worker();
+
+  // Runs on the worker's own thread: takes the backend made there, serves until stop().
+  void run(std::unique_ptr<io::Backend> backend) noexcept;
+  void stop() noexcept;  // any thread
+
+  // Responder entry points (the worker's thread only).
+  bool reply(std::uint32_t slot, std::uint16_t gen, std::uint32_t seq, const Response& r) noexcept override;
+  bool awaiting(std::uint32_t slot, std::uint16_t gen, std::uint32_t seq) const noexcept override;
+
+ private:
+  Connection* find(std::uint32_t slot, std::uint16_t gen) const noexcept;
+  void on_completion(const io::Completion& c) noexcept;
+  void on_accept(const io::Completion& c) noexcept;
+  void after(Connection& conn) noexcept;  // frees the slot once the connection is released
+  void arm_accept() noexcept;
+  void tick() noexcept;
+  void refresh_clock() noexcept;
+
+  const ServerConfig& cfg_;
+  int listen_fd_;
+  std::unique_ptr<io::Backend> backend_;
+  LoopContext ctx_;
+  // Slots are created on demand and reused forever, so a steady number of connections allocates nothing.
+  std::vector<std::unique_ptr<Connection>> conns_;
+  std::vector<std::uint32_t> free_;
+  bool accept_armed_ = false;
+  bool accept_paused_ = false;  // EMFILE/ENFILE: re-armed when a connection closes or on the next tick
+  std::uint64_t last_tick_ms_ = 0;
+  std::atomic<bool> stop_{false};
+  std::atomic<io::Backend*> wakeable_{nullptr};  // for stop() from other threads; lives until ~Worker
+};
+
+}  // namespace userd::server

@@ -1,0 +1,72 @@
+// tests/unit/test_config.cpp: flags, the seed's environment variables, and which wins.
+#include <doctest/doctest.h>
+
+#include <map>
+#include <string>
+#include <vector>
+
+#include "userd/config.hpp"
+
+using namespace userd::app;
+
+namespace {
+struct Run {
+  std::string error;
+  Config cfg;
+};
+Run run(std::vector<const char*> args, std::map<std::string, std::string> env = {}) {
+  args.insert(args.begin(), "userd");
+  Run r;
+  r.error = parse_config(int(args.size()), args.data(),
+                         [&](const char* n) -> const char* {
+                           auto it = env.find(n);
+                           return it == env.end() ? nullptr : it->second.c_str();
+                         },
+                         r.cfg);
+  return r;
+}
+}  // namespace
+
+TEST_CASE("defaults listen on 0.0.0.0:8080 and serve /v1/user") {
+  Run r = run({});
+  CHECK(r.error.empty());
+  CHECK(r.cfg.server.host == "0.0.0.0");
+  CHECK(r.cfg.server.port == 8080);
+  CHECK(r.cfg.user_path == "/v1/user");
+}
+
+TEST_CASE("the seed's M1_ variables set the address and path") {
+  Run r = run({}, {{"M1_DOMAIN", "http://127.0.0.1"}, {"M1_PORT", "3000"}, {"M1_PATH", "/v2/user"}});
+  CHECK(r.error.empty());
+  CHECK(r.cfg.server.host == "127.0.0.1");
+  CHECK(r.cfg.server.port == 3000);
+  CHECK(r.cfg.user_path == "/v2/user");
+}
+
+TEST_CASE("flags win over the environment") {
+  Run r = run({"--listen", "127.0.0.1:9000", "--user-path=/u"}, {{"M1_PORT", "3000"}, {"M1_PATH", "/v2/user"}});
+  CHECK(r.error.empty());
+  CHECK(r.cfg.server.port == 9000);
+  CHECK(r.cfg.user_path == "/u");
+}
+
+TEST_CASE("listen accepts host:port, :port and [v6]:port") {
+  std::string host;
+  std::uint16_t port = 0;
+  CHECK(parse_listen(":81", host, port).empty());
+  CHECK((host == "0.0.0.0" && port == 81));
+  CHECK(parse_listen("[::1]:82", host, port).empty());
+  CHECK((host == "::1" && port == 82));
+  CHECK_FALSE(parse_listen("localhost", host, port).empty());
+  CHECK_FALSE(parse_listen("a:65536", host, port).empty());
+  CHECK_FALSE(parse_listen("a:8o", host, port).empty());
+}
+
+TEST_CASE("bad flags and values are one clear message") {
+  CHECK(run({"--bogus"}).error == "unknown flag '--bogus' (see --help)");
+  CHECK(run({"--listen"}).error == "--listen needs a value (see --help)");
+  CHECK(run({"--threads", "-1"}).error == "invalid --threads '-1': expected 0-1024");
+  CHECK(run({}, {{"M1_PORT", "http"}}).error == "M1_PORT: invalid port 'http': expected 0-65535");
+  CHECK(run({"--user-path", "v1/user"}).error.find("must start with '/'") != std::string::npos);
+  CHECK(run({"--help"}).cfg.help);
+}

@@ -1,0 +1,120 @@
+// userd/config.cpp: flag and environment parsing: strict numbers, no silent fallbacks.
+#include "userd/config.hpp"
+
+#include <fmt/format.h>
+
+#include <charconv>
+
+namespace userd::app {
+namespace {
+
+bool parse_uint(std::string_view s, unsigned long max, unsigned long& out) {
+  if (s.empty()) return false;
+  auto [end, ec] = std::from_chars(s.data(), s.data() + s.size(), out);
+  return ec == std::errc() && end == s.data() + s.size() && out <= max;
+}
+
+std::string parse_port(std::string_view s, std::uint16_t& port) {
+  unsigned long v;
+  if (!parse_uint(s, 65535, v)) return fmt::format("invalid port '{}': expected 0-65535", s);
+  port = std::uint16_t(v);
+  return {};
+}
+
+std::string check_path(std::string_view p, std::string_view what) {
+  if (p.empty() || p.front() != '/') return fmt::format("invalid {} '{}': must start with '/'", what, p);
+  for (char c : p)
+    if (static_cast<unsigned char>(c) <= 0x20 || c == 0x7f || c == '?')
+      return fmt::format("invalid {} '{}': no spaces, controls or '?'", what, p);
+  return {};
+}
+
+}  // namespace
+
+std::string parse_listen(std::string_view s, std::string& host, std::uint16_t& port) {
+  std::size_t colon = s.rfind(':');
+  if (colon == std::string_view::npos) return fmt::format("invalid --listen '{}': expected HOST:PORT", s);
+  std::string_view h = s.substr(0, colon);
+  if (h.size() >= 2 && h.front() == '[' && h.back() == ']') h = h.substr(1, h.size() - 2);
+  host = h.empty() ? "0.0.0.0" : std::string(h);
+  return parse_port(s.substr(colon + 1), port);
+}
+
+std::string usage() {
+  return "usage: userd [flags]\n"
+         "Serves GET /v1/user and GET /v1/avatar (a JSON list of users) over HTTP/1.1 on io_uring.\n"
+         "\n"
+         "  --listen HOST:PORT   address to listen on (env M1_DOMAIN, M1_PORT; default 0.0.0.0:8080)\n"
+         "  --user-path PATH     path of the user route (env M1_PATH; default /v1/user)\n"
+         "  --threads N          loop threads, one per CPU by default (0: one per CPU the process may use)\n"
+         "  --data FILE          serve this JSON array of objects instead of the embedded dataset\n"
+         "  --help               this text\n"
+         "  --version            version and build\n";
+}
+
+std::string parse_config(int argc, const char* const* argv, const Getenv& getenv, Config& out) {
+  // The seed's variables first; flags override them below.
+  if (const char* d = getenv("M1_DOMAIN"); d && *d) {
+    std::string_view v = d;
+    for (std::string_view scheme : {"http://", "https://"})
+      if (v.substr(0, scheme.size()) == scheme) v.remove_prefix(scheme.size());
+    if (!v.empty() && v.back() == '/') v.remove_suffix(1);
+    if (v.size() >= 2 && v.front() == '[' && v.back() == ']') v = v.substr(1, v.size() - 2);
+    out.server.host = std::string(v);
+  }
+  if (const char* p = getenv("M1_PORT"); p && *p) {
+    if (std::string e = parse_port(p, out.server.port); !e.empty()) return "M1_PORT: " + e;
+  }
+  if (const char* p = getenv("M1_PATH"); p && *p) {
+    if (std::string e = check_path(p, "M1_PATH"); !e.empty()) return e;
+    out.user_path = p;
+  }
+
+  for (int i = 1; i < argc; ++i) {
+    std::string_view arg = argv[i];
+    std::string_view value;
+    bool has_value = false;
+    if (std::size_t eq = arg.find('='); arg.substr(0, 2) == "--" && eq != std::string_view::npos) {
+      value = arg.substr(eq + 1);
+      arg = arg.substr(0, eq);
+      has_value = true;
+    }
+    auto need = [&](std::string& err) -> bool {
+      if (has_value) return true;
+      if (i + 1 >= argc) {
+        err = fmt::format("{} needs a value (see --help)", arg);
+        return false;
+      }
+      value = argv[++i];
+      return true;
+    };
+    std::string err;
+    if (arg == "--help" || arg == "-h") {
+      out.help = true;
+    } else if (arg == "--version") {
+      out.version = true;
+    } else if (arg == "--listen") {
+      if (!need(err)) return err;
+      if (std::string e = parse_listen(value, out.server.host, out.server.port); !e.empty()) return e;
+    } else if (arg == "--user-path") {
+      if (!need(err)) return err;
+      if (std::string e = check_path(value, "--user-path"); !e.empty()) return e;
+      out.user_path = std::string(value);
+    } else if (arg == "--threads") {
+      if (!need(err)) return err;
+      unsigned long n;
+      if (!parse_uint(value, 1024, n)) return fmt::format("invalid --threads '{}': expected 0-1024", value);
+      out.server.threads = unsigned(n);
+    } else if (arg == "--data") {
+      if (!need(err)) return err;
+      if (value.empty()) return "--data needs a file name";
+      out.data_file = std::string(value);
+    } else {
+      return fmt::format("unknown flag '{}' (see --help)", argv[i]);
+    }
+  }
+  if (out.user_path == "/v1/avatar") return "the user path must differ from /v1/avatar";
+  return {};
+}
+
+}  // namespace userd::app

@@ -1,0 +1,29 @@
+// userd/config.hpp: the daemon's command line and the seed's environment variables, turned into a Config.
+// Flags win over the environment. Every mistake is reported as one line for stderr; main() exits 2 on it.
+// Not here: loading the dataset (dataset.hpp), the server's own defaults (userd/server.hpp).
+#pragma once
+
+#include <functional>
+#include <string>
+
+#include "userd/server.hpp"
+
+namespace userd::app {
+
+struct Config {
+  ServerConfig server;
+  std::string data_file;             // empty: the embedded dataset
+  std::string user_path = "/v1/user";
+  bool help = false;
+  bool version = false;
+};
+
+using Getenv = std::function<const char*(const char*)>;
+
+// Empty on success, else the message (without the "userd: " prefix).
+std::string parse_config(int argc, const char* const* argv, const Getenv& getenv, Config& out);
+// Splits "HOST:PORT", ":PORT" or "[V6]:PORT". Empty on success, else the message.
+std::string parse_listen(std::string_view s, std::string& host, std::uint16_t& port);
+std::string usage();
+
+}  // namespace userd::app

@@ -1,0 +1,81 @@
+// userd/main.cpp: the daemon: config, dataset, routes, start, then wait for SIGINT/SIGTERM and stop cleanly.
+// Exit codes: 0 after a signal, 1 when the server cannot start (address in use, io_uring refused),
+// 2 for a bad flag or dataset.
+#include <fmt/format.h>
+#include <signal.h>
+#include <sys/utsname.h>
+
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+
+#include "userd/config.hpp"
+#include "userd/dataset.hpp"
+#include "userd/server.hpp"
+#include "userd/user_handler.hpp"
+
+#ifndef USERD_VERSION
+#define USERD_VERSION "0.0.0"
+#endif
+
+int main(int argc, char** argv) {
+  using namespace userd;
+  app::Config cfg;
+  if (std::string err = app::parse_config(argc, argv, [](const char* n) { return std::getenv(n); }, cfg);
+      !err.empty()) {
+    fmt::print(stderr, "userd: {}\n", err);
+    return 2;
+  }
+  if (cfg.help) {
+    fmt::print("{}", app::usage());
+    return 0;
+  }
+  if (cfg.version) {
+    utsname u{};
+    uname(&u);
+    fmt::print("userd {} (libuserd; backends: io_uring; kernel {})\n", USERD_VERSION, u.release);
+    return 0;
+  }
+
+  std::string file_data;
+  std::string_view dataset = app::embedded_dataset();
+  if (!cfg.data_file.empty()) {
+    std::string err;
+    if (!app::load_dataset(cfg.data_file, file_data, err)) {
+      fmt::print(stderr, "userd: {}\n", err);
+      return 2;
+    }
+    dataset = file_data;
+  } else if (std::string why = app::validate_dataset(dataset); !why.empty()) {
+    fmt::print(stderr, "userd: embedded dataset: {}\n", why);
+    return 2;
+  }
+
+  // Signals are taken by sigwait on this thread only: block them before any loop thread exists.
+  sigset_t stop_signals;
+  sigemptyset(&stop_signals);
+  sigaddset(&stop_signals, SIGINT);
+  sigaddset(&stop_signals, SIGTERM);
+  pthread_sigmask(SIG_BLOCK, &stop_signals, nullptr);
+  signal(SIGPIPE, SIG_IGN);  // sends use MSG_NOSIGNAL; this guards anything that does not
+
+  Router router;
+  app::add_user_routes(router, dataset, cfg.user_path);
+  Server server(cfg.server, std::move(router));
+  if (auto r = server.start(); !r) {
+    fmt::print(stderr, "userd: cannot start on {}:{}: {}: {}\n", cfg.server.host, cfg.server.port, r.error().what,
+               std::strerror(r.error().sys));
+    return 1;
+  }
+  const bool v6 = cfg.server.host.find(':') != std::string::npos;
+  fmt::print(stderr, "userd: listening on {}{}{}:{} ({}, {} threads)\n", v6 ? "[" : "", cfg.server.host, v6 ? "]" : "",
+             server.port(), server.backend(), server.threads());
+  std::fflush(stderr);
+
+  int sig = 0;
+  sigwait(&stop_signals, &sig);
+  fmt::print(stderr, "userd: {} received, stopping\n", sig == SIGINT ? "SIGINT" : "SIGTERM");
+  server.stop();
+  server.wait();
+  return 0;
+}

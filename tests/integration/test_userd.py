@@ -1,0 +1,388 @@
+#!/usr/bin/env python3
+"""Integration tests: the real userd on an ephemeral 127.0.0.1 port, driven by curl, http.client and raw
+sockets. Run by meson (`meson test --suite integration`) with the paths of the built binaries."""
+import argparse
+import concurrent.futures
+import email.utils
+import http.client
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import unittest
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from harness import Server, connect, fd_targets, free_port, read_response, read_until_eof  # noqa: E402
+
+ARGS = None
+DATASET = b""
+
+GET = b"GET /v1/user HTTP/1.1\r\nHost: t\r\n\r\n"
+
+
+def userd(*flags, env=None):
+    return Server([ARGS.userd, "--listen", "127.0.0.1:0", *flags], env=env)
+
+
+def run_userd(*flags, env=None, timeout=10):
+    """Runs userd expecting it to exit on its own; returns (code, stderr)."""
+    e = dict(os.environ)
+    e.update(env or {})
+    p = subprocess.run([ARGS.userd, *flags], capture_output=True, env=e, timeout=timeout)
+    return p.returncode, p.stderr.decode()
+
+
+class Serving(unittest.TestCase):
+    """One server for the tests that only read from it."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.srv = userd("--threads", "2")
+        cls.port = cls.srv.port
+
+    @classmethod
+    def tearDownClass(cls):
+        assert cls.srv.stop() == 0
+
+    def get(self, path="/v1/user", method="GET", headers=None):
+        c = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
+        c.request(method, path, headers=headers or {})
+        r = c.getresponse()
+        body = r.read()
+        c.close()
+        return r, body
+
+    def assert_still_serving(self):
+        r, body = self.get()
+        self.assertEqual(r.status, 200)
+        self.assertEqual(body, DATASET)
+
+    def test_curl_gets_the_dataset_with_the_seed_headers(self):
+        out = subprocess.run(["curl", "-sS", "-D", "-", f"http://127.0.0.1:{self.port}/v1/user"],
+                             capture_output=True, timeout=10, check=True).stdout
+        head, body = out.split(b"\r\n\r\n", 1)
+        lines = head.decode().split("\r\n")
+        self.assertEqual(lines[0], "HTTP/1.1 200 OK")
+        names = [line.split(":", 1)[0] for line in lines[1:]]
+        self.assertEqual(names, ["Content-Type", "Engine", "Location", "Date", "Content-Length"])
+        self.assertEqual(body, DATASET)
+        users = json.loads(body)
+        self.assertEqual(len(users), 20)
+        self.assertEqual(users[0]["name"], "BillyStoltenberg")
+
+    def test_http_client_sees_each_header_value(self):
+        r, body = self.get()
+        self.assertEqual(r.status, 200)
+        self.assertEqual(r.getheader("Content-Type"), "application/json")
+        self.assertEqual(r.getheader("Engine"), "userd/io_uring")
+        self.assertEqual(r.getheader("Location"), "/v1/user")
+        self.assertEqual(r.getheader("Content-Length"), "3696")
+        date = email.utils.parsedate_to_datetime(r.getheader("Date"))
+        self.assertLess(abs(date.timestamp() - time.time()), 5)
+        self.assertEqual(body, DATASET)
+
+    def test_avatar_serves_the_same_dataset(self):
+        r, body = self.get("/v1/avatar")
+        self.assertEqual(r.status, 200)
+        self.assertEqual(body, DATASET)
+
+    def test_a_thousand_keep_alive_requests_share_one_connection(self):
+        c = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
+        c.connect()
+        local = c.sock.getsockname()
+        for i in range(1000):
+            c.request("GET", "/v1/user" if i % 2 else "/v1/avatar")
+            r = c.getresponse()
+            self.assertEqual(r.status, 200)
+            self.assertEqual(r.read(), DATASET)
+            self.assertEqual(c.sock.getsockname(), local, f"reconnected at request {i}")
+        c.close()
+
+    def test_a_hundred_pipelined_requests_in_one_write_come_back_in_order(self):
+        paths = ["/v1/user", "/v1/avatar", "/missing", "/v1/user"]
+        want = []
+        batch = b""
+        for i in range(100):
+            p = paths[i % 4]
+            batch += f"GET {p} HTTP/1.1\r\nHost: t\r\n\r\n".encode()
+            want.append(404 if p == "/missing" else 200)
+        s = connect(self.port)
+        s.sendall(batch)
+        got = []
+        for _ in range(100):
+            status, _, body = read_response(s)
+            got.append(status)
+            if status == 200:
+                self.assertEqual(body, DATASET)
+        self.assertEqual(got, want)
+        s.close()
+
+    def test_head_sends_headers_only(self):
+        s = connect(self.port)
+        s.sendall(b"HEAD /v1/user HTTP/1.1\r\nHost: t\r\n\r\n" + GET)
+        status, headers, body = read_response(s, head_only=True)
+        self.assertEqual((status, headers["content-length"], body), (200, "3696", b""))
+        status, _, body = read_response(s)  # the next response follows at once: no body bytes in between
+        self.assertEqual((status, body), (200, DATASET))
+        s.close()
+
+    def test_unknown_path_is_404_and_other_methods_405_with_allow(self):
+        r, body = self.get("/v1/nothing")
+        self.assertEqual(r.status, 404)
+        self.assertEqual(json.loads(body), {"error": "not found"})
+        r, body = self.get("/v1/user", method="DELETE")
+        self.assertEqual(r.status, 405)
+        self.assertEqual(r.getheader("Allow"), "GET, HEAD")
+        self.assertEqual(json.loads(body), {"error": "method not allowed"})
+
+    def test_chunked_request_body_is_read_and_the_next_request_served(self):
+        s = connect(self.port)
+        s.sendall(b"POST /v1/user HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n"
+                  b"5\r\nGET /\r\n3\r\nabc\r\n0\r\n\r\n" + GET)
+        self.assertEqual(read_response(s)[0], 405)
+        self.assertEqual(read_response(s)[:3:2], (200, DATASET))
+        s.close()
+
+    def test_content_length_body_that_looks_like_a_request_is_only_a_body(self):
+        smuggled = b"GET /v1/nothing HTTP/1.1\r\nHost: t\r\n\r\n"
+        s = connect(self.port)
+        s.sendall(b"POST /v1/user HTTP/1.1\r\nHost: t\r\nContent-Length: %d\r\n\r\n" % len(smuggled) + smuggled + GET)
+        self.assertEqual(read_response(s)[0], 405)
+        self.assertEqual(read_response(s)[0], 200)  # not the smuggled 404
+        s.close()
+
+    def test_expect_continue_gets_100_before_the_body(self):
+        s = connect(self.port)
+        s.sendall(b"POST /v1/user HTTP/1.1\r\nHost: t\r\nContent-Length: 4\r\nExpect: 100-continue\r\n\r\n")
+        status, _, _ = read_response(s)
+        self.assertEqual(status, 100)
+        s.sendall(b"body")
+        self.assertEqual(read_response(s)[0], 405)
+        s.close()
+
+    def test_http10_closes_unless_keep_alive_is_asked(self):
+        s = connect(self.port)
+        s.sendall(b"GET /v1/user HTTP/1.0\r\nConnection: keep-alive\r\n\r\n")
+        status, headers, body = read_response(s)
+        self.assertEqual((status, headers.get("connection"), body), (200, "keep-alive", DATASET))
+        s.sendall(b"GET /v1/user HTTP/1.0\r\n\r\n")
+        status, headers, _ = read_response(s)
+        self.assertEqual((status, headers.get("connection")), (200, "close"))
+        self.assertEqual(read_until_eof(s), b"")
+        s.close()
+
+    def test_client_that_half_closes_still_gets_its_answers(self):
+        s = connect(self.port)
+        s.sendall(GET + GET)
+        s.shutdown(socket.SHUT_WR)
+        data = read_until_eof(s)
+        self.assertEqual(data.count(b"HTTP/1.1 200 OK"), 2)
+        s.close()
+
+    def test_each_bad_input_gets_its_status_and_a_close_and_the_next_client_is_served(self):
+        cases = [
+            ("malformed request line", b"GET  /v1/user HTTP/1.1\r\nHost: t\r\n\r\n", 400),
+            ("garbage", b"\x16\x03\x01\x00\xa5\x01\x00\x00\xa1\x03\x03", 400),
+            ("malformed header", b"GET /v1/user HTTP/1.1\r\nHost t\r\n\r\n", 400),
+            ("obs-fold", b"GET /v1/user HTTP/1.1\r\nHost: t\r\nX: a\r\n b\r\n\r\n", 400),
+            ("NUL in header", b"GET /v1/user HTTP/1.1\r\nHost: t\x00\r\n\r\n", 400),
+            ("HTTP/1.1 without Host", b"GET /v1/user HTTP/1.1\r\n\r\n", 400),
+            ("CL and TE", b"POST /v1/user HTTP/1.1\r\nHost: t\r\nContent-Length: 3\r\n"
+                          b"Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n", 400),
+            ("differing CLs", b"POST /v1/user HTTP/1.1\r\nHost: t\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\nabcd", 400),
+            ("bad chunk size", b"POST /v1/user HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n", 400),
+            ("TE gzip", b"POST /v1/user HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: gzip\r\n\r\n", 501),
+            ("head over 8 KiB", b"GET /v1/user HTTP/1.1\r\nHost: t\r\nX: " + b"a" * 9000 + b"\r\n\r\n", 431),
+            ("URI over 8 KiB", b"GET /" + b"u" * 9000 + b" HTTP/1.1\r\nHost: t\r\n\r\n", 414),
+            ("body over 1 MiB", b"POST /v1/user HTTP/1.1\r\nHost: t\r\nContent-Length: 1048577\r\n\r\n", 413),
+            ("chunked body over 1 MiB", b"POST /v1/user HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n"
+                                        b"100001\r\n", 413),
+            ("HTTP/2.0", b"GET /v1/user HTTP/2.0\r\nHost: t\r\n\r\n", 505),
+            ("HTTP/2 preface", b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", 505),
+        ]
+        for why, raw, want in cases:
+            with self.subTest(why):
+                s = connect(self.port)
+                s.sendall(raw + GET)  # a request after the bad one must not be answered
+                data = read_until_eof(s)
+                s.close()
+                self.assertTrue(data.startswith(b"HTTP/1.1 %d " % want), f"{why}: {data[:80]!r}")
+                self.assertIn(b"Connection: close\r\n", data)
+                self.assertEqual(data.count(b"HTTP/1.1 "), 1, f"{why}: answered past the bad request")
+                body = data.split(b"\r\n\r\n", 1)[1]
+                self.assertIn("error", json.loads(body))
+                self.assert_still_serving()
+
+    def test_a_large_body_sent_slowly_is_read_in_full(self):
+        body = b"x" * 300000
+        s = connect(self.port)
+        s.sendall(b"POST /v1/user HTTP/1.1\r\nHost: t\r\nContent-Length: %d\r\n\r\n" % len(body))
+        for i in range(0, len(body), 50000):
+            s.sendall(body[i:i + 50000])
+            time.sleep(0.01)
+        s.sendall(GET)
+        self.assertEqual(read_response(s)[0], 405)
+        self.assertEqual(read_response(s)[0], 200)
+        s.close()
+
+    def test_two_hundred_concurrent_clients(self):
+        def client(_):
+            c = http.client.HTTPConnection("127.0.0.1", self.port, timeout=20)
+            ok = 0
+            for _ in range(10):
+                c.request("GET", "/v1/user")
+                r = c.getresponse()
+                ok += r.status == 200 and r.read() == DATASET
+            c.close()
+            return ok
+        with concurrent.futures.ThreadPoolExecutor(200) as pool:
+            self.assertEqual(sum(pool.map(client, range(200))), 2000)
+
+    def test_the_process_holds_io_uring_instances(self):
+        rings = [t for t in fd_targets(self.srv.pid) if t == "anon_inode:[io_uring]"]
+        self.assertEqual(len(rings), 2)  # one ring per thread (--threads 2)
+
+
+class Lifecycle(unittest.TestCase):
+    def test_sigterm_and_sigint_stop_it_with_exit_0(self):
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            srv = userd("--threads", "1")
+            c = connect(srv.port)  # an open idle connection does not hold the stop up
+            self.assertEqual(srv.stop(sig, timeout=5), 0)
+            c.close()
+
+    def test_default_threads_follow_the_allowed_cpus(self):
+        with userd() as srv:
+            self.assertIn(f"{len(os.sched_getaffinity(0))} threads", srv.stderr_lines[0])
+
+    def test_bad_flags_are_one_line_and_exit_2(self):
+        for flags in (["--bogus"], ["--listen", "nowhere"], ["--threads", "x"], ["--listen"]):
+            code, err = run_userd(*flags)
+            self.assertEqual(code, 2, flags)
+            self.assertEqual(len(err.splitlines()), 1, err)
+            self.assertTrue(err.startswith("userd: "), err)
+
+    def test_help_and_version(self):
+        p = subprocess.run([ARGS.userd, "--help"], capture_output=True, timeout=5)
+        self.assertEqual(p.returncode, 0)
+        for flag in (b"--listen", b"--threads", b"--data", b"--user-path", b"M1_PORT"):
+            self.assertIn(flag, p.stdout)
+        p = subprocess.run([ARGS.userd, "--version"], capture_output=True, timeout=5)
+        self.assertEqual(p.returncode, 0)
+        self.assertTrue(p.stdout.startswith(b"userd 0."), p.stdout)
+
+    def test_address_in_use_is_reported(self):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            s.listen()
+            code, err = run_userd("--listen", f"127.0.0.1:{s.getsockname()[1]}")
+        self.assertEqual(code, 1)
+        self.assertIn("Address already in use", err)
+
+
+class Datasets(unittest.TestCase):
+    def write(self, content):
+        f = tempfile.NamedTemporaryFile("wb", suffix=".json", delete=False)
+        f.write(content)
+        f.close()
+        self.addCleanup(os.unlink, f.name)
+        return f.name
+
+    def test_data_flag_serves_another_file(self):
+        users = [{"id": "1", "name": "Ada"}, {"id": "2", "name": "Linus"}]
+        path = self.write(json.dumps(users).encode())
+        with userd("--data", path) as srv:
+            c = http.client.HTTPConnection("127.0.0.1", srv.port, timeout=5)
+            c.request("GET", "/v1/user")
+            r = c.getresponse()
+            self.assertEqual(json.loads(r.read()), users)
+
+    def test_invalid_datasets_stop_start_up_with_one_line_and_exit_2(self):
+        cases = [
+            (b'[{"id": 1}, {"id": tru}]', "at byte 19"),
+            (b'{"id": 1}', "expected a JSON array of objects"),
+            (b'[{"id": 1}, "x"]', "element 1 is not an object at byte 12"),
+            (b'[{"id": 1}', "invalid JSON"),
+        ]
+        for content, expect in cases:
+            with self.subTest(content=content):
+                path = self.write(content)
+                code, err = run_userd("--listen", "127.0.0.1:0", "--data", path)
+                self.assertEqual(code, 2)
+                self.assertEqual(len(err.splitlines()), 1, err)
+                self.assertTrue(err.startswith(f"userd: {path}: "), err)
+                self.assertIn(expect, err)
+
+    def test_missing_dataset_file(self):
+        code, err = run_userd("--data", "/nonexistent/users.json")
+        self.assertEqual(code, 2)
+        self.assertEqual(err, "userd: /nonexistent/users.json: cannot read: No such file or directory\n")
+
+
+class Environment(unittest.TestCase):
+    def test_the_seeds_m1_variables_choose_address_and_path(self):
+        port = free_port()
+        env = {"M1_DOMAIN": "http://127.0.0.1", "M1_PORT": str(port), "M1_PATH": "/v9/people"}
+        srv = Server([ARGS.userd, "--threads", "1"], env=env)
+        try:
+            self.assertEqual(srv.port, port)
+            c = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+            c.request("GET", "/v9/people")
+            r = c.getresponse()
+            self.assertEqual((r.status, r.getheader("Location"), r.read()), (200, "/v9/people", DATASET))
+            c.request("GET", "/v1/user")
+            r = c.getresponse()
+            r.read()
+            self.assertEqual(r.status, 404)
+        finally:
+            self.assertEqual(srv.stop(), 0)
+
+    def test_flags_win_over_the_environment(self):
+        with Server([ARGS.userd, "--listen", "127.0.0.1:0"], env={"M1_PORT": "1"}) as srv:
+            self.assertNotEqual(srv.port, 1)
+
+
+class Example(unittest.TestCase):
+    def test_the_embedding_example_answers_now_and_later(self):
+        srv = Server([ARGS.hello, "127.0.0.1:0"])
+        try:
+            c = http.client.HTTPConnection("127.0.0.1", srv.port, timeout=5)
+            c.request("GET", "/hello?name=embedder")
+            r = c.getresponse()
+            self.assertEqual((r.status, r.read()), (200, b"hello, embedder\n"))
+            waiter = connect(srv.port)
+            waiter.sendall(b"GET /wait HTTP/1.1\r\nHost: t\r\n\r\n")
+            time.sleep(0.2)
+            c.request("GET", "/wake")
+            r = c.getresponse()
+            self.assertEqual(r.read(), b"woke one\n")
+            status, _, body = read_response(waiter)
+            self.assertEqual((status, body), (200, b"woken\n"))
+            waiter.close()
+        finally:
+            self.assertEqual(srv.stop(), 0)
+
+
+def main():
+    global ARGS, DATASET
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--userd", required=True)
+    ap.add_argument("--hello", required=True)
+    ap.add_argument("--dataset", required=True)
+    ARGS, rest = ap.parse_known_args()
+    DATASET = open(ARGS.dataset, "rb").read()
+    suite = unittest.defaultTestLoader.loadTestsFromModule(sys.modules[__name__])
+    if rest:
+        suite = unittest.TestSuite(t for group in suite for cls in group for t in cls if any(r in t.id() for r in rest))
+    result = unittest.TextTestRunner(verbosity=2).run(suite)
+    failed = len(result.failures) + len(result.errors)
+    print(f"integration: {result.testsRun - failed - len(result.skipped)} passed, {failed} failed")
+    sys.exit(0 if result.wasSuccessful() and result.testsRun > 0 else 1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,151 @@
+"""Starts userd (or another program printing a `listening on HOST:PORT` line) on 127.0.0.1 and stops it.
+
+The child gets PR_SET_PDEATHSIG, so a server never outlives the test that started it.
+"""
+import ctypes
+import os
+import re
+import select
+import signal
+import socket
+import subprocess
+import time
+
+_libc = ctypes.CDLL(None, use_errno=True)
+PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent():
+    _libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+class Server:
+    """A server process; `port` is read from its `listening on` line on stderr."""
+
+    def __init__(self, argv, env=None, timeout=10.0):
+        full_env = dict(os.environ)
+        for k in ("M1_DOMAIN", "M1_PORT", "M1_PATH"):
+            full_env.pop(k, None)
+        full_env.update(env or {})
+        self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                     stderr=subprocess.PIPE, env=full_env, preexec_fn=_die_with_parent)
+        self.stderr_lines = []
+        self.port = None
+        deadline = time.monotonic() + timeout
+        buf = b""
+        while self.port is None:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                self.kill()
+                raise RuntimeError(f"no 'listening on' line from {argv} in {timeout}s: {buf!r}")
+            r, _, _ = select.select([self.proc.stderr], [], [], left)
+            if not r:
+                continue
+            chunk = os.read(self.proc.stderr.fileno(), 4096)
+            if not chunk:
+                self.proc.wait(timeout=5)
+                raise RuntimeError(f"{argv} exited {self.proc.returncode} before listening: {buf!r}")
+            buf += chunk
+            m = re.search(rb"listening on \S+:(\d+)", buf)
+            if m:
+                self.port = int(m.group(1))
+        self.stderr_lines = buf.decode(errors="replace").splitlines()
+
+    @property
+    def pid(self):
+        return self.proc.pid
+
+    def stop(self, sig=signal.SIGTERM, timeout=10.0):
+        """Signals the server and returns its exit code."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        try:
+            self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            raise
+        self.proc.stdout.close()
+        self.proc.stderr.close()
+        return self.proc.returncode
+
+    def kill(self):
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        if self.proc.poll() is None:
+            self.stop()
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def read_response(sock, head_only=False):
+    """Reads one HTTP/1.1 response from a blocking socket with a timeout set. Returns (status, headers, body).
+
+    headers: dict with lower-case names. Leftover bytes are kept on the socket object for the next call.
+    """
+    buf = getattr(sock, "_leftover", b"")
+    while b"\r\n\r\n" not in buf:
+        chunk = sock.recv(65536)
+        if not chunk:
+            raise EOFError(f"connection closed inside a response head: {buf!r}")
+        buf += chunk
+    head, rest = buf.split(b"\r\n\r\n", 1)
+    lines = head.decode("latin-1").split("\r\n")
+    status = int(lines[0].split(" ")[1])
+    headers = {}
+    for line in lines[1:]:
+        k, v = line.split(":", 1)
+        headers[k.strip().lower()] = v.strip()
+    length = 0 if head_only or status in (204, 304) or status < 200 else int(headers.get("content-length", "0"))
+    while len(rest) < length:
+        chunk = sock.recv(65536)
+        if not chunk:
+            raise EOFError("connection closed inside a response body")
+        rest += chunk
+    sock._leftover = rest[length:]
+    return status, headers, rest[:length]
+
+
+def read_until_eof(sock, limit=1 << 20):
+    """Everything the peer sends until it closes (or the socket's timeout raises)."""
+    data = getattr(sock, "_leftover", b"")
+    sock._leftover = b""
+    while len(data) < limit:
+        chunk = sock.recv(65536)
+        if not chunk:
+            break
+        data += chunk
+    return data
+
+
+class Sock(socket.socket):
+    """A socket that can carry the bytes read past one response (`_leftover`)."""
+    _leftover = b""
+
+
+def connect(port, timeout=10.0):
+    s = Sock(socket.AF_INET, socket.SOCK_STREAM)
+    s.settimeout(timeout)
+    s.connect(("127.0.0.1", port))
+    s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    return s
+
+
+def fd_targets(pid):
+    """What each of the process's descriptors points at, e.g. 'anon_inode:[io_uring]'."""
+    out = []
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            out.append(os.readlink(f"/proc/{pid}/fd/{fd}"))
+        except OSError:
+            pass
+    return out

@@ -5,7 +5,7 @@ Reports req/s, latency p50/p99 (wrk), server CPU microseconds per request (utime
 the timed window, divided by the requests wrk completed) and peak RSS (VmHWM). The full side-by-side harness
 (Hyper, nginx, floors) is `./dev bench`'s job; this measures userd alone.
 
-usage: wrk_pinned.py USERD [--rounds 3] [--duration 10] [--connections 100] [--path /v1/user]
+usage: wrk_pinned.py USERD [--backend io_uring|epoll] [--rounds 3] [--duration 10] [--connections 100] [--path /v1/user]
 """
 import argparse
 import os
@@ -43,8 +43,10 @@ def main():
     ap.add_argument("--path", default="/v1/user")
     ap.add_argument("--server-cpu", default="0")
     ap.add_argument("--load-cpu", default="1")
+    ap.add_argument("--backend", default="io_uring")
     a = ap.parse_args()
-    srv = Server(["taskset", "-c", a.server_cpu, a.userd, "--listen", "127.0.0.1:0", "--threads", "1"])
+    srv = Server(["taskset", "-c", a.server_cpu, a.userd, "--listen", "127.0.0.1:0", "--threads", "1",
+                  "--backend", a.backend])
     url = f"http://127.0.0.1:{srv.port}{a.path}"
     try:
         subprocess.run(["taskset", "-c", a.load_cpu, "wrk", "-t1", "-c", str(a.connections), "-d2s", url],

@@ -1,5 +1,6 @@
 // examples/hello.cpp: the smallest program embedding libuserd: two routes, one that answers at once and one
-// that answers on a later request's turn, started on the address given as argv[1] (default 127.0.0.1:8081).
+// that answers on a later request's turn, started on the address given as argv[1] (default 127.0.0.1:8081),
+// on the backend named by argv[2] (io_uring or epoll; default: io_uring if the kernel allows it).
 // It uses only the public headers under libuserd/include/userd.
 #include <signal.h>
 
@@ -16,6 +17,7 @@ int main(int argc, char** argv) {
   cfg.host = listen.substr(0, colon);
   cfg.port = static_cast<std::uint16_t>(std::stoi(listen.substr(colon + 1)));
   cfg.threads = 1;
+  if (argc > 2) cfg.backend = std::string(argv[2]) == "epoll" ? userd::BackendKind::Epoll : userd::BackendKind::IoUring;
 
   // A handler may keep its Responder and answer later on the same thread: here /wait is answered when the
   // next /wake arrives, the way a handler answers after an upstream reply.

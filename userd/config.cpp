@@ -46,7 +46,8 @@ std::string usage() {
          "\n"
          "  --listen HOST:PORT   address to listen on (env M1_DOMAIN, M1_PORT; default 0.0.0.0:8080)\n"
          "  --user-path PATH     path of the user route (env M1_PATH; default /v1/user)\n"
-         "  --threads N          loop threads, one per CPU by default (0: one per CPU the process may use)\n"
+         "  --threads N          loop threads (default 0: one per CPU the process may run on)\n"
+         "  --backend KIND       auto, io_uring or epoll (default auto: io_uring, else epoll with a log line)\n"
          "  --data FILE          serve this JSON array of objects instead of the embedded dataset\n"
          "  --help               this text\n"
          "  --version            version and build\n";
@@ -105,6 +106,12 @@ std::string parse_config(int argc, const char* const* argv, const Getenv& getenv
       unsigned long n;
       if (!parse_uint(value, 1024, n)) return fmt::format("invalid --threads '{}': expected 0-1024", value);
       out.server.threads = unsigned(n);
+    } else if (arg == "--backend") {
+      if (!need(err)) return err;
+      if (value == "auto") out.server.backend = BackendKind::Auto;
+      else if (value == "io_uring") out.server.backend = BackendKind::IoUring;
+      else if (value == "epoll") out.server.backend = BackendKind::Epoll;
+      else return fmt::format("invalid --backend '{}': expected auto, io_uring or epoll", value);
     } else if (arg == "--data") {
       if (!need(err)) return err;
       if (value.empty()) return "--data needs a file name";

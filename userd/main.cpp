@@ -1,6 +1,6 @@
 // userd/main.cpp: the daemon: config, dataset, routes, start, then wait for SIGINT/SIGTERM and stop cleanly.
-// Exit codes: 0 after a signal, 1 when the server cannot start (address in use, io_uring refused),
-// 2 for a bad flag or dataset.
+// Exit codes: 0 after a signal, 1 when the server cannot start (address in use), 2 for a bad flag or dataset,
+// or when --backend io_uring was asked for and the kernel refuses it.
 #include <fmt/format.h>
 #include <signal.h>
 #include <sys/utsname.h>
@@ -33,7 +33,7 @@ int main(int argc, char** argv) {
   if (cfg.version) {
     utsname u{};
     uname(&u);
-    fmt::print("userd {} (libuserd; backends: io_uring; kernel {})\n", USERD_VERSION, u.release);
+    fmt::print("userd {} (libuserd; backends: io_uring, epoll; kernel {})\n", USERD_VERSION, u.release);
     return 0;
   }
 
@@ -63,6 +63,11 @@ int main(int argc, char** argv) {
   app::add_user_routes(router, dataset, cfg.user_path);
   Server server(cfg.server, std::move(router));
   if (auto r = server.start(); !r) {
+    if (r.error().code == Errc::Unsupported) {
+      fmt::print(stderr, "userd: --backend io_uring refused by this kernel: {}: {}\n", r.error().what,
+                 std::strerror(r.error().sys));
+      return 2;
+    }
     fmt::print(stderr, "userd: cannot start on {}:{}: {}: {}\n", cfg.server.host, cfg.server.port, r.error().what,
                std::strerror(r.error().sys));
     return 1;

@@ -80,9 +80,44 @@ class UringBackend final : public Backend {
     io_uring_buf_ring_advance(br_, int(nbufs_));
 
     // Blocking: a READ on a non-blocking fd may complete with -EAGAIN instead of waiting.
+    if (auto r = self_test(); !r) return r;
     wake_fd_ = eventfd(0, EFD_CLOEXEC);
     if (wake_fd_ < 0) return fail(Errc::Io, errno, "eventfd");
     arm_wake();
+    return {};
+  }
+
+  // Setup succeeding is not enough (5.19 has buffer rings but no multishot recv): receive one byte through the
+  // buffer ring on a socketpair and expect it to stay armed, then end it the way connections end.
+  Result<void> self_test() noexcept {
+    int sv[2];
+    if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) < 0) return fail(Errc::Io, errno, "socketpair");
+    recv(sv[0], tag(Op::None));
+    [[maybe_unused]] ssize_t w = ::write(sv[1], "x", 1);
+    bool got = false, armed = false, ended = false;
+    int err = 0;
+    for (int turn = 0; turn < 4 && !ended; ++turn) {
+      if (got && armed) ::shutdown(sv[0], SHUT_RDWR);
+      __kernel_timespec ts{1, 0};
+      io_uring_cqe* cqe = nullptr;
+      io_uring_submit_and_wait_timeout(&ring_, &cqe, 1, &ts, nullptr);
+      unsigned head, n = 0;
+      io_uring_for_each_cqe(&ring_, head, cqe) {
+        ++n;
+        if (cqe->res == 1 && (cqe->flags & IORING_CQE_F_BUFFER)) {
+          got = true;
+          armed = cqe->flags & IORING_CQE_F_MORE;
+          recycle(std::uint16_t(cqe->flags >> IORING_CQE_BUFFER_SHIFT));
+        } else if (cqe->res < 0) {
+          err = -cqe->res;
+        }
+        if (!(cqe->flags & IORING_CQE_F_MORE)) ended = true;
+      }
+      io_uring_cq_advance(&ring_, n);
+    }
+    ::close(sv[0]);
+    ::close(sv[1]);
+    if (!got || !armed || !ended) return fail(Errc::Unsupported, err ? err : ENOSYS, "io_uring multishot recv self-test");
     return {};
   }
 

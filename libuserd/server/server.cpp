@@ -10,10 +10,12 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <cstdio>
 #include <cstring>
 #include <future>
 #include <thread>
 
+#include "libuserd/io/epoll_backend.hpp"
 #include "libuserd/io/uring_backend.hpp"
 #include "libuserd/server/worker.hpp"
 
@@ -88,18 +90,41 @@ std::uint16_t bound_port(int fd) noexcept {
   return ntohs(reinterpret_cast<sockaddr_in*>(&ss)->sin_port);
 }
 
-Result<std::unique_ptr<io::Backend>> make_backend(const ServerConfig& cfg) noexcept {
+Result<std::unique_ptr<io::Backend>> make_backend(const ServerConfig& cfg, BackendKind kind) noexcept {
+  if (kind == BackendKind::Epoll) {
+    io::EpollConfig ec;
+    ec.buffers = cfg.recv_buffers;
+    ec.buffer_size = cfg.recv_buffer_size;
+    return io::make_epoll_backend(ec);
+  }
   io::UringConfig uc;
   uc.buffers = cfg.recv_buffers;
   uc.buffer_size = cfg.recv_buffer_size;
-  switch (cfg.backend) {
-    case BackendKind::Auto:
-    case BackendKind::IoUring:
-      return io::make_uring_backend(uc);
-    case BackendKind::Epoll:
-      break;
-  }
-  return fail(Errc::Unsupported, ENOSYS, "epoll backend (not built yet)");
+  return io::make_uring_backend(uc);
+}
+
+std::string io_uring_disabled_sysctl() {
+  std::FILE* f = std::fopen("/proc/sys/kernel/io_uring_disabled", "r");
+  if (!f) return {};
+  int v = -1;
+  int got = std::fscanf(f, "%d", &v);
+  std::fclose(f);
+  return got == 1 ? ", kernel.io_uring_disabled=" + std::to_string(v) : std::string();
+}
+
+// Auto: a throw-away ring on this thread tells whether io_uring works here; the loop threads then make their
+// own. Deciding once keeps every thread on the same backend.
+Result<BackendKind> choose_backend(const ServerConfig& cfg) {
+  if (cfg.backend == BackendKind::Epoll) return BackendKind::Epoll;
+  auto probe = make_backend(cfg, BackendKind::IoUring);
+  if (probe) return BackendKind::IoUring;
+  const Error e = probe.error();
+  if (cfg.backend == BackendKind::IoUring) return Unexpected<Error>{Error{Errc::Unsupported, e.sys, e.what}};
+  std::string line = "io_uring unavailable (" + std::string(e.what) + ": " + std::strerror(e.sys) +
+                     io_uring_disabled_sysctl() + "); serving on epoll";
+  if (cfg.log) cfg.log(line);
+  else std::fprintf(stderr, "userd: %s\n", line.c_str());
+  return BackendKind::Epoll;
 }
 
 }  // namespace
@@ -118,6 +143,8 @@ Result<void> Server::start() {
   Impl& s = *impl_;
   if (s.started) return fail(Errc::BadInput, EALREADY, "start");
   const unsigned n = s.cfg.threads ? s.cfg.threads : cpus_allowed();
+  auto kind = choose_backend(s.cfg);
+  if (!kind) return Unexpected<Error>{kind.error()};
   socklen_t len = 0;
   auto addr = resolve(s.cfg.host, s.cfg.port, len);
   if (!addr) return Unexpected<Error>{addr.error()};
@@ -147,8 +174,8 @@ Result<void> Server::start() {
     s.workers.push_back(std::make_unique<server::Worker>(s.cfg, s.router, fds[i]));
     server::Worker* w = s.workers.back().get();
     std::promise<Result<std::string_view>>* verdict = &verdicts[i];
-    s.threads.emplace_back([w, verdict, &cfg = s.cfg] {
-      auto backend = make_backend(cfg);
+    s.threads.emplace_back([w, verdict, &cfg = s.cfg, kind = *kind] {
+      auto backend = make_backend(cfg, kind);
       if (!backend) {
         verdict->set_value(Unexpected<Error>{backend.error()});
         return;

@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 """Integration tests: the real userd on an ephemeral 127.0.0.1 port, driven by curl, http.client and raw
-sockets. Run by meson (`meson test --suite integration`) with the paths of the built binaries."""
+sockets. Run by meson (`meson test --suite integration`) once per backend (--backend io_uring|epoll) with the
+paths of the built binaries."""
 import argparse
 import concurrent.futures
 import email.utils
@@ -25,7 +26,7 @@ GET = b"GET /v1/user HTTP/1.1\r\nHost: t\r\n\r\n"
 
 
 def userd(*flags, env=None):
-    return Server([ARGS.userd, "--listen", "127.0.0.1:0", *flags], env=env)
+    return Server([ARGS.userd, "--listen", "127.0.0.1:0", "--backend", ARGS.backend, *flags], env=env)
 
 
 def run_userd(*flags, env=None, timeout=10):
@@ -78,7 +79,7 @@ class Serving(unittest.TestCase):
         r, body = self.get()
         self.assertEqual(r.status, 200)
         self.assertEqual(r.getheader("Content-Type"), "application/json")
-        self.assertEqual(r.getheader("Engine"), "userd/io_uring")
+        self.assertEqual(r.getheader("Engine"), f"userd/{ARGS.backend}")
         self.assertEqual(r.getheader("Location"), "/v1/user")
         self.assertEqual(r.getheader("Content-Length"), "3696")
         date = email.utils.parsedate_to_datetime(r.getheader("Date"))
@@ -242,9 +243,15 @@ class Serving(unittest.TestCase):
         with concurrent.futures.ThreadPoolExecutor(200) as pool:
             self.assertEqual(sum(pool.map(client, range(200))), 2000)
 
-    def test_the_process_holds_io_uring_instances(self):
-        rings = [t for t in fd_targets(self.srv.pid) if t == "anon_inode:[io_uring]"]
-        self.assertEqual(len(rings), 2)  # one ring per thread (--threads 2)
+    def test_each_thread_holds_its_own_ring_or_epoll_set(self):
+        fds = fd_targets(self.srv.pid)
+        rings = fds.count("anon_inode:[io_uring]")
+        epolls = fds.count("anon_inode:[eventpoll]")
+        if ARGS.backend == "io_uring":
+            self.assertEqual(rings, 2)  # one ring per thread (--threads 2)
+        else:
+            self.assertEqual((rings, epolls), (0, 2))
+        self.assertIn(f"({ARGS.backend}, 2 threads)", self.srv.stderr_lines[0])
 
 
 class Lifecycle(unittest.TestCase):
@@ -327,7 +334,7 @@ class Environment(unittest.TestCase):
     def test_the_seeds_m1_variables_choose_address_and_path(self):
         port = free_port()
         env = {"M1_DOMAIN": "http://127.0.0.1", "M1_PORT": str(port), "M1_PATH": "/v9/people"}
-        srv = Server([ARGS.userd, "--threads", "1"], env=env)
+        srv = Server([ARGS.userd, "--threads", "1", "--backend", ARGS.backend], env=env)
         try:
             self.assertEqual(srv.port, port)
             c = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
@@ -342,13 +349,13 @@ class Environment(unittest.TestCase):
             self.assertEqual(srv.stop(), 0)
 
     def test_flags_win_over_the_environment(self):
-        with Server([ARGS.userd, "--listen", "127.0.0.1:0"], env={"M1_PORT": "1"}) as srv:
+        with Server([ARGS.userd, "--listen", "127.0.0.1:0", "--backend", ARGS.backend], env={"M1_PORT": "1"}) as srv:
             self.assertNotEqual(srv.port, 1)
 
 
 class Example(unittest.TestCase):
     def test_the_embedding_example_answers_now_and_later(self):
-        srv = Server([ARGS.hello, "127.0.0.1:0"])
+        srv = Server([ARGS.hello, "127.0.0.1:0", ARGS.backend])
         try:
             c = http.client.HTTPConnection("127.0.0.1", srv.port, timeout=5)
             c.request("GET", "/hello?name=embedder")
@@ -373,6 +380,7 @@ def main():
     ap.add_argument("--userd", required=True)
     ap.add_argument("--hello", required=True)
     ap.add_argument("--dataset", required=True)
+    ap.add_argument("--backend", choices=["io_uring", "epoll"], required=True)
     ARGS, rest = ap.parse_known_args()
     DATASET = open(ARGS.dataset, "rb").read()
     suite = unittest.defaultTestLoader.loadTestsFromModule(sys.modules[__name__])
@@ -380,7 +388,7 @@ def main():
         suite = unittest.TestSuite(t for group in suite for cls in group for t in cls if any(r in t.id() for r in rest))
     result = unittest.TextTestRunner(verbosity=2).run(suite)
     failed = len(result.failures) + len(result.errors)
-    print(f"integration: {result.testsRun - failed - len(result.skipped)} passed, {failed} failed")
+    print(f"integration-{ARGS.backend}: {result.testsRun - failed - len(result.skipped)} passed, {failed} failed")
     sys.exit(0 if result.wasSuccessful() and result.testsRun > 0 else 1)
 
 

@@ -6,6 +6,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 #include <string_view>
@@ -30,6 +31,8 @@ struct ServerConfig {
   std::size_t max_target = 8 * 1024;  // request target; beyond: 414
   std::size_t max_body = 1 << 20;     // beyond: 413
   unsigned linger_ms = 2000;          // after a final response, how long unread input is drained before closing
+  // Where the server's few log lines go (the io_uring fallback): one line each, no newline. Default: stderr.
+  std::function<void(std::string_view)> log;
 };
 
 class Server {
@@ -39,7 +42,8 @@ class Server {
   Server(const Server&) = delete;
   Server& operator=(const Server&) = delete;
 
-  // Binds every thread's listener and starts the loops. On failure nothing keeps running.
+  // Binds every thread's listener and starts the loops. On failure nothing keeps running. With BackendKind::Auto
+  // a refused io_uring is logged once and epoll serves; with IoUring it fails with Errc::Unsupported.
   Result<void> start();
   std::uint16_t port() const noexcept;
   std::string_view backend() const noexcept;  // "io_uring" or "epoll", after start()

@@ -40,6 +40,34 @@ std::string parse_listen(std::string_view s, std::string& host, std::uint16_t& p
   return parse_port(s.substr(colon + 1), port);
 }
 
+std::string parse_url(std::string_view url, std::string& host, std::uint16_t& port, std::string& path) {
+  std::string_view rest = url;
+  if (rest.substr(0, 7) != "http://") return fmt::format("invalid --upstream '{}': expected http://HOST:PORT/PATH", url);
+  rest.remove_prefix(7);
+  std::size_t slash = rest.find('/');
+  std::string_view authority = rest.substr(0, slash);
+  path = slash == std::string_view::npos ? "/" : std::string(rest.substr(slash));
+  if (std::string e = check_path(path, "upstream path"); !e.empty()) return e;
+  port = 80;
+  std::string_view h = authority;
+  if (!authority.empty() && authority.front() == '[') {  // [v6]:port
+    std::size_t close = authority.find(']');
+    if (close == std::string_view::npos) return fmt::format("invalid --upstream '{}': unclosed '['", url);
+    h = authority.substr(1, close - 1);
+    std::string_view after = authority.substr(close + 1);
+    if (!after.empty()) {
+      if (after.front() != ':') return fmt::format("invalid --upstream '{}'", url);
+      if (std::string e = parse_port(after.substr(1), port); !e.empty()) return e;
+    }
+  } else if (std::size_t colon = authority.rfind(':'); colon != std::string_view::npos) {
+    h = authority.substr(0, colon);
+    if (std::string e = parse_port(authority.substr(colon + 1), port); !e.empty()) return e;
+  }
+  if (h.empty()) return fmt::format("invalid --upstream '{}': no host", url);
+  host = std::string(h);
+  return {};
+}
+
 std::string usage() {
   return "usage: userd [flags]\n"
          "Serves GET /v1/user and GET /v1/avatar (a JSON list of users) over HTTP/1.1 on io_uring.\n"
@@ -49,11 +77,16 @@ std::string usage() {
          "  --threads N          loop threads (default 0: one per CPU the process may run on)\n"
          "  --backend KIND       auto, io_uring or epoll (default auto: io_uring, else epoll with a log line)\n"
          "  --data FILE          serve this JSON array of objects instead of the embedded dataset\n"
+         "  --upstream URL       proxy the user path to http://HOST:PORT/PATH (env M2_DOMAIN, M2_PORT, M2_PATH)\n"
+         "  --upstream-timeout S seconds for the whole upstream exchange, then 504 (default 2)\n"
+         "  --upstream-conns N   keep-alive connections to the upstream per thread (default 64)\n"
+         "  --no-validate        forward the upstream body without checking it is JSON\n"
          "  --help               this text\n"
          "  --version            version and build\n";
 }
 
 std::string parse_config(int argc, const char* const* argv, const Getenv& getenv, Config& out) {
+  unsigned timeout_ms = 2000, conns = 64;
   // The seed's variables first; flags override them below.
   if (const char* d = getenv("M1_DOMAIN"); d && *d) {
     std::string_view v = d;
@@ -69,6 +102,21 @@ std::string parse_config(int argc, const char* const* argv, const Getenv& getenv
   if (const char* p = getenv("M1_PATH"); p && *p) {
     if (std::string e = check_path(p, "M1_PATH"); !e.empty()) return e;
     out.user_path = p;
+  }
+
+  // M2_DOMAIN turns the proxy on, as in the seed (M2_DOMAIN=http://127.0.0.1 M2_PORT=3000 M2_PATH=/v1/avatar).
+  if (const char* d = getenv("M2_DOMAIN"); d && *d) {
+    std::string url = d;
+    if (url.find("://") == std::string::npos) url = "http://" + url;
+    while (!url.empty() && url.back() == '/') url.pop_back();
+    if (const char* p = getenv("M2_PORT"); p && *p) url += std::string(":") + p;
+    const char* path = getenv("M2_PATH");
+    url += path && *path ? path : "/v1/avatar";
+    if (std::string e = parse_url(url, out.server.upstreams.emplace_back().host, out.server.upstreams.back().port,
+                                  out.upstream_path);
+        !e.empty())
+      return "M2_DOMAIN/M2_PORT/M2_PATH: " + e;
+    out.proxy = true;
   }
 
   for (int i = 1; i < argc; ++i) {
@@ -112,6 +160,28 @@ std::string parse_config(int argc, const char* const* argv, const Getenv& getenv
       else if (value == "io_uring") out.server.backend = BackendKind::IoUring;
       else if (value == "epoll") out.server.backend = BackendKind::Epoll;
       else return fmt::format("invalid --backend '{}': expected auto, io_uring or epoll", value);
+    } else if (arg == "--upstream") {
+      if (!need(err)) return err;
+      out.server.upstreams.assign(1, UpstreamConfig{});
+      if (std::string e = parse_url(value, out.server.upstreams[0].host, out.server.upstreams[0].port, out.upstream_path);
+          !e.empty())
+        return e;
+      out.proxy = true;
+    } else if (arg == "--upstream-timeout") {
+      if (!need(err)) return err;
+      double secs = 0;
+      auto [end, ec] = std::from_chars(value.data(), value.data() + value.size(), secs);
+      if (ec != std::errc() || end != value.data() + value.size() || !(secs > 0) || secs > 3600)
+        return fmt::format("invalid --upstream-timeout '{}': expected seconds, more than 0", value);
+      timeout_ms = unsigned(secs * 1000 + 0.5);
+    } else if (arg == "--upstream-conns") {
+      if (!need(err)) return err;
+      unsigned long n;
+      if (!parse_uint(value, 65535, n) || n == 0)
+        return fmt::format("invalid --upstream-conns '{}': expected 1-65535", value);
+      conns = unsigned(n);
+    } else if (arg == "--no-validate") {
+      out.validate = false;
     } else if (arg == "--data") {
       if (!need(err)) return err;
       if (value.empty()) return "--data needs a file name";
@@ -121,6 +191,10 @@ std::string parse_config(int argc, const char* const* argv, const Getenv& getenv
     }
   }
   if (out.user_path == "/v1/avatar") return "the user path must differ from /v1/avatar";
+  for (UpstreamConfig& u : out.server.upstreams) {
+    u.timeout_ms = timeout_ms;
+    u.max_conns = conns;
+  }
   return {};
 }
 

@@ -14,6 +14,10 @@ struct Config {
   ServerConfig server;
   std::string data_file;             // empty: the embedded dataset
   std::string user_path = "/v1/user";
+  // With an upstream, the user path proxies GET upstream_path there (the seed's microservice1).
+  bool proxy = false;
+  std::string upstream_path = "/v1/avatar";
+  bool validate = true;  // check the upstream body is JSON before forwarding it
   bool help = false;
   bool version = false;
 };
@@ -24,6 +28,8 @@ using Getenv = std::function<const char*(const char*)>;
 std::string parse_config(int argc, const char* const* argv, const Getenv& getenv, Config& out);
 // Splits "HOST:PORT", ":PORT" or "[V6]:PORT". Empty on success, else the message.
 std::string parse_listen(std::string_view s, std::string& host, std::uint16_t& port);
+// Splits "http://HOST[:PORT][/PATH]" (port 80, path "/" by default). Empty on success, else the message.
+std::string parse_url(std::string_view url, std::string& host, std::uint16_t& port, std::string& path);
 std::string usage();
 
 }  // namespace userd::app

@@ -60,7 +60,12 @@ int main(int argc, char** argv) {
   signal(SIGPIPE, SIG_IGN);  // sends use MSG_NOSIGNAL; this guards anything that does not
 
   Router router;
-  app::add_user_routes(router, dataset, cfg.user_path);
+  app::RouteOptions routes;
+  routes.user_path = cfg.user_path;
+  routes.proxy = cfg.proxy;
+  routes.upstream_path = cfg.upstream_path;
+  routes.validate = cfg.validate;
+  app::add_user_routes(router, dataset, routes);
   Server server(cfg.server, std::move(router));
   if (auto r = server.start(); !r) {
     if (r.error().code == Errc::Unsupported) {
@@ -73,6 +78,10 @@ int main(int argc, char** argv) {
     return 1;
   }
   const bool v6 = cfg.server.host.find(':') != std::string::npos;
+  if (cfg.proxy) {
+    const UpstreamConfig& u = cfg.server.upstreams[0];
+    fmt::print(stderr, "userd: {} proxies to http://{}:{}{}\n", cfg.user_path, u.host, u.port, cfg.upstream_path);
+  }
   fmt::print(stderr, "userd: listening on {}{}{}:{} ({}, {} threads)\n", v6 ? "[" : "", cfg.server.host, v6 ? "]" : "",
              server.port(), server.backend(), server.threads());
   std::fflush(stderr);

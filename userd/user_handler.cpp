@@ -1,35 +1,148 @@
-// userd/user_handler.cpp: the dataset routes. Headers are built once; a request only picks the set for the
-// backend that served it.
+// userd/user_handler.cpp: the dataset and proxy routes. Headers are built once per backend; a request only
+// picks the set for the backend that served it. Upstream failures become 502/504 with a JSON body, are counted
+// per thread, and logged at most once a second per cause.
 #include "userd/user_handler.hpp"
 
+#include <fmt/format.h>
+#include <simdjson.h>
+
 #include <array>
+#include <ctime>
 #include <memory>
+
+#include "userd/upstream.hpp"
 
 namespace userd::app {
 namespace {
-struct UserReply {
+
+struct RouteHeaders {
   std::string location;
   std::array<Header, 2> uring;
   std::array<Header, 2> epoll;
-  std::string_view body;
+  const std::array<Header, 2>& for_backend(std::string_view b) const { return b == "epoll" ? epoll : uring; }
 };
+
+// What a proxied request needs when its upstream answer arrives: one per backend, so the callback knows the
+// Engine header without another lookup.
+struct ProxyRoute {
+  const std::array<Header, 2>* headers;
+  bool validate;
+};
+
+enum class Cause : std::uint8_t { Unreachable, Timeout, Closed, BadResponse, TooLarge, Overloaded, Status, InvalidJson, kCount };
+
+// Per thread: failures since the last log line of that cause, and when that line was written.
+struct FailureLog {
+  std::array<std::uint64_t, std::size_t(Cause::kCount)> count{};
+  std::array<std::uint64_t, std::size_t(Cause::kCount)> unlogged{};
+  std::array<std::time_t, std::size_t(Cause::kCount)> last{};
+};
+thread_local FailureLog failures;
+
+std::string_view cause_text(Cause c) {
+  switch (c) {
+    case Cause::Unreachable: return "upstream unreachable";
+    case Cause::Timeout: return "upstream timed out";
+    case Cause::Closed: return "upstream closed the connection early";
+    case Cause::BadResponse: return "malformed upstream response";
+    case Cause::TooLarge: return "upstream response too large";
+    case Cause::Overloaded: return "too many upstream requests queued";
+    case Cause::Status: return "upstream answered with an error status";
+    case Cause::InvalidJson: return "upstream sent invalid JSON";
+    case Cause::kCount: break;
+  }
+  return "upstream error";
+}
+
+void note_failure(Cause c, int detail) {
+  const std::size_t k = std::size_t(c);
+  ++failures.count[k];
+  ++failures.unlogged[k];
+  const std::time_t now = std::time(nullptr);
+  if (now == failures.last[k]) return;
+  failures.last[k] = now;
+  if (detail) fmt::print(stderr, "userd: {} ({}; {} since the last report)\n", cause_text(c), detail, failures.unlogged[k]);
+  else fmt::print(stderr, "userd: {} ({} since the last report)\n", cause_text(c), failures.unlogged[k]);
+  failures.unlogged[k] = 0;
+}
+
+void answer_error(Responder res, const ProxyRoute& route, int status, Cause cause, int detail = 0) {
+  note_failure(cause, detail);
+  // Bodies are built once per cause: nothing to format per request.
+  static const auto bodies = [] {
+    std::array<std::string, std::size_t(Cause::kCount)> b;
+    for (std::size_t k = 0; k < b.size(); ++k) b[k] = fmt::format(R"({{"error":"{}"}})", cause_text(Cause(k)));
+    return b;
+  }();
+  Response r;
+  r.status = status;
+  r.body = bodies[std::size_t(cause)];
+  r.body_is_static = true;
+  r.headers = *route.headers;
+  res.send(r);
+}
+
+bool is_json(std::string_view body) {
+  thread_local simdjson::dom::parser parser;  // keeps its buffers: no allocation once warm
+  simdjson::dom::element doc;
+  // The pool guarantees kUpstreamBodyPadding readable bytes after the body, simdjson's SIMDJSON_PADDING.
+  static_assert(kUpstreamBodyPadding >= simdjson::SIMDJSON_PADDING);
+  return !parser.parse(body.data(), body.size(), false).get(doc);
+}
+
+void on_upstream(void* user, Responder res, const UpstreamReply& u) {
+  const ProxyRoute& route = *static_cast<const ProxyRoute*>(user);
+  switch (u.error) {
+    case UpstreamError::None: break;
+    case UpstreamError::Timeout: return answer_error(res, route, 504, Cause::Timeout);
+    case UpstreamError::Unreachable: return answer_error(res, route, 502, Cause::Unreachable);
+    case UpstreamError::Closed: return answer_error(res, route, 502, Cause::Closed);
+    case UpstreamError::BadResponse: return answer_error(res, route, 502, Cause::BadResponse);
+    case UpstreamError::TooLarge: return answer_error(res, route, 502, Cause::TooLarge);
+    case UpstreamError::Overloaded: return answer_error(res, route, 503, Cause::Overloaded);
+  }
+  if (u.status != 200) return answer_error(res, route, 502, Cause::Status, u.status);
+  if (route.validate && !is_json(u.body)) return answer_error(res, route, 502, Cause::InvalidJson);
+  Response r;
+  r.body = u.body;  // copied: it lives only as long as this callback
+  r.headers = *route.headers;
+  res.send(r);
+}
+
 }  // namespace
 
-void add_user_routes(Router& router, std::string_view dataset, const std::string& user_path) {
-  auto reply = std::make_shared<UserReply>();
-  reply->location = user_path;
-  reply->uring = {Header{"Engine", "userd/io_uring"}, Header{"Location", reply->location}};
-  reply->epoll = {Header{"Engine", "userd/epoll"}, Header{"Location", reply->location}};
-  reply->body = dataset;
-  Handler h = [reply](const Request& req, Responder res) {
+void add_user_routes(Router& router, std::string_view dataset, const RouteOptions& opts) {
+  auto h = std::make_shared<RouteHeaders>();
+  h->location = opts.user_path;
+  h->uring = {Header{"Engine", "userd/io_uring"}, Header{"Location", h->location}};
+  h->epoll = {Header{"Engine", "userd/epoll"}, Header{"Location", h->location}};
+
+  Handler serve_dataset = [h, dataset](const Request& req, Responder res) {
     Response r;
-    r.body = reply->body;
+    r.body = dataset;
     r.body_is_static = true;
-    r.headers = req.backend() == "epoll" ? reply->epoll : reply->uring;
+    r.headers = h->for_backend(req.backend());
     res.send(r);
   };
-  router.get(user_path, h);
-  router.get("/v1/avatar", h);
+  router.get("/v1/avatar", serve_dataset);
+  if (!opts.proxy) {
+    router.get(opts.user_path, serve_dataset);
+    return;
+  }
+  struct Proxy {
+    std::shared_ptr<RouteHeaders> headers;
+    ProxyRoute uring, epoll;
+    std::string path;
+  };
+  auto p = std::make_shared<Proxy>();
+  p->headers = h;
+  p->uring = {&h->uring, opts.validate};
+  p->epoll = {&h->epoll, opts.validate};
+  p->path = opts.upstream_path;
+  router.get(opts.user_path, [p](const Request& req, Responder res) {
+    ProxyRoute* route = req.backend() == "epoll" ? &p->epoll : &p->uring;
+    if (!req.fetch(0, p->path, res, &on_upstream, route)) answer_error(res, *route, 503, Cause::Overloaded);
+  });
 }
 
 }  // namespace userd::app

@@ -104,6 +104,51 @@ void split_target(RequestHead& h) noexcept {
   if (h.path.empty()) h.path = "/";
 }
 
+// Header fields up to and including the blank line, from p[i]. Shared by requests and responses.
+ParseResult parse_fields(const char* p, std::size_t n, std::size_t& i, std::span<Header> out, std::uint16_t& count,
+                         const Limits& limits) noexcept {
+  auto need_more = [&]() { return n > limits.max_head ? bad(HttpError::HeadTooLarge) : more(); };
+  while (true) {
+    if (i > limits.max_head) return bad(HttpError::HeadTooLarge);
+    if (i == n) return need_more();
+    if (p[i] == '\r') {
+      if (i + 1 == n) return need_more();
+      if (p[i + 1] != '\n') return bad(HttpError::BadHeader);
+      i += 2;
+      break;
+    }
+    if (p[i] == '\n') {
+      ++i;
+      break;
+    }
+    const std::size_t name_start = i;
+    while (i < n && kTchar[p[i]]) ++i;
+    if (i == n) return need_more();
+    // Covers obs-fold (a line starting with SP/HTAB) and whitespace before the colon: both 400 (RFC 9112 5).
+    if (i == name_start || p[i] != ':') return bad(HttpError::BadHeader);
+    std::string_view name{p + name_start, i - name_start};
+    ++i;
+    while (i < n && (p[i] == ' ' || p[i] == '\t')) ++i;
+    const std::size_t value_start = i;
+    while (i < n && kField[p[i]]) ++i;
+    if (i == n) return need_more();
+    std::size_t value_end = i;
+    if (p[i] == '\r') {
+      if (i + 1 == n) return need_more();
+      if (p[i + 1] != '\n') return bad(HttpError::BadHeader);
+      i += 2;
+    } else if (p[i] == '\n') {
+      ++i;
+    } else {
+      return bad(HttpError::BadHeader);
+    }
+    if (count == out.size()) return bad(HttpError::TooManyHeaders);
+    out[count++] = {name, trim_ows({p + value_start, value_end - value_start})};
+  }
+  if (i > limits.max_head) return bad(HttpError::HeadTooLarge);
+  return {ParseStatus::Done, HttpError::None, std::uint32_t(i)};
+}
+
 // Reads framing and connection semantics once the header lines are known to be well formed.
 HttpError interpret_headers(RequestHead& h) noexcept {
   int hosts = 0;
@@ -238,47 +283,93 @@ ParseResult parse_request(std::span<const char> buf, std::size_t prev_len, Reque
   if (major != '1' || minor > '1') return bad(HttpError::VersionNotSupported);
   h.minor = std::uint8_t(minor - '0');
 
-  while (true) {
-    if (i > limits.max_head) return bad(HttpError::HeadTooLarge);
-    if (i == n) return need_more();
-    if (p[i] == '\r') {
-      if (i + 1 == n) return need_more();
-      if (p[i + 1] != '\n') return bad(HttpError::BadHeader);
-      i += 2;
-      break;
-    }
-    if (p[i] == '\n') {
-      ++i;
-      break;
-    }
-    const std::size_t name_start = i;
-    while (i < n && kTchar[p[i]]) ++i;
-    if (i == n) return need_more();
-    // Covers obs-fold (a line starting with SP/HTAB) and whitespace before the colon: both 400 (RFC 9112 5).
-    if (i == name_start || p[i] != ':') return bad(HttpError::BadHeader);
-    std::string_view name{p + name_start, i - name_start};
-    ++i;
-    while (i < n && (p[i] == ' ' || p[i] == '\t')) ++i;
-    const std::size_t value_start = i;
-    while (i < n && kField[p[i]]) ++i;
-    if (i == n) return need_more();
-    std::size_t value_end = i;
-    if (p[i] == '\r') {
-      if (i + 1 == n) return need_more();
-      if (p[i + 1] != '\n') return bad(HttpError::BadHeader);
-      i += 2;
-    } else if (p[i] == '\n') {
-      ++i;
-    } else {
-      return bad(HttpError::BadHeader);
-    }
-    if (h.header_count == kMaxHeaders) return bad(HttpError::TooManyHeaders);
-    h.headers[h.header_count++] = {name, trim_ows({p + value_start, value_end - value_start})};
-  }
-  if (i > limits.max_head) return bad(HttpError::HeadTooLarge);
-
+  if (ParseResult r = parse_fields(p, n, i, h.headers, h.header_count, limits); r.status != ParseStatus::Done)
+    return r;
   split_target(h);
   if (HttpError e = interpret_headers(h); e != HttpError::None) return bad(e);
+  return {ParseStatus::Done, HttpError::None, std::uint32_t(i)};
+}
+
+ParseResult parse_response(std::span<const char> buf, std::size_t prev_len, ParsedResponse& h,
+                           const Limits& limits) noexcept {
+  const char* p = buf.data();
+  const std::size_t n = buf.size();
+  if (prev_len > 0 && n <= limits.max_head) {
+    std::size_t from = prev_len >= 3 ? prev_len - 3 : 0;
+    if (!has_head_end(p + from, n - from)) return more();
+  }
+  h = ParsedResponse{};
+  auto need_more = [&]() { return n > limits.max_head ? bad(HttpError::HeadTooLarge) : more(); };
+  // "HTTP/1.x 200 " then a reason of field bytes (RFC 9112 4).
+  constexpr std::string_view kHttp = "HTTP/1.";
+  std::size_t i = 0;
+  for (; i < kHttp.size(); ++i) {
+    if (i == n) return need_more();
+    if (p[i] != kHttp[i]) return bad(HttpError::BadVersion);
+  }
+  if (n < 13) return need_more();
+  if ((p[7] != '0' && p[7] != '1') || p[8] != ' ') return bad(HttpError::BadVersion);
+  h.minor = std::uint8_t(p[7] - '0');
+  int status = 0;
+  for (int k = 9; k < 12; ++k) {
+    if (p[k] < '0' || p[k] > '9') return bad(HttpError::BadRequestLine);
+    status = status * 10 + (p[k] - '0');
+  }
+  if (status < 100) return bad(HttpError::BadRequestLine);
+  h.status = status;
+  i = 12;
+  if (p[i] == ' ') {
+    ++i;
+    while (i < n && kField[p[i]]) ++i;
+  }
+  if (i == n) return need_more();
+  if (p[i] == '\r') {
+    if (i + 1 == n) return need_more();
+    if (p[i + 1] != '\n') return bad(HttpError::BadRequestLine);
+    i += 2;
+  } else if (p[i] == '\n') {
+    ++i;
+  } else {
+    return bad(HttpError::BadRequestLine);
+  }
+  ParseResult r = parse_fields(p, n, i, h.headers, h.header_count, limits);
+  if (r.status != ParseStatus::Done) return r;
+
+  bool te = false, conn_close = false, conn_keep_alive = false;
+  for (std::size_t k = 0; k < h.header_count; ++k) {
+    const Header& f = h.headers[k];
+    if (iequals(f.name, "content-length")) {
+      std::uint64_t v;
+      if (!parse_length(f.value, v) || (h.has_content_length && v != h.content_length))
+        return bad(HttpError::BadContentLength);
+      h.content_length = v;
+      h.has_content_length = true;
+    } else if (iequals(f.name, "transfer-encoding")) {
+      te = true;
+      bool last_chunked = false;
+      for_each_token(f.value, [&](std::string_view t) { last_chunked = iequals(t, "chunked"); });
+      h.chunked = last_chunked;
+    } else if (iequals(f.name, "connection")) {
+      for_each_token(f.value, [&](std::string_view t) {
+        if (iequals(t, "close")) conn_close = true;
+        else if (iequals(t, "keep-alive")) conn_keep_alive = true;
+      });
+    }
+  }
+  // RFC 9112 6.3: with Transfer-Encoding, Content-Length is ignored; a coding that does not end in chunked
+  // means the body runs to the close.
+  if (te) {
+    h.has_content_length = false;
+    if (!h.chunked) h.until_close = true;
+  } else if (!h.has_content_length) {
+    h.until_close = status >= 200 && status != 204 && status != 304;
+  }
+  if (status < 200 || status == 204 || status == 304) {
+    h.chunked = h.until_close = false;
+    h.has_content_length = true;
+    h.content_length = 0;
+  }
+  h.keep_alive = !h.until_close && (h.minor == 1 ? !conn_close : (conn_keep_alive && !conn_close));
   return {ParseStatus::Done, HttpError::None, std::uint32_t(i)};
 }
 

@@ -72,6 +72,22 @@ struct RequestHead {
 ParseResult parse_request(std::span<const char> buf, std::size_t prev_len, RequestHead& out,
                           const Limits& limits = {}) noexcept;
 
+// A response head (RFC 9112 4, 6.3): for the upstream client. Framing resolved: content_length, chunked, or
+// until_close; 1xx, 204 and 304 carry no body.
+struct ParsedResponse {
+  int status = 0;
+  std::uint8_t minor = 1;
+  std::uint16_t header_count = 0;
+  std::array<Header, kMaxHeaders> headers;
+  std::uint64_t content_length = 0;
+  bool has_content_length = false;
+  bool chunked = false;
+  bool until_close = false;
+  bool keep_alive = true;
+};
+ParseResult parse_response(std::span<const char> buf, std::size_t prev_len, ParsedResponse& out,
+                           const Limits& limits = {}) noexcept;
+
 // The status line for an error: 400, 413, 414, 431, 501 or 505.
 int status_for(HttpError e) noexcept;
 // A short lower-case reason for the JSON error body ("missing host header").

@@ -40,6 +40,11 @@ class Backend {
   // Sends all of iov[0..n); one Send completion with the bytes sent (short only on error) or -errno. iov and msg
   // (scratch the backend may use) stay untouched by the caller until then. Never raises SIGPIPE.
   virtual void send(int fd, std::uint64_t tag, const iovec* iov, unsigned n, msghdr* msg) noexcept = 0;
+  // Connects a socket made with socket(2); one completion, 0 or -errno. addr stays valid until then.
+  virtual void connect(int fd, const sockaddr* addr, socklen_t len, std::uint64_t tag) noexcept = 0;
+  // Cancels the armed operation with this tag on fd (a connect that hangs); it completes with -ECANCELED, or
+  // with its result if it finished first.
+  virtual void cancel(int fd, std::uint64_t tag) noexcept = 0;
   // Returns a receive buffer once its bytes are parsed or copied.
   virtual void recycle(std::uint16_t buffer_id) noexcept = 0;
   // how: SHUT_WR after a final response (the peer sees EOF, reads go on), SHUT_RDWR to end the connection.

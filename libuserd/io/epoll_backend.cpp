@@ -123,6 +123,40 @@ class EpollBackend final : public Backend {
     continue_send(fd, s);
   }
 
+  void connect(int fd, const sockaddr* addr, socklen_t len, std::uint64_t t) noexcept override {
+    int fl = fcntl(fd, F_GETFL);
+    if (fl >= 0) fcntl(fd, F_SETFL, fl | O_NONBLOCK);
+    FdState& s = state(fd);
+    s.role = Role::Conn;
+    if (::connect(fd, addr, len) == 0) {
+      push({t, 0, false, false, 0, nullptr});
+      return;
+    }
+    if (errno != EINPROGRESS) {
+      push({t, -errno, false, false, 0, nullptr});
+      return;
+    }
+    // Writable means connected (or failed: SO_ERROR says which). Registered with EPOLLIN too, so the receive
+    // armed after it needs no second epoll_ctl.
+    s.connect_tag = t;
+    s.connect_pending = true;
+    epoll_event ev{};
+    ev.events = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET;
+    ev.data.fd = fd;
+    if (epoll_ctl(ep_, EPOLL_CTL_ADD, fd, &ev) < 0) {
+      s.connect_pending = false;
+      push({t, -errno, false, false, 0, nullptr});
+      return;
+    }
+    s.registered = true;
+    s.out_armed = true;
+  }
+
+  void cancel(int fd, std::uint64_t t) noexcept override {
+    FdState& s = state(fd);
+    if (s.connect_pending && s.connect_tag == t) finish_connect(fd, s, -ECANCELED);
+  }
+
   void recycle(std::uint16_t bid) noexcept override { free_bufs_.push_back(bid); }
 
   void shutdown(int fd, int how) noexcept override {
@@ -135,6 +169,7 @@ class EpollBackend final : public Backend {
       push({s.recv_tag, 0, false, false, 0, nullptr});
     }
     if (s.send_pending) finish_send(fd, s, s.sent ? int(s.sent) : -EPIPE);
+    if (s.connect_pending) finish_connect(fd, s, -ECANCELED);
   }
 
   void close(int fd) noexcept override {
@@ -178,7 +213,8 @@ class EpollBackend final : public Backend {
     bool recv_armed = false;
     bool send_pending = false;
     bool out_armed = false;
-    std::uint64_t accept_tag = 0, recv_tag = 0, send_tag = 0;
+    bool connect_pending = false;
+    std::uint64_t accept_tag = 0, recv_tag = 0, send_tag = 0, connect_tag = 0;
     const iovec* iov = nullptr;
     unsigned iovcnt = 0;
     std::size_t sent = 0, total = 0;
@@ -210,6 +246,13 @@ class EpollBackend final : public Backend {
         accept_ready(fd, s);
         return;
       case Role::Conn:
+        if ((ev.events & (EPOLLOUT | EPOLLERR | EPOLLHUP)) && s.connect_pending) {
+          int err = 0;
+          socklen_t len = sizeof err;
+          getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &len);
+          finish_connect(fd, s, -err);
+          return;
+        }
         if ((ev.events & (EPOLLOUT | EPOLLERR | EPOLLHUP)) && s.send_pending) continue_send(fd, s);
         if ((ev.events & (EPOLLIN | EPOLLRDHUP | EPOLLERR | EPOLLHUP)) && s.recv_armed)
           read_ready(fd, s, ev.events & (EPOLLRDHUP | EPOLLERR | EPOLLHUP));
@@ -298,6 +341,12 @@ class EpollBackend final : public Backend {
       return;
     }
     finish_send(fd, s, int(s.sent));
+  }
+
+  void finish_connect(int fd, FdState& s, int res) noexcept {
+    s.connect_pending = false;
+    if (s.out_armed) set_out(fd, s, false);
+    push({s.connect_tag, res, false, false, 0, nullptr});
   }
 
   void finish_send(int fd, FdState& s, int res) noexcept {

@@ -6,7 +6,7 @@
 
 namespace userd::io {
 
-enum class Op : std::uint8_t { None = 0, Accept, Recv, Send, Wake };
+enum class Op : std::uint8_t { None = 0, Accept, Recv, Send, Wake, UpConnect, UpRecv, UpSend };
 
 constexpr std::uint64_t tag(Op op, std::uint32_t slot = 0, std::uint16_t gen = 0) noexcept {
   return std::uint64_t(op) << 56 | std::uint64_t(gen) << 32 | slot;

@@ -151,6 +151,18 @@ class UringBackend final : public Backend {
     io_uring_sqe_set_data64(s, t);
   }
 
+  void connect(int fd, const sockaddr* addr, socklen_t len, std::uint64_t t) noexcept override {
+    io_uring_sqe* s = sqe();
+    io_uring_prep_connect(s, fd, addr, len);
+    io_uring_sqe_set_data64(s, t);
+  }
+
+  void cancel(int, std::uint64_t t) noexcept override {
+    io_uring_sqe* s = sqe();
+    io_uring_prep_cancel64(s, t, 0);
+    io_uring_sqe_set_data64(s, tag(Op::None));
+  }
+
   void recycle(std::uint16_t bid) noexcept override {
     io_uring_buf_ring_add(br_, pool_ + std::size_t(bid) * buf_size_, buf_size_, bid, nbufs_ - 1, int(recycled_));
     ++recycled_;

@@ -172,7 +172,7 @@ void Connection::dispatch(std::string_view body) noexcept {
   }
   awaiting_ = true;
   in_dispatch_ = true;
-  const Request request(head_, body, ctx_->backend_name);
+  const Request request(head_, body, ctx_->backend_name, ctx_->replies);
   try {
     (*m.handler)(request, Responder(ctx_->replies, slot_, gen_, seq_));
   } catch (...) {

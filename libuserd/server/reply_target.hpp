@@ -1,10 +1,12 @@
-// server/reply_target.hpp: what a Responder calls into: the worker in a server, a single connection in tests.
+// server/reply_target.hpp: what a Responder and Request::fetch call into: the worker in a server, a single
+// connection in tests.
 // Not here: the connection's own reply logic (connection.hpp).
 #pragma once
 
 #include <cstdint>
 
 #include "userd/responder.hpp"
+#include "userd/upstream.hpp"
 
 namespace userd::server {
 
@@ -12,6 +14,8 @@ class ReplyTarget {
  public:
   virtual bool reply(std::uint32_t slot, std::uint16_t gen, std::uint32_t seq, const Response& r) noexcept = 0;
   virtual bool awaiting(std::uint32_t slot, std::uint16_t gen, std::uint32_t seq) const noexcept = 0;
+  virtual bool fetch(std::size_t upstream, std::string_view path, Responder res, UpstreamDone done,
+                     void* user) noexcept = 0;
 
  protected:
   ~ReplyTarget() = default;

@@ -21,6 +21,24 @@ std::string_view Request::header(std::string_view name) const noexcept {
   return {};
 }
 
+bool Request::fetch(std::size_t upstream, std::string_view path, Responder res, UpstreamDone done,
+                    void* user) const noexcept {
+  return loop_ && loop_->fetch(upstream, path, res, done, user);
+}
+
+std::string_view describe(UpstreamError e) noexcept {
+  switch (e) {
+    case UpstreamError::None: return "ok";
+    case UpstreamError::Unreachable: return "upstream unreachable";
+    case UpstreamError::Timeout: return "upstream timed out";
+    case UpstreamError::Closed: return "upstream closed the connection early";
+    case UpstreamError::BadResponse: return "malformed upstream response";
+    case UpstreamError::TooLarge: return "upstream response too large";
+    case UpstreamError::Overloaded: return "too many upstream requests queued";
+  }
+  return "upstream error";
+}
+
 bool Responder::send(const Response& r) const noexcept { return target_ && target_->reply(slot_, gen_, seq_, r); }
 bool Responder::alive() const noexcept { return target_ && target_->awaiting(slot_, gen_, seq_); }
 

@@ -24,6 +24,7 @@ namespace userd {
 struct Server::Impl {
   ServerConfig cfg;
   Router router;
+  std::vector<upstream::Target> upstreams;  // resolved once; read by every worker
   std::vector<std::unique_ptr<server::Worker>> workers;
   std::vector<std::thread> threads;
   std::uint16_t port = 0;
@@ -40,15 +41,18 @@ unsigned cpus_allowed() noexcept {
   return n > 0 ? unsigned(n) : 1;
 }
 
-Result<sockaddr_storage> resolve(const std::string& host, std::uint16_t port, socklen_t& len) noexcept {
+// Listen addresses are numeric (or localhost); upstream hosts may be names, resolved here once at start.
+Result<sockaddr_storage> resolve(const std::string& host, std::uint16_t port, socklen_t& len,
+                                 bool listening = true) noexcept {
   addrinfo hints{};
   hints.ai_family = AF_UNSPEC;
   hints.ai_socktype = SOCK_STREAM;
-  hints.ai_flags = AI_PASSIVE | AI_NUMERICSERV | (host == "localhost" ? 0 : AI_NUMERICHOST);
+  hints.ai_flags = AI_NUMERICSERV;
+  if (listening) hints.ai_flags |= AI_PASSIVE | (host == "localhost" ? 0 : AI_NUMERICHOST);
   addrinfo* res = nullptr;
   const std::string service = std::to_string(port);
   int rc = getaddrinfo(host.empty() ? nullptr : host.c_str(), service.c_str(), &hints, &res);
-  if (rc != 0 || !res) return fail(Errc::BadInput, EINVAL, "resolve listen address");
+  if (rc != 0 || !res) return fail(Errc::BadInput, EINVAL, "resolve address");
   sockaddr_storage ss{};
   std::memcpy(&ss, res->ai_addr, res->ai_addrlen);
   len = res->ai_addrlen;
@@ -145,6 +149,17 @@ Result<void> Server::start() {
   const unsigned n = s.cfg.threads ? s.cfg.threads : cpus_allowed();
   auto kind = choose_backend(s.cfg);
   if (!kind) return Unexpected<Error>{kind.error()};
+  s.upstreams.clear();
+  for (const UpstreamConfig& u : s.cfg.upstreams) {
+    upstream::Target t;
+    t.cfg = u;
+    auto a = resolve(u.host, u.port, t.addr_len, false);
+    if (!a) return fail(Errc::BadInput, EINVAL, "resolve upstream address");
+    t.addr = *a;
+    const bool v6 = u.host.find(':') != std::string::npos;
+    t.host_header = (v6 ? "[" + u.host + "]" : u.host) + ":" + std::to_string(u.port);
+    s.upstreams.push_back(std::move(t));
+  }
   socklen_t len = 0;
   auto addr = resolve(s.cfg.host, s.cfg.port, len);
   if (!addr) return Unexpected<Error>{addr.error()};
@@ -171,7 +186,7 @@ Result<void> Server::start() {
   // waits for every thread's verdict so a refusal is reported here, not lost in a thread.
   std::vector<std::promise<Result<std::string_view>>> verdicts(n);
   for (unsigned i = 0; i < n; ++i) {
-    s.workers.push_back(std::make_unique<server::Worker>(s.cfg, s.router, fds[i]));
+    s.workers.push_back(std::make_unique<server::Worker>(s.cfg, s.router, fds[i], s.upstreams));
     server::Worker* w = s.workers.back().get();
     std::promise<Result<std::string_view>>* verdict = &verdicts[i];
     s.threads.emplace_back([w, verdict, &cfg = s.cfg, kind = *kind] {

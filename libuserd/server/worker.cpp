@@ -12,12 +12,14 @@ namespace userd::server {
 namespace {
 // Completions handled per wait: big enough to amortise the syscall, small enough to stay in cache.
 constexpr std::size_t kBatch = 256;
-// The loop wakes at least this often to expire lingering connections and retry a paused accept.
-constexpr int kTickMs = 250;
+// The loop wakes at least this often to expire lingering connections and upstream exchanges, and to retry a
+// paused accept: the precision of those deadlines.
+constexpr int kTickMs = 100;
 }  // namespace
 
-Worker::Worker(const ServerConfig& cfg, const Router& router, int listen_fd) noexcept
-    : cfg_(cfg), listen_fd_(listen_fd) {
+Worker::Worker(const ServerConfig& cfg, const Router& router, int listen_fd,
+               const std::vector<upstream::Target>& upstreams) noexcept
+    : cfg_(cfg), listen_fd_(listen_fd), targets_(upstreams) {
   ctx_.router = &router;
   ctx_.replies = this;
   ctx_.limits.max_head = cfg.max_head;
@@ -29,6 +31,7 @@ Worker::Worker(const ServerConfig& cfg, const Router& router, int listen_fd) noe
 Worker::~Worker() {
   backend_.reset();  // tears the ring down first: armed operations hold references to the sockets
   for (auto& c : conns_) c->teardown();
+  for (auto& p : pools_) p->teardown();
   if (listen_fd_ >= 0) ::close(listen_fd_);
 }
 
@@ -44,6 +47,8 @@ void Worker::run(std::unique_ptr<io::Backend> backend) noexcept {
   backend_ = std::move(backend);
   ctx_.backend = backend_.get();
   ctx_.backend_name = backend_->name();
+  for (std::size_t i = 0; i < targets_.size(); ++i)
+    pools_.push_back(std::make_unique<upstream::Pool>(targets_[i], std::uint16_t(i), *backend_, ctx_.now_ms));
   wakeable_.store(backend_.get(), std::memory_order_release);
   refresh_clock();
   last_tick_ms_ = ctx_.now_ms;
@@ -77,6 +82,7 @@ void Worker::tick() noexcept {
       after(*c);
     }
   }
+  for (auto& p : pools_) p->tick();
 }
 
 Connection* Worker::find(std::uint32_t slot, std::uint16_t gen) const noexcept {
@@ -111,8 +117,17 @@ void Worker::on_completion(const io::Completion& c) noexcept {
       after(*conn);
       return;
     }
+    case io::Op::UpConnect:
+    case io::Op::UpRecv:
+    case io::Op::UpSend: {
+      const std::size_t pool = io::tag_slot(c.tag) >> 16;
+      if (pool < pools_.size()) pools_[pool]->on_completion(c);
+      if (c.has_buffer) backend_->recycle(c.buffer_id);
+      return;
+    }
     case io::Op::Wake:
     case io::Op::None:
+      if (c.has_buffer) backend_->recycle(c.buffer_id);
       return;
   }
 }
@@ -144,6 +159,11 @@ bool Worker::reply(std::uint32_t slot, std::uint16_t gen, std::uint32_t seq, con
   bool ok = conn->reply(seq, r);
   after(*conn);
   return ok;
+}
+
+bool Worker::fetch(std::size_t upstream, std::string_view path, Responder res, UpstreamDone done,
+                   void* user) noexcept {
+  return upstream < pools_.size() && pools_[upstream]->fetch(path, res, done, user);
 }
 
 bool Worker::awaiting(std::uint32_t slot, std::uint16_t gen, std::uint32_t seq) const noexcept {

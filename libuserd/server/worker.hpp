@@ -11,13 +11,15 @@
 #include "libuserd/io/backend.hpp"
 #include "libuserd/server/connection.hpp"
 #include "libuserd/server/reply_target.hpp"
+#include "libuserd/upstream/pool.hpp"
 #include "userd/server.hpp"
 
 namespace userd::server {
 
 class Worker final : public ReplyTarget {
  public:
-  Worker(const ServerConfig& cfg, const Router& router, int listen_fd) noexcept;
+  Worker(const ServerConfig& cfg, const Router& router, int listen_fd,
+         const std::vector<upstream::Target>& upstreams) noexcept;
   ~Worker();
 
   // Runs on the worker's own thread: takes the backend made there, serves until stop().
@@ -27,6 +29,8 @@ class Worker final : public ReplyTarget {
   // Responder entry points (the worker's thread only).
   bool reply(std::uint32_t slot, std::uint16_t gen, std::uint32_t seq, const Response& r) noexcept override;
   bool awaiting(std::uint32_t slot, std::uint16_t gen, std::uint32_t seq) const noexcept override;
+  bool fetch(std::size_t upstream, std::string_view path, Responder res, UpstreamDone done,
+             void* user) noexcept override;
 
  private:
   Connection* find(std::uint32_t slot, std::uint16_t gen) const noexcept;
@@ -44,6 +48,8 @@ class Worker final : public ReplyTarget {
   // Slots are created on demand and reused forever, so a steady number of connections allocates nothing.
   std::vector<std::unique_ptr<Connection>> conns_;
   std::vector<std::uint32_t> free_;
+  const std::vector<upstream::Target>& targets_;
+  std::vector<std::unique_ptr<upstream::Pool>> pools_;  // one per upstream, made in run() on this thread
   bool accept_armed_ = false;
   bool accept_paused_ = false;  // EMFILE/ENFILE: re-armed when a connection closes or on the next tick
   std::uint64_t last_tick_ms_ = 0;

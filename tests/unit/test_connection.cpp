@@ -37,6 +37,8 @@ struct FakeBackend final : io::Backend {
     }
     pending_send = total;
   }
+  void connect(int, const sockaddr*, socklen_t, std::uint64_t) noexcept override {}
+  void cancel(int, std::uint64_t) noexcept override {}
   void recycle(std::uint16_t) noexcept override {}
   void shutdown(int, int how) noexcept override { shutdowns.push_back(how); }
   void close(int) noexcept override { ++closes; }
@@ -54,6 +56,7 @@ struct OneConnection final : ReplyTarget {
   bool awaiting(std::uint32_t, std::uint16_t, std::uint32_t seq) const noexcept override {
     return conn->awaiting_reply() && conn->seq() == seq;
   }
+  bool fetch(std::size_t, std::string_view, Responder, UpstreamDone, void*) noexcept override { return false; }
 };
 
 struct Fixture {

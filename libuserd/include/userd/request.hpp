@@ -11,6 +11,12 @@ namespace userd {
 namespace http {
 struct RequestHead;
 }
+namespace server {
+class ReplyTarget;
+}
+class Responder;
+struct UpstreamReply;
+using UpstreamDone = void (*)(void* user, Responder res, const UpstreamReply& reply);
 
 struct Header {
   std::string_view name;
@@ -19,8 +25,9 @@ struct Header {
 
 class Request {
  public:
-  Request(const http::RequestHead& head, std::string_view body, std::string_view backend) noexcept
-      : head_(&head), body_(body), backend_(backend) {}
+  Request(const http::RequestHead& head, std::string_view body, std::string_view backend,
+          server::ReplyTarget* loop = nullptr) noexcept
+      : head_(&head), body_(body), backend_(backend), loop_(loop) {}
 
   std::string_view method() const noexcept;
   std::string_view target() const noexcept;  // as sent: path and query
@@ -34,10 +41,16 @@ class Request {
   bool keep_alive() const noexcept;
   std::string_view backend() const noexcept { return backend_; }  // "io_uring" or "epoll"
 
+  // GET path from ServerConfig::upstreams[upstream] on this loop thread; done(user, res, reply) runs when it
+  // ends (never before fetch returns). False, and nothing happens, when there is no such upstream.
+  bool fetch(std::size_t upstream, std::string_view path, Responder res, UpstreamDone done,
+             void* user = nullptr) const noexcept;
+
  private:
   const http::RequestHead* head_;
   std::string_view body_;
   std::string_view backend_;
+  server::ReplyTarget* loop_;
 };
 
 }  // namespace userd

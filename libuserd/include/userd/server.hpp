@@ -10,9 +10,11 @@
 #include <memory>
 #include <string>
 #include <string_view>
+#include <vector>
 
 #include "userd/result.hpp"
 #include "userd/router.hpp"
+#include "userd/upstream.hpp"
 
 namespace userd {
 
@@ -31,6 +33,8 @@ struct ServerConfig {
   std::size_t max_target = 8 * 1024;  // request target; beyond: 414
   std::size_t max_body = 1 << 20;     // beyond: 413
   unsigned linger_ms = 2000;          // after a final response, how long unread input is drained before closing
+  // Servers handlers may fetch from, by index (Request::fetch). Names are resolved once, in start().
+  std::vector<UpstreamConfig> upstreams;
   // Where the server's few log lines go (the io_uring fallback): one line each, no newline. Default: stderr.
   std::function<void(std::string_view)> log;
 };

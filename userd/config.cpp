@@ -112,9 +112,8 @@ std::string parse_config(int argc, const char* const* argv, const Getenv& getenv
     if (const char* p = getenv("M2_PORT"); p && *p) url += std::string(":") + p;
     const char* path = getenv("M2_PATH");
     url += path && *path ? path : "/v1/avatar";
-    if (std::string e = parse_url(url, out.server.upstreams.emplace_back().host, out.server.upstreams.back().port,
-                                  out.upstream_path);
-        !e.empty())
+    UpstreamConfig& u = out.server.upstreams.emplace_back();
+    if (std::string e = parse_url(url, u.host, u.port, out.upstream_path); !e.empty())
       return "M2_DOMAIN/M2_PORT/M2_PATH: " + e;
     out.proxy = true;
   }

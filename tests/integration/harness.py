@@ -64,6 +64,8 @@ class Server:
         except subprocess.TimeoutExpired:
             self.kill()
             raise
+        if not self.proc.stderr.closed:  # what it said after `listening on`, for tests that read its log
+            self.stderr_lines += self.proc.stderr.read().decode(errors="replace").splitlines()
         self.proc.stdout.close()
         self.proc.stderr.close()
         return self.proc.returncode

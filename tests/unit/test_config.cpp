@@ -70,3 +70,42 @@ TEST_CASE("bad flags and values are one clear message") {
   CHECK(run({"--user-path", "v1/user"}).error.find("must start with '/'") != std::string::npos);
   CHECK(run({"--help"}).cfg.help);
 }
+
+TEST_CASE("the seed's M2_ variables turn the proxy on") {
+  Run r = run({}, {{"M2_DOMAIN", "http://127.0.0.1"}, {"M2_PORT", "3000"}, {"M2_PATH", "/v1/avatar"}});
+  CHECK(r.error.empty());
+  CHECK(r.cfg.proxy);
+  REQUIRE(r.cfg.server.upstreams.size() == 1);
+  CHECK(r.cfg.server.upstreams[0].host == "127.0.0.1");
+  CHECK(r.cfg.server.upstreams[0].port == 3000);
+  CHECK(r.cfg.upstream_path == "/v1/avatar");
+  CHECK(r.cfg.server.upstreams[0].timeout_ms == 2000);
+  CHECK(r.cfg.server.upstreams[0].max_conns == 64);
+  CHECK_FALSE(run({}).cfg.proxy);
+}
+
+TEST_CASE("--upstream wins over M2_ and takes its timeout and pool size") {
+  Run r = run({"--upstream", "http://[::1]:4000/a/b", "--upstream-timeout", "0.25", "--upstream-conns", "8",
+               "--no-validate"},
+              {{"M2_DOMAIN", "other"}, {"M2_PORT", "1"}});
+  CHECK(r.error.empty());
+  REQUIRE(r.cfg.server.upstreams.size() == 1);
+  CHECK(r.cfg.server.upstreams[0].host == "::1");
+  CHECK(r.cfg.server.upstreams[0].port == 4000);
+  CHECK(r.cfg.upstream_path == "/a/b");
+  CHECK(r.cfg.server.upstreams[0].timeout_ms == 250);
+  CHECK(r.cfg.server.upstreams[0].max_conns == 8);
+  CHECK_FALSE(r.cfg.validate);
+}
+
+TEST_CASE("upstream URLs are checked") {
+  std::string host, path;
+  std::uint16_t port = 0;
+  CHECK(parse_url("http://svc", host, port, path).empty());
+  CHECK((host == "svc" && port == 80 && path == "/"));
+  CHECK_FALSE(parse_url("https://svc/", host, port, path).empty());
+  CHECK_FALSE(parse_url("http://:80/", host, port, path).empty());
+  CHECK_FALSE(parse_url("http://svc:99999/", host, port, path).empty());
+  CHECK(run({"--upstream-timeout", "0"}).error.find("invalid --upstream-timeout") == 0);
+  CHECK(run({"--upstream-conns", "0"}).error.find("invalid --upstream-conns") == 0);
+}

@@ -190,3 +190,35 @@ TEST_CASE("header lookups ignore case") {
   CHECK_FALSE(iequals("Content-Length", "content-lengtx"));
   CHECK_FALSE(iequals("Host", "Hos"));
 }
+
+TEST_CASE("response parser resolves framing: length, chunked, until close, no body") {
+  ParsedResponse r;
+  auto parse_resp = [&](std::string_view s) { return parse_response({s.data(), s.size()}, 0, r); };
+  REQUIRE(parse_resp("HTTP/1.1 200 OK\r\nContent-Length: 12\r\n\r\n").status == ParseStatus::Done);
+  CHECK((r.status == 200 && r.has_content_length && r.content_length == 12 && r.keep_alive && !r.until_close));
+  REQUIRE(parse_resp("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 5\r\n\r\n").status ==
+          ParseStatus::Done);
+  CHECK((r.chunked && !r.has_content_length));  // RFC 9112 6.3: TE overrides CL
+  REQUIRE(parse_resp("HTTP/1.1 200 OK\r\nServer: x\r\n\r\n").status == ParseStatus::Done);
+  CHECK((r.until_close && !r.keep_alive));
+  REQUIRE(parse_resp("HTTP/1.1 204 No Content\r\n\r\n").status == ParseStatus::Done);
+  CHECK((r.has_content_length && r.content_length == 0 && r.keep_alive));
+  REQUIRE(parse_resp("HTTP/1.0 200 OK\r\nContent-Length: 1\r\n\r\n").status == ParseStatus::Done);
+  CHECK_FALSE(r.keep_alive);
+  REQUIRE(parse_resp("HTTP/1.1 200 OK\r\nContent-Length: 1\r\nConnection: close\r\n\r\n").status == ParseStatus::Done);
+  CHECK_FALSE(r.keep_alive);
+  REQUIRE(parse_resp("HTTP/1.1 502\r\nContent-Length: 0\r\n\r\n").status == ParseStatus::Done);  // no reason
+  CHECK(r.status == 502);
+}
+
+TEST_CASE("response parser rejects what is not an HTTP/1.x response") {
+  ParsedResponse r;
+  for (std::string_view bad : {"HTTP/2 200 OK\r\n\r\n", "HTTP/1.1 20 OK\r\n\r\n", "HTTP/1.1 2000 OK\r\n\r\n",
+                               "ICY 200 OK\r\n\r\n", "HTTP/1.1 200 OK\r\nContent-Length: x\r\n\r\n",
+                               "HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n",
+                               "HTTP/1.1 200 OK\r\nBad Header\r\n\r\n"})
+    CHECK_MESSAGE(parse_response({bad.data(), bad.size()}, 0, r).status == ParseStatus::Bad, bad);
+  constexpr std::string_view ok = "HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\n";
+  for (std::size_t n = 0; n < ok.size(); ++n)
+    CHECK(parse_response({ok.data(), n}, 0, r).status == ParseStatus::NeedMore);
+}

@@ -1,0 +1,239 @@
+#!/usr/bin/env python3
+"""Proxy tests: userd as the seed's microservice1 in front of a real upstream: another userd (the seed's pair)
+or fake_upstream.py misbehaving on command. Run once per backend (--backend io_uring|epoll)."""
+import argparse
+import concurrent.futures
+import http.client
+import json
+import os
+import socket
+import sys
+import time
+import unittest
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+from harness import Server, connect, free_port, read_response  # noqa: E402
+
+ARGS = None
+DATASET = b""
+GET = b"GET /v1/user HTTP/1.1\r\nHost: t\r\n\r\n"
+
+
+def userd(*flags):
+    return Server([ARGS.userd, "--listen", "127.0.0.1:0", "--backend", ARGS.backend, "--threads", "2", *flags])
+
+
+def fake(mode, port=0):
+    return Server([sys.executable, os.path.join(HERE, "fake_upstream.py"), mode, ARGS.dataset, "--port", str(port)])
+
+
+def get(port, path="/v1/user", conn=None):
+    c = conn or http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    t0 = time.monotonic()
+    c.request("GET", path)
+    r = c.getresponse()
+    body = r.read()
+    if conn is None:
+        c.close()
+    return r.status, body, time.monotonic() - t0, r
+
+
+class SeedPair(unittest.TestCase):
+    """microservice2 = userd serving /v1/avatar; microservice1 = userd proxying /v1/user to it."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.m2 = userd()
+        cls.m1 = userd("--upstream", f"http://127.0.0.1:{cls.m2.port}/v1/avatar")
+        cls.port = cls.m1.port
+
+    @classmethod
+    def tearDownClass(cls):
+        assert cls.m1.stop() == 0
+        assert cls.m2.stop() == 0
+
+    def test_bodies_and_headers_match_the_seed(self):
+        status, body, _, r = get(self.port)
+        self.assertEqual((status, body), (200, DATASET))
+        self.assertEqual(r.getheader("Content-Type"), "application/json")
+        self.assertEqual(r.getheader("Engine"), f"userd/{ARGS.backend}")
+        self.assertEqual(r.getheader("Location"), "/v1/user")
+        self.assertEqual(r.getheader("Content-Length"), "3696")
+        self.assertIsNotNone(r.getheader("Date"))
+
+    def test_a_thousand_keep_alive_requests(self):
+        c = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
+        for _ in range(1000):
+            status, body, _, _ = get(self.port, conn=c)
+            self.assertEqual((status, body), (200, DATASET))
+        c.close()
+
+    def test_fifty_pipelined_requests(self):
+        s = connect(self.port)
+        s.sendall(GET * 50)
+        for _ in range(50):
+            status, _, body = read_response(s)
+            self.assertEqual((status, body), (200, DATASET))
+        s.close()
+
+    def test_two_hundred_concurrent_clients(self):
+        def client(_):
+            c = http.client.HTTPConnection("127.0.0.1", self.port, timeout=20)
+            ok = sum(get(self.port, conn=c)[:2] == (200, DATASET) for _ in range(5))
+            c.close()
+            return ok
+        with concurrent.futures.ThreadPoolExecutor(200) as pool:
+            self.assertEqual(sum(pool.map(client, range(200))), 1000)
+
+    def test_avatar_is_served_locally(self):
+        self.assertEqual(get(self.port, "/v1/avatar")[:2], (200, DATASET))
+
+
+class Misbehaving(unittest.TestCase):
+    def through(self, mode, *flags):
+        up = fake(mode)
+        self.addCleanup(up.stop)
+        m1 = userd("--upstream", f"http://127.0.0.1:{up.port}/v1/avatar", *flags)
+        self.addCleanup(m1.stop)
+        return m1
+
+    def assert_error(self, port, want, limit, conn=None):
+        status, body, took, r = get(port, conn=conn)
+        self.assertEqual(status, want, body)
+        self.assertIn("error", json.loads(body))
+        self.assertEqual(r.getheader("Content-Type"), "application/json")
+        self.assertLess(took, limit)
+        return took
+
+    def assert_keeps_serving(self, port, conn):
+        # The same keep-alive connection still works, and so does the local route.
+        self.assertEqual(get(port, "/v1/avatar", conn=conn)[:2], (200, DATASET))
+
+    def test_chunked_upstream_body_is_forwarded_whole(self):
+        m1 = self.through("chunked")
+        for _ in range(20):
+            self.assertEqual(get(m1.port)[:2], (200, DATASET))
+
+    def test_slow_body_within_the_timeout_arrives(self):
+        m1 = self.through("slow", "--upstream-timeout", "2")
+        self.assertEqual(get(m1.port)[:2], (200, DATASET))
+
+    def test_slow_body_past_the_timeout_is_504(self):
+        m1 = self.through("slow", "--upstream-timeout", "0.2")
+        c = http.client.HTTPConnection("127.0.0.1", m1.port, timeout=10)
+        took = self.assert_error(m1.port, 504, 1.0, conn=c)
+        self.assertGreater(took, 0.15)
+        self.assert_keeps_serving(m1.port, c)
+
+    def test_invalid_json_is_502(self):
+        m1 = self.through("invalid")
+        c = http.client.HTTPConnection("127.0.0.1", m1.port, timeout=10)
+        self.assert_error(m1.port, 502, 1.0, conn=c)
+        self.assert_keeps_serving(m1.port, c)
+
+    def test_invalid_json_passes_with_no_validate(self):
+        m1 = self.through("invalid", "--no-validate")
+        self.assertEqual(get(m1.port)[:2], (200, b'[{"id": "1", "name": '))
+
+    def test_upstream_500_is_502(self):
+        m1 = self.through("status500")
+        c = http.client.HTTPConnection("127.0.0.1", m1.port, timeout=10)
+        self.assert_error(m1.port, 502, 1.0, conn=c)
+        self.assert_keeps_serving(m1.port, c)
+
+    def test_body_cut_short_then_close_is_502(self):
+        m1 = self.through("cut")
+        c = http.client.HTTPConnection("127.0.0.1", m1.port, timeout=10)
+        self.assert_error(m1.port, 502, 1.0, conn=c)
+        self.assert_keeps_serving(m1.port, c)
+
+    def test_upstream_that_accepts_and_stalls_is_504_at_the_timeout(self):
+        m1 = self.through("stall", "--upstream-timeout", "0.5")
+        c = http.client.HTTPConnection("127.0.0.1", m1.port, timeout=10)
+        took = self.assert_error(m1.port, 504, 1.5, conn=c)
+        self.assertGreater(took, 0.4)
+        self.assert_keeps_serving(m1.port, c)
+
+    def test_refused_upstream_is_502_at_once(self):
+        m1 = userd("--upstream", f"http://127.0.0.1:{free_port()}/v1/avatar")
+        self.addCleanup(m1.stop)
+        c = http.client.HTTPConnection("127.0.0.1", m1.port, timeout=10)
+        for _ in range(3):
+            self.assert_error(m1.port, 502, 0.5, conn=c)
+        self.assert_keeps_serving(m1.port, c)
+
+    def test_upstream_closing_after_each_answer_is_retried_transparently(self):
+        m1 = self.through("close")
+        c = http.client.HTTPConnection("127.0.0.1", m1.port, timeout=10)
+        for _ in range(30):
+            self.assertEqual(get(m1.port, conn=c)[:2], (200, DATASET))
+
+    def test_clients_that_leave_mid_request_break_nothing(self):
+        m1 = self.through("slow", "--upstream-timeout", "2", "--upstream-conns", "2")
+        for _ in range(6):
+            s = connect(m1.port)
+            s.sendall(GET)
+            s.close()  # gone while userd waits for the slow upstream
+        time.sleep(0.6)
+        for _ in range(3):
+            self.assertEqual(get(m1.port)[:2], (200, DATASET))
+
+    def test_upstream_down_then_back_is_served_again_without_restart(self):
+        port = free_port()
+        m2 = Server([ARGS.userd, "--listen", f"127.0.0.1:{port}", "--backend", ARGS.backend, "--threads", "1"])
+        m1 = userd("--upstream", f"http://127.0.0.1:{port}/v1/avatar")
+        self.addCleanup(m1.stop)
+        c = http.client.HTTPConnection("127.0.0.1", m1.port, timeout=10)
+        self.assertEqual(get(m1.port, conn=c)[:2], (200, DATASET))
+        self.assertEqual(m2.stop(), 0)
+        for _ in range(5):
+            self.assert_error(m1.port, 502, 1.0, conn=c)
+        m2 = Server([ARGS.userd, "--listen", f"127.0.0.1:{port}", "--backend", ARGS.backend, "--threads", "1"])
+        self.addCleanup(m2.stop)
+        for _ in range(20):
+            self.assertEqual(get(m1.port, conn=c)[:2], (200, DATASET))
+
+    def test_failures_are_logged_at_most_once_a_second_per_cause(self):
+        m1 = userd("--upstream", f"http://127.0.0.1:{free_port()}/v1/avatar", "--threads", "1")
+        c = http.client.HTTPConnection("127.0.0.1", m1.port, timeout=10)
+        t0 = time.monotonic()
+        for _ in range(200):
+            self.assertEqual(get(m1.port, conn=c)[0], 502)
+        seconds = time.monotonic() - t0
+        self.assertEqual(m1.stop(), 0)
+        logged = [l for l in m1.stderr_lines if "upstream unreachable" in l]
+        self.assertGreaterEqual(len(logged), 1)
+        self.assertLessEqual(len(logged), int(seconds) + 2, logged)
+
+
+class Environment(unittest.TestCase):
+    def test_the_seeds_m2_variables_turn_the_proxy_on(self):
+        m2 = userd()
+        self.addCleanup(m2.stop)
+        env = {"M2_DOMAIN": "http://127.0.0.1", "M2_PORT": str(m2.port), "M2_PATH": "/v1/avatar"}
+        m1 = Server([ARGS.userd, "--listen", "127.0.0.1:0", "--backend", ARGS.backend], env=env)
+        self.addCleanup(m1.stop)
+        self.assertTrue(any("proxies to http://127.0.0.1:%d/v1/avatar" % m2.port in l for l in m1.stderr_lines))
+        self.assertEqual(get(m1.port)[:2], (200, DATASET))
+
+
+def main():
+    global ARGS, DATASET
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--userd", required=True)
+    ap.add_argument("--dataset", required=True)
+    ap.add_argument("--backend", choices=["io_uring", "epoll"], required=True)
+    ARGS, rest = ap.parse_known_args()
+    DATASET = open(ARGS.dataset, "rb").read()
+    suite = unittest.defaultTestLoader.loadTestsFromModule(sys.modules[__name__])
+    if rest:
+        suite = unittest.TestSuite(t for group in suite for cls in group for t in cls if any(r in t.id() for r in rest))
+    result = unittest.TextTestRunner(verbosity=2).run(suite)
+    failed = len(result.failures) + len(result.errors)
+    print(f"proxy-{ARGS.backend}: {result.testsRun - failed - len(result.skipped)} passed, {failed} failed")
+    sys.exit(0 if result.wasSuccessful() and result.testsRun > 0 else 1)
+
+
+if __name__ == "__main__":
+    main()

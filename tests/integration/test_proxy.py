@@ -39,6 +39,11 @@ def get(port, path="/v1/user", conn=None):
     return r.status, body, time.monotonic() - t0, r
 
 
+def stop_ok(test, server):
+    """Cleanup: the server must stop with exit 0 (a sanitizer report or a crash would change it)."""
+    test.assertEqual(server.stop(), 0, server.stderr_lines[-5:])
+
+
 class SeedPair(unittest.TestCase):
     """microservice2 = userd serving /v1/avatar; microservice1 = userd proxying /v1/user to it."""
 
@@ -93,9 +98,9 @@ class SeedPair(unittest.TestCase):
 class Misbehaving(unittest.TestCase):
     def through(self, mode, *flags):
         up = fake(mode)
-        self.addCleanup(up.stop)
+        self.addCleanup(up.stop)  # the fake upstream dies by signal: its code is not ours
         m1 = userd("--upstream", f"http://127.0.0.1:{up.port}/v1/avatar", *flags)
-        self.addCleanup(m1.stop)
+        self.addCleanup(stop_ok, self, m1)
         return m1
 
     def assert_error(self, port, want, limit, conn=None):
@@ -157,7 +162,7 @@ class Misbehaving(unittest.TestCase):
 
     def test_refused_upstream_is_502_at_once(self):
         m1 = userd("--upstream", f"http://127.0.0.1:{free_port()}/v1/avatar")
-        self.addCleanup(m1.stop)
+        self.addCleanup(stop_ok, self, m1)
         c = http.client.HTTPConnection("127.0.0.1", m1.port, timeout=10)
         for _ in range(3):
             self.assert_error(m1.port, 502, 0.5, conn=c)
@@ -183,14 +188,14 @@ class Misbehaving(unittest.TestCase):
         port = free_port()
         m2 = Server([ARGS.userd, "--listen", f"127.0.0.1:{port}", "--backend", ARGS.backend, "--threads", "1"])
         m1 = userd("--upstream", f"http://127.0.0.1:{port}/v1/avatar")
-        self.addCleanup(m1.stop)
+        self.addCleanup(stop_ok, self, m1)
         c = http.client.HTTPConnection("127.0.0.1", m1.port, timeout=10)
         self.assertEqual(get(m1.port, conn=c)[:2], (200, DATASET))
         self.assertEqual(m2.stop(), 0)
         for _ in range(5):
             self.assert_error(m1.port, 502, 1.0, conn=c)
         m2 = Server([ARGS.userd, "--listen", f"127.0.0.1:{port}", "--backend", ARGS.backend, "--threads", "1"])
-        self.addCleanup(m2.stop)
+        self.addCleanup(stop_ok, self, m2)
         for _ in range(20):
             self.assertEqual(get(m1.port, conn=c)[:2], (200, DATASET))
 
@@ -210,10 +215,10 @@ class Misbehaving(unittest.TestCase):
 class Environment(unittest.TestCase):
     def test_the_seeds_m2_variables_turn_the_proxy_on(self):
         m2 = userd()
-        self.addCleanup(m2.stop)
+        self.addCleanup(stop_ok, self, m2)
         env = {"M2_DOMAIN": "http://127.0.0.1", "M2_PORT": str(m2.port), "M2_PATH": "/v1/avatar"}
         m1 = Server([ARGS.userd, "--listen", "127.0.0.1:0", "--backend", ARGS.backend], env=env)
-        self.addCleanup(m1.stop)
+        self.addCleanup(stop_ok, self, m1)
         self.assertTrue(any("proxies to http://127.0.0.1:%d/v1/avatar" % m2.port in l for l in m1.stderr_lines))
         self.assertEqual(get(m1.port)[:2], (200, DATASET))
 

@@ -1,0 +1,73 @@
+//! hyper-ref: the seed's Hyper microservice1 for side-by-side benchmarks.
+//!
+//! usage: hyper-ref --listen 127.0.0.1:PORT (--upstream http://HOST:PORT/PATH | --static FILE)
+//! Prints "hyper-ref: listening on ADDR" on stderr once bound.
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use hyper::body::Bytes;
+use hyper::client::HttpConnector;
+use hyper::header::{HeaderValue, CONTENT_TYPE, LOCATION};
+use hyper::service::{make_service_fn, service_fn};
+use hyper::{Body, Client, Request, Response, Server, StatusCode, Uri};
+
+enum Mode {
+    Proxy { client: Client<HttpConnector>, uri: Uri },
+    Static { body: Bytes },
+}
+
+fn with_seed_headers(mut res: Response<Body>) -> Response<Body> {
+    let h = res.headers_mut();
+    h.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    h.insert("Engine", HeaderValue::from_static("Rust/Hyper"));
+    h.insert(LOCATION, HeaderValue::from_static("/v1/user"));
+    res
+}
+
+async fn handle(mode: Arc<Mode>, req: Request<Body>) -> Result<Response<Body>, Infallible> {
+    if req.uri().path() != "/v1/user" {
+        return Ok(Response::builder().status(StatusCode::NOT_FOUND).body(Body::empty()).unwrap());
+    }
+    let res = match &*mode {
+        Mode::Static { body } => Response::new(Body::from(body.clone())),
+        Mode::Proxy { client, uri } => match client.get(uri.clone()).await {
+            Ok(up) => match hyper::body::to_bytes(up.into_body()).await {
+                Ok(bytes) => Response::new(Body::from(bytes)),
+                Err(_) => Response::builder().status(StatusCode::BAD_GATEWAY).body(Body::empty()).unwrap(),
+            },
+            Err(_) => Response::builder().status(StatusCode::BAD_GATEWAY).body(Body::empty()).unwrap(),
+        },
+    };
+    Ok(with_seed_headers(res))
+}
+
+#[tokio::main]
+async fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let mut listen = "127.0.0.1:8080".to_string();
+    let mut mode = None;
+    let mut i = 1;
+    while i + 1 < args.len() {
+        match args[i].as_str() {
+            "--listen" => listen = args[i + 1].clone(),
+            "--upstream" => {
+                mode = Some(Mode::Proxy { client: Client::new(), uri: args[i + 1].parse().expect("upstream URL") })
+            }
+            "--static" => {
+                mode = Some(Mode::Static { body: Bytes::from(std::fs::read(&args[i + 1]).expect("static file")) })
+            }
+            other => panic!("unknown flag {other}"),
+        }
+        i += 2;
+    }
+    let mode = Arc::new(mode.expect("--upstream or --static"));
+    let addr: SocketAddr = listen.parse().expect("listen address");
+    let make = make_service_fn(move |_| {
+        let mode = mode.clone();
+        async move { Ok::<_, Infallible>(service_fn(move |req| handle(mode.clone(), req))) }
+    });
+    let server = Server::bind(&addr).serve(make);
+    eprintln!("hyper-ref: listening on {}", server.local_addr());
+    server.await.expect("server");
+}

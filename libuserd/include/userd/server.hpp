@@ -27,7 +27,7 @@ struct ServerConfig {
   BackendKind backend = BackendKind::Auto;
   // Receive buffers per thread: every connection of the thread draws from them, and each returns at once after
   // its bytes are parsed or copied, so the count bounds bytes read per loop turn, not connections.
-  unsigned recv_buffers = 512;
+  unsigned recv_buffers = 256;
   unsigned recv_buffer_size = 4096;
   std::size_t max_head = 8 * 1024;    // request line + headers; beyond: 431
   std::size_t max_target = 8 * 1024;  // request target; beyond: 414

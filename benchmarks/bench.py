@@ -205,7 +205,13 @@ def main():
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--quick", action="store_true", help="one round of 2 s: proves the harness, judges nothing")
     ap.add_argument("--out", default=os.path.join(ROOT, "docs"))
+    ap.add_argument("--from-json", help="rewrite the report and chart from a earlier run's benchmarks.json")
     a = ap.parse_args()
+    if a.from_json:
+        saved = json.load(open(a.from_json))
+        a.rounds, a.duration, a.quick = (saved["method"][k] for k in ("rounds", "duration_s", "quick"))
+        report(a, saved["results"], saved["allocations"], saved["machine"])
+        return
     if a.quick:
         a.rounds, a.duration, a.warmup = 1, 2, 1
     dataset = open(a.dataset, "rb").read()
@@ -311,9 +317,9 @@ def targets(res, allocs):
     return out
 
 
-def report(a, res, allocs):
+def report(a, res, allocs, machine=None):
     os.makedirs(a.out, exist_ok=True)
-    machine = {"cpus": os.cpu_count(), "model": next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo")
+    machine = machine or {"cpus": os.cpu_count(), "model": next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo")
                                                       if l.startswith("model name")), "?"),
                "kernel": platform.release(), "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
     tg = targets(res, allocs)
@@ -352,7 +358,7 @@ def report(a, res, allocs):
               "The seed's Hyper microservice1 reported about 80,000 req/s with `wrk -t12 -c100 -d15s` on a "
               "12-thread laptop, using 16–32 MB (`../shared/docs/seed-hyper-results.txt`): another machine and all "
               "its cores, so only the ratios above compare.", ""]
-    notes = os.path.join(HERE, "NOTES.md")
+    notes = os.path.join(HERE, "NOTES.md")  # what the numbers do not say: changes measured, targets explained
     if os.path.exists(notes):
         lines += [open(notes).read()]
     open(os.path.join(a.out, "benchmarks.md"), "w").write("\n".join(lines))

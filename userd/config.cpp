@@ -14,6 +14,16 @@ bool parse_uint(std::string_view s, unsigned long max, unsigned long& out) {
   return ec == std::errc() && end == s.data() + s.size() && out <= max;
 }
 
+// Seconds, fractions allowed (tests use 0.2), more than 0 and at most a day.
+std::string parse_seconds(std::string_view flag, std::string_view s, unsigned& ms) {
+  double secs = 0;
+  auto [end, ec] = std::from_chars(s.data(), s.data() + s.size(), secs);
+  if (ec != std::errc() || end != s.data() + s.size() || !(secs > 0) || secs > 86400)
+    return fmt::format("invalid {} '{}': expected seconds, more than 0", flag, s);
+  ms = unsigned(secs * 1000 + 0.5);
+  return {};
+}
+
 std::string parse_port(std::string_view s, std::uint16_t& port) {
   unsigned long v;
   if (!parse_uint(s, 65535, v)) return fmt::format("invalid port '{}': expected 0-65535", s);
@@ -81,6 +91,10 @@ std::string usage() {
          "  --upstream-timeout S seconds for the whole upstream exchange, then 504 (default 2)\n"
          "  --upstream-conns N   keep-alive connections to the upstream per thread (default 64)\n"
          "  --no-validate        forward the upstream body without checking it is JSON\n"
+         "  --header-timeout S   a request head must complete within S seconds of its first byte, else 408 (10)\n"
+         "  --body-timeout S     a request body must complete within S seconds of its head, else 408 (30)\n"
+         "  --idle-timeout S     close keep-alive connections idle this long (60)\n"
+         "  --max-conns N        connections per thread; more are accepted and closed at once (10000)\n"
          "  --help               this text\n"
          "  --version            version and build\n";
 }
@@ -168,11 +182,18 @@ std::string parse_config(int argc, const char* const* argv, const Getenv& getenv
       out.proxy = true;
     } else if (arg == "--upstream-timeout") {
       if (!need(err)) return err;
-      double secs = 0;
-      auto [end, ec] = std::from_chars(value.data(), value.data() + value.size(), secs);
-      if (ec != std::errc() || end != value.data() + value.size() || !(secs > 0) || secs > 3600)
-        return fmt::format("invalid --upstream-timeout '{}': expected seconds, more than 0", value);
-      timeout_ms = unsigned(secs * 1000 + 0.5);
+      if (std::string e = parse_seconds(arg, value, timeout_ms); !e.empty()) return e;
+    } else if (arg == "--header-timeout" || arg == "--body-timeout" || arg == "--idle-timeout") {
+      if (!need(err)) return err;
+      unsigned ms;
+      if (std::string e = parse_seconds(arg, value, ms); !e.empty()) return e;
+      (arg == "--header-timeout" ? out.server.header_timeout_ms
+                                 : arg == "--body-timeout" ? out.server.body_timeout_ms : out.server.idle_timeout_ms) = ms;
+    } else if (arg == "--max-conns") {
+      if (!need(err)) return err;
+      unsigned long n;
+      if (!parse_uint(value, 10'000'000, n) || n == 0) return fmt::format("invalid --max-conns '{}': expected 1 or more", value);
+      out.server.max_conns = unsigned(n);
     } else if (arg == "--upstream-conns") {
       if (!need(err)) return err;
       unsigned long n;

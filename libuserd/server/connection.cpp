@@ -46,6 +46,35 @@ void Connection::open(int fd, std::uint32_t slot) noexcept {
   send_inflight_ = false;
   ctx_->backend->recv(fd_, io::tag(io::Op::Recv, slot_, gen_));
   recv_armed_ = true;
+  update_timer();
+}
+
+// The deadline that applies now. Set only when the kind changes: a head trickling in keeps the deadline of its
+// first byte (slowloris), while any response resets the idle deadline.
+void Connection::update_timer() noexcept {
+  Timer want = Timer::None;
+  if (state_ == State::Lingering) want = Timer::Linger;
+  else if (state_ != State::Open || awaiting_ || send_inflight_ || out_[0].total || out_[1].total) want = Timer::None;
+  else if (head_done_) want = Timer::Body;
+  else if (!in_.empty()) want = Timer::Header;
+  else want = Timer::Idle;
+  if (timer_link.which != want) ctx_->timers.set(*this, want, ctx_->now_ms);
+}
+
+void Connection::on_timeout(Timer t) noexcept {
+  if (state_ != State::Open || t == Timer::Idle || t == Timer::Linger) {
+    abort();
+    return;
+  }
+  // Header or body not complete in time: 408, and nothing more is read from this client.
+  in_.clear();
+  head_done_ = false;
+  req_keep_alive_ = false;
+  req_head_only_ = false;
+  req_minor_ = 1;
+  write_error_status(408, t == Timer::Header ? "request header timeout" : "request body timeout");
+  flush();
+  update_timer();
 }
 
 bool Connection::reading() const noexcept {
@@ -54,7 +83,8 @@ bool Connection::reading() const noexcept {
 }
 
 void Connection::on_recv(char* data, std::size_t n) noexcept {
-  if (state_ != State::Open) return;  // lingering: what the peer still sends is read and dropped
+  // Lingering, or the last response is queued: what the peer still sends is read and dropped.
+  if (state_ != State::Open || close_after_flush_) return;
   if (in_.empty()) {
     std::size_t used = process(data, n);
     if (used < n) keep_unfinished(data + used, n - used);
@@ -68,6 +98,7 @@ void Connection::on_recv(char* data, std::size_t n) noexcept {
     resume();
   }
   flush();
+  update_timer();
 }
 
 void Connection::resume() noexcept {
@@ -193,6 +224,7 @@ bool Connection::reply(std::uint32_t seq, const Response& r) noexcept {
   if (!in_dispatch_) {  // answered later: carry on with requests that queued up meanwhile
     resume();
     flush();
+    update_timer();
   }
   return true;
 }
@@ -307,6 +339,7 @@ void Connection::on_send(int res) noexcept {
   out_[filling_ ^ 1].clear();
   resume();
   flush();
+  update_timer();
 }
 
 void Connection::on_recv_end(int res) noexcept {
@@ -341,17 +374,19 @@ void Connection::finish() noexcept {
   // until it closes or the deadline passes, so unread input does not turn into a reset that destroys the response.
   state_ = State::Lingering;
   ctx_->backend->shutdown(fd_, SHUT_WR);
-  linger_deadline_ = ctx_->now_ms + ctx_->linger_ms;
+  update_timer();
 }
 
 void Connection::abort() noexcept {
   if (state_ == State::Closing || state_ == State::Free) return;
   state_ = State::Closing;
+  ctx_->timers.clear(*this);
   if (recv_armed_ || send_inflight_) ctx_->backend->shutdown(fd_, SHUT_RDWR);
   maybe_release();
 }
 
 void Connection::teardown() noexcept {
+  ctx_->timers.clear(*this);
   if (fd_ >= 0) ::close(fd_);
   fd_ = -1;
   state_ = State::Free;

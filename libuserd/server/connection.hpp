@@ -17,12 +17,14 @@
 #include "libuserd/http/parser.hpp"
 #include "libuserd/http/response_writer.hpp"
 #include "libuserd/io/backend.hpp"
+#include "libuserd/server/timers.hpp"
 #include "userd/responder.hpp"
 #include "userd/router.hpp"
 
 namespace userd::server {
 
 class ReplyTarget;
+class Connection;
 
 // What all connections of one loop thread share. Read-only for connections but for now_ms.
 struct LoopContext {
@@ -33,8 +35,8 @@ struct LoopContext {
   http::Limits limits;
   std::uint64_t max_body = 1 << 20;
   std::uint64_t now_ms = 0;  // CLOCK_MONOTONIC, refreshed once per loop turn
-  unsigned linger_ms = 2000;
   std::string_view backend_name;
+  TimerLists<Connection> timers;  // idle, header, body and linger deadlines
 };
 
 class Connection {
@@ -55,10 +57,10 @@ class Connection {
   bool reply(std::uint32_t seq, const Response& r) noexcept;
   // Ends the connection now: pending output is dropped.
   void abort() noexcept;
+  // A deadline passed (the worker's tick): idle and linger close; header and body answer 408 and close.
+  void on_timeout(Timer t) noexcept;
   // Closes the socket without the backend, which is already gone (the worker's destructor).
   void teardown() noexcept;
-  // Lingering connections past their deadline are aborted by the worker's sweep.
-  std::uint64_t linger_deadline() const noexcept { return linger_deadline_; }
 
   State state() const noexcept { return state_; }
   std::uint16_t gen() const noexcept { return gen_; }
@@ -67,6 +69,8 @@ class Connection {
   std::uint32_t seq() const noexcept { return seq_; }
   // The slot may be reused once the socket is closed and no completion is pending for it.
   bool released() const noexcept { return state_ == State::Free; }
+
+  TimerLists<Connection>::Link timer_link;  // owned by ctx.timers
 
  private:
   struct Segment {
@@ -100,6 +104,7 @@ class Connection {
   void submit_send() noexcept;
   void finish() noexcept;
   void maybe_release() noexcept;
+  void update_timer() noexcept;
 
   LoopContext* ctx_;
   int fd_ = -1;
@@ -137,7 +142,6 @@ class Connection {
   std::size_t iov_next_ = 0;    // first iovec not yet fully sent
   std::size_t send_left_ = 0;
   msghdr msg_{};
-  std::uint64_t linger_deadline_ = 0;
 };
 
 }  // namespace userd::server

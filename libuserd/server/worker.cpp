@@ -12,7 +12,7 @@ namespace userd::server {
 namespace {
 // Completions handled per wait: big enough to amortise the syscall, small enough to stay in cache.
 constexpr std::size_t kBatch = 256;
-// The loop wakes at least this often to expire lingering connections and upstream exchanges, and to retry a
+// The loop wakes at least this often to expire connection deadlines and upstream exchanges, and to retry a
 // paused accept: the precision of those deadlines.
 constexpr int kTickMs = 100;
 }  // namespace
@@ -25,7 +25,10 @@ Worker::Worker(const ServerConfig& cfg, const Router& router, int listen_fd,
   ctx_.limits.max_head = cfg.max_head;
   ctx_.limits.max_target = cfg.max_target;
   ctx_.max_body = cfg.max_body;
-  ctx_.linger_ms = cfg.linger_ms;
+  ctx_.timers.set_duration(Timer::Linger, cfg.linger_ms);
+  ctx_.timers.set_duration(Timer::Header, cfg.header_timeout_ms);
+  ctx_.timers.set_duration(Timer::Body, cfg.body_timeout_ms);
+  ctx_.timers.set_duration(Timer::Idle, cfg.idle_timeout_ms);
 }
 
 Worker::~Worker() {
@@ -76,12 +79,10 @@ void Worker::arm_accept() noexcept {
 void Worker::tick() noexcept {
   last_tick_ms_ = ctx_.now_ms;
   if (accept_paused_) arm_accept();
-  for (auto& c : conns_) {
-    if (c->state() == Connection::State::Lingering && c->linger_deadline() <= ctx_.now_ms) {
-      c->abort();
-      after(*c);
-    }
-  }
+  ctx_.timers.expire(ctx_.now_ms, [this](Connection& c, Timer t) {
+    c.on_timeout(t);
+    after(c);
+  });
   for (auto& p : pools_) p->tick();
 }
 
@@ -134,7 +135,10 @@ void Worker::on_completion(const io::Completion& c) noexcept {
 
 void Worker::on_accept(const io::Completion& c) noexcept {
   if (!c.more) accept_armed_ = false;
-  if (c.res >= 0) {
+  if (c.res >= 0 && conns_.size() - free_.size() >= cfg_.max_conns) {
+    ++refused_;  // over the limit: the newcomer is closed, the connections we have keep what they hold
+    backend_->close(c.res);
+  } else if (c.res >= 0) {
     std::uint32_t slot;
     if (!free_.empty()) {
       slot = free_.back();

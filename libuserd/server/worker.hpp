@@ -53,6 +53,7 @@ class Worker final : public ReplyTarget {
   bool accept_armed_ = false;
   bool accept_paused_ = false;  // EMFILE/ENFILE: re-armed when a connection closes or on the next tick
   std::uint64_t last_tick_ms_ = 0;
+  std::uint64_t refused_ = 0;  // connections closed at once for --max-conns
   std::atomic<bool> stop_{false};
   std::atomic<io::Backend*> wakeable_{nullptr};  // for stop() from other threads; lives until ~Worker
 };

@@ -233,7 +233,7 @@ def main():
     DATASET = open(ARGS.dataset, "rb").read()
     suite = unittest.defaultTestLoader.loadTestsFromModule(sys.modules[__name__])
     if rest:
-        suite = unittest.TestSuite(t for group in suite for cls in group for t in cls if any(r in t.id() for r in rest))
+        suite = unittest.TestSuite(t for group in suite for t in group if any(r in t.id() for r in rest))
     result = unittest.TextTestRunner(verbosity=2).run(suite)
     failed = len(result.failures) + len(result.errors)
     print(f"proxy-{ARGS.backend}: {result.testsRun - failed - len(result.skipped)} passed, {failed} failed")

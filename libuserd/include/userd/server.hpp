@@ -33,6 +33,15 @@ struct ServerConfig {
   std::size_t max_target = 8 * 1024;  // request target; beyond: 414
   std::size_t max_body = 1 << 20;     // beyond: 413
   unsigned linger_ms = 2000;          // after a final response, how long unread input is drained before closing
+  // Deadlines (checked every 100 ms): a request head must complete within header_timeout_ms of its first
+  // byte, a body within body_timeout_ms of its head (else 408 and close); a connection with nothing to do is
+  // closed after idle_timeout_ms.
+  unsigned header_timeout_ms = 10'000;
+  unsigned body_timeout_ms = 30'000;
+  unsigned idle_timeout_ms = 60'000;
+  // Connections per thread; beyond it new ones are accepted and closed at once, so existing ones keep their
+  // descriptors and buffers.
+  unsigned max_conns = 10'000;
   // Servers handlers may fetch from, by index (Request::fetch). Names are resolved once, in start().
   std::vector<UpstreamConfig> upstreams;
   // Where the server's few log lines go (the io_uring fallback): one line each, no newline. Default: stderr.

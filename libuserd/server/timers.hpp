@@ -1,0 +1,70 @@
+// server/timers.hpp: the connection deadlines of one loop thread: one FIFO list per kind of timeout. Every entry
+// of a list has the same duration, so appending keeps each list sorted by deadline, and expiry only looks at the
+// fronts. Moving a connection between lists is O(1); nothing here makes a system call or allocates.
+// Not here: what an expired connection does (connection.cpp), when the lists are checked (worker.cpp tick).
+#pragma once
+
+#include <array>
+#include <cstdint>
+
+namespace userd::server {
+
+enum class Timer : std::uint8_t { None, Idle, Header, Body, Linger, kCount };
+
+template <class Node>
+class TimerLists {
+ public:
+  struct Link {
+    Node* prev = nullptr;
+    Node* next = nullptr;
+    Timer which = Timer::None;
+    std::uint64_t deadline = 0;
+  };
+
+  void set_duration(Timer t, std::uint64_t ms) noexcept { duration_[std::size_t(t)] = ms; }
+
+  // Puts n on t's list with a deadline of now + t's duration (None: on no list).
+  void set(Node& n, Timer t, std::uint64_t now) noexcept {
+    clear(n);
+    if (t == Timer::None) return;
+    Link& l = n.timer_link;
+    List& list = lists_[std::size_t(t)];
+    l.which = t;
+    l.deadline = now + duration_[std::size_t(t)];
+    l.prev = list.tail;
+    l.next = nullptr;
+    (list.tail ? list.tail->timer_link.next : list.head) = &n;
+    list.tail = &n;
+  }
+
+  void clear(Node& n) noexcept {
+    Link& l = n.timer_link;
+    if (l.which == Timer::None) return;
+    List& list = lists_[std::size_t(l.which)];
+    (l.prev ? l.prev->timer_link.next : list.head) = l.next;
+    (l.next ? l.next->timer_link.prev : list.tail) = l.prev;
+    l = Link{};
+  }
+
+  // Takes every node whose deadline has passed off its list and calls expired(node, timer).
+  template <class F>
+  void expire(std::uint64_t now, F&& expired) {
+    for (std::size_t t = 1; t < lists_.size(); ++t) {
+      while (Node* n = lists_[t].head) {
+        if (n->timer_link.deadline > now) break;
+        clear(*n);
+        expired(*n, Timer(t));
+      }
+    }
+  }
+
+ private:
+  struct List {
+    Node* head = nullptr;
+    Node* tail = nullptr;
+  };
+  std::array<List, std::size_t(Timer::kCount)> lists_{};
+  std::array<std::uint64_t, std::size_t(Timer::kCount)> duration_{};
+};
+
+}  // namespace userd::server

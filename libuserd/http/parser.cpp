@@ -35,7 +35,7 @@ constexpr CharTable make_target() {
 constexpr CharTable make_field() {
   CharTable t;
   for (int c = 0x20; c <= 0xff; ++c) t.v[c] = c != 0x7f;
-  t.v['\t'] = true;
+  t.v[static_cast<unsigned char>('\t')] = true;
   return t;
 }
 constexpr CharTable kTchar = make_tchar();

@@ -9,43 +9,13 @@
 
 #include "libuserd/server/connection.hpp"
 #include "libuserd/server/reply_target.hpp"
+#include "tests/support/fake_backend.hpp"
 
 using namespace userd;
 using namespace userd::server;
+using userd::testing::FakeBackend;
 
 namespace {
-
-struct FakeBackend final : io::Backend {
-  std::string wire;       // everything sent, in order
-  int sends = 0;          // send operations submitted
-  int pending_send = -1;  // bytes of the send in flight, -1 if none
-  int recv_arms = 0;
-  std::vector<int> shutdowns;
-  int closes = 0;
-  io::BackendStats st;
-
-  std::string_view name() const noexcept override { return "fake"; }
-  void accept(int, std::uint64_t) noexcept override {}
-  void recv(int, std::uint64_t) noexcept override { ++recv_arms; }
-  void send(int, std::uint64_t, const iovec* iov, unsigned n, msghdr*) noexcept override {
-    REQUIRE(pending_send == -1);  // one send in flight per connection, never two
-    ++sends;
-    int total = 0;
-    for (unsigned i = 0; i < n; ++i) {
-      wire.append(static_cast<const char*>(iov[i].iov_base), iov[i].iov_len);
-      total += int(iov[i].iov_len);
-    }
-    pending_send = total;
-  }
-  void connect(int, const sockaddr*, socklen_t, std::uint64_t) noexcept override {}
-  void cancel(int, std::uint64_t) noexcept override {}
-  void recycle(std::uint16_t) noexcept override {}
-  void shutdown(int, int how) noexcept override { shutdowns.push_back(how); }
-  void close(int) noexcept override { ++closes; }
-  int wait(std::span<io::Completion>, int) noexcept override { return 0; }
-  void wake() noexcept override {}
-  const io::BackendStats& stats() const noexcept override { return st; }
-};
 
 // Answers through the one connection under test, as the worker would.
 struct OneConnection final : ReplyTarget {

@@ -1,0 +1,99 @@
+// tests/fuzz/fuzz_connection.cpp: the connection state machine fed an arbitrary byte stream in arbitrary splits,
+// with sends completing and deferred handlers answering at moments the input chooses. The fake backend aborts
+// on two sends in flight; the sanitizers catch any memory error; the connection must end released.
+#include <cstdint>
+#include <optional>
+#include <string>
+
+#include "libuserd/server/connection.hpp"
+#include "libuserd/server/reply_target.hpp"
+#include "tests/support/fake_backend.hpp"
+
+using namespace userd;
+using namespace userd::server;
+
+namespace {
+struct OneConnection final : ReplyTarget {
+  Connection* conn = nullptr;
+  bool reply(std::uint32_t, std::uint16_t, std::uint32_t seq, const Response& r) noexcept override {
+    return conn->reply(seq, r);
+  }
+  bool awaiting(std::uint32_t, std::uint16_t, std::uint32_t seq) const noexcept override {
+    return conn->awaiting_reply() && conn->seq() == seq;
+  }
+  bool fetch(std::size_t, std::string_view, Responder, UpstreamDone, void*) noexcept override { return false; }
+};
+}  // namespace
+
+extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size) {
+  if (size < 2) return 0;
+  testing::FakeBackend kernel;
+  std::optional<Responder> held;
+  Router router;
+  router.get("/", [](const Request& req, Responder res) {
+    Response r;
+    r.body = req.query();
+    res.send(r);
+  });
+  router.route("POST", "/", [](const Request& req, Responder res) {
+    Response r;
+    r.body = req.body().substr(0, 16);
+    res.send(r);
+  });
+  router.get("/later", [&held](const Request&, Responder res) { held = res; });
+  LoopContext ctx;
+  ctx.backend = &kernel;
+  ctx.router = &router;
+  ctx.max_body = 1024;
+  ctx.limits.max_head = 512;
+  ctx.limits.max_target = 256;
+  ctx.date.update(0);
+  OneConnection target;
+  ctx.replies = &target;
+  Connection conn(ctx);
+  target.conn = &conn;
+  conn.open(3, 0);
+
+  // The first byte steers: chunk sizes and when the kernel and the handler act.
+  std::uint32_t rng = data[0] * 2654435761u + 1;
+  auto next = [&rng] { return rng = rng * 1103515245u + 12345u, rng >> 16; };
+  std::string stream(reinterpret_cast<const char*>(data) + 1, size - 1);
+  std::size_t pos = 0;
+  while (pos < stream.size() && !conn.released()) {
+    std::size_t n = 1 + next() % 64;
+    n = std::min(n, stream.size() - pos);
+    std::string chunk = stream.substr(pos, n);  // writable, like a receive buffer
+    pos += n;
+    conn.on_recv(chunk.data(), chunk.size());
+    if (next() % 2 && kernel.pending_send >= 0) {
+      int sent = kernel.pending_send;
+      kernel.pending_send = -1;
+      conn.on_send(next() % 8 ? sent : -32);  // now and then the peer is gone (EPIPE)
+    }
+    if (held && next() % 3 == 0) {
+      Response r;
+      r.body = "later";
+      held->send(r);
+      held.reset();
+    }
+    if (next() % 50 == 0) conn.on_timeout(Timer(1 + next() % 4));
+  }
+  // The end: the client leaves; every operation completes; the slot must come free.
+  if (held) {
+    Response r;
+    held->send(r);
+  }
+  conn.on_recv_end(0);
+  for (int i = 0; i < 4 && kernel.pending_send >= 0; ++i) {
+    int sent = kernel.pending_send;
+    kernel.pending_send = -1;
+    conn.on_send(sent);
+  }
+  if (!conn.released()) conn.abort();
+  if (kernel.pending_send >= 0) {
+    kernel.pending_send = -1;
+    conn.on_send(-32);
+  }
+  if (!conn.released()) std::abort();
+  return 0;
+}

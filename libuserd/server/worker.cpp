@@ -4,6 +4,8 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <cstdio>
+#include <cstring>
 #include <ctime>
 
 #include "libuserd/io/tag.hpp"
@@ -151,10 +153,25 @@ void Worker::on_accept(const io::Completion& c) noexcept {
   }
   if (accept_armed_ || stop_.load(std::memory_order_relaxed)) return;
   // Out of descriptors or memory: re-arming now would fail again at once and spin. Wait for a close or a tick.
-  if (c.res == -EMFILE || c.res == -ENFILE || c.res == -ENOMEM || c.res == -ENOBUFS)
+  if (c.res == -EMFILE || c.res == -ENFILE || c.res == -ENOMEM || c.res == -ENOBUFS) {
     accept_paused_ = true;
-  else
+    log_accept_pause(-c.res);
+  } else {
     arm_accept();
+  }
+}
+
+// At most one line a second per thread: a descriptor shortage lasts, and each paused accept would say it again.
+void Worker::log_accept_pause(int err) noexcept {
+  const std::uint64_t second = ctx_.now_ms / 1000;
+  ++accept_pauses_;
+  if (second == last_pause_log_s_) return;
+  last_pause_log_s_ = second;
+  char line[160];
+  std::snprintf(line, sizeof line, "accept paused: %s (%llu times); serving the connections already open",
+                std::strerror(err), static_cast<unsigned long long>(accept_pauses_));
+  if (cfg_.log) cfg_.log(line);
+  else std::fprintf(stderr, "userd: %s\n", line);
 }
 
 bool Worker::reply(std::uint32_t slot, std::uint16_t gen, std::uint32_t seq, const Response& r) noexcept {

@@ -40,6 +40,7 @@ class Worker final : public ReplyTarget {
   void arm_accept() noexcept;
   void tick() noexcept;
   void refresh_clock() noexcept;
+  void log_accept_pause(int err) noexcept;
 
   const ServerConfig& cfg_;
   int listen_fd_;
@@ -54,6 +55,8 @@ class Worker final : public ReplyTarget {
   bool accept_paused_ = false;  // EMFILE/ENFILE: re-armed when a connection closes or on the next tick
   std::uint64_t last_tick_ms_ = 0;
   std::uint64_t refused_ = 0;  // connections closed at once for --max-conns
+  std::uint64_t accept_pauses_ = 0;
+  std::uint64_t last_pause_log_s_ = 0;
   std::atomic<bool> stop_{false};
   std::atomic<io::Backend*> wakeable_{nullptr};  // for stop() from other threads; lives until ~Worker
 };

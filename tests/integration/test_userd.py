@@ -204,6 +204,14 @@ class Serving(unittest.TestCase):
                                         b"100001\r\n", 413),
             ("HTTP/2.0", b"GET /v1/user HTTP/2.0\r\nHost: t\r\n\r\n", 505),
             ("HTTP/2 preface", b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", 505),
+            ("bare CR in a header", b"GET /v1/user HTTP/1.1\r\nHost: t\rX: y\r\n\r\n", 400),
+            ("DEL in a header value", b"GET /v1/user HTTP/1.1\r\nHost: t\r\nX: a\x7fb\r\n\r\n", 400),
+            ("space in a header name", b"GET /v1/user HTTP/1.1\r\nHost: t\r\nX Y: z\r\n\r\n", 400),
+            ("64 KiB header", b"GET /v1/user HTTP/1.1\r\nHost: t\r\nX: " + b"h" * 65536 + b"\r\n\r\n", 431),
+            ("1000 headers", b"GET /v1/user HTTP/1.1\r\nHost: t\r\n" + b"X: 1\r\n" * 1000 + b"\r\n", 431),
+            ("TE chunked with a bad size", b"POST /v1/user HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n"
+                                           b"5x\r\nhello\r\n0\r\n\r\n", 400),
+            ("Content-Length with a sign", b"POST /v1/user HTTP/1.1\r\nHost: t\r\nContent-Length: +3\r\n\r\nabc", 400),
         ]
         for why, raw, want in cases:
             with self.subTest(why):
@@ -217,6 +225,17 @@ class Serving(unittest.TestCase):
                 body = data.split(b"\r\n\r\n", 1)[1]
                 self.assertIn("error", json.loads(body))
                 self.assert_still_serving()
+
+    def test_half_requests_cut_by_a_reset_leave_the_server_serving(self):
+        import struct
+        for partial in (b"GET /v1/us", b"POST /v1/user HTTP/1.1\r\nHost: t\r\nContent-Length: 10\r\n\r\nab",
+                        b"POST /v1/user HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhe"):
+            for _ in range(20):
+                s = connect(self.port)
+                s.sendall(partial)
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                s.close()  # RST
+        self.assert_still_serving()
 
     def test_a_large_body_sent_slowly_is_read_in_full(self):
         body = b"x" * 300000

@@ -1,0 +1,261 @@
+#!/usr/bin/env python3
+"""The `long` suite: load and faults against the real daemon (run once per backend, both at once).
+
+- soak: 60 s of wrk at 1000 connections, twice: no errors, RSS grows < 1 MB from the first run to the second,
+  descriptors back to the baseline once the clients leave;
+- slow clients: 1000 slowloris connections while wrk measures normal clients (p99 < 50 ms); the slow ones are
+  cut with 408 at the header timeout;
+- upstream faults: the upstream killed and restarted under load: only 502/504 while it is down, 200 within 1 s of
+  its return, no crash, no descriptor leak;
+- descriptor exhaustion: a low RLIMIT_NOFILE and a flood of connections: the open ones keep being served, and
+  it recovers when they close.
+"""
+import argparse
+import http.client
+import os
+import re
+import resource
+import selectors
+import socket
+import subprocess
+import sys
+import threading
+import time
+import unittest
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from harness import Server, connect, free_port, read_response, read_until_eof  # noqa: E402
+
+ARGS = None
+DATASET = b""
+GET = b"GET /v1/user HTTP/1.1\r\nHost: t\r\n\r\n"
+
+
+def userd(*flags, prefix=()):
+    return Server([*prefix, ARGS.userd, "--listen", "127.0.0.1:0", "--backend", ARGS.backend, *flags])
+
+
+def wrk(port, seconds, connections, threads=1):
+    out = subprocess.run(["wrk", f"-t{threads}", f"-c{connections}", f"-d{seconds}s", "--latency", "--timeout", "5s",
+                          f"http://127.0.0.1:{port}/v1/user"], capture_output=True, text=True, timeout=seconds + 60).stdout
+    sock = re.search(r"Socket errors: (.*)", out)
+    non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    p99 = re.search(r"^\s+99%\s+([\d.]+)(us|ms|s)\b", out, re.M)
+    return {"out": out, "socket_errors": sock.group(1) if sock else None,
+            "non2xx": int(non2xx.group(1)) if non2xx else 0,
+            "requests": int(re.search(r"(\d+) requests in", out).group(1)),
+            "p99_ms": float(p99.group(1)) * {"us": 1e-3, "ms": 1, "s": 1e3}[p99.group(2)] if p99 else None}
+
+
+def rss_kb(pid):
+    return int(re.search(r"VmRSS:\s+(\d+)", open(f"/proc/{pid}/status").read()).group(1))
+
+
+def fds(pid):
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+def settle(pid, want, seconds=5.0):
+    """Waits until the process holds `want` descriptors (closes finish asynchronously); returns the count."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline and fds(pid) != want:
+        time.sleep(0.05)
+    return fds(pid)
+
+
+class Long(unittest.TestCase):
+    def test_soak_a_thousand_connections_twice(self):
+        srv = userd("--threads", "2")
+        try:
+            base_fds = fds(srv.pid)
+            first = wrk(srv.port, 60, 1000, threads=2)
+            rss1 = rss_kb(srv.pid)
+            second = wrk(srv.port, 60, 1000, threads=2)
+            rss2 = rss_kb(srv.pid)
+            for run in (first, second):
+                self.assertIsNone(run["socket_errors"], run["out"])
+                self.assertEqual(run["non2xx"], 0)
+                self.assertGreater(run["requests"], 100000)
+            self.assertLess(rss2 - rss1, 1024, f"RSS {rss1} kB after the first run, {rss2} kB after the second")
+            self.assertEqual(settle(srv.pid, base_fds), base_fds)
+        finally:
+            self.assertEqual(srv.stop(), 0)
+
+    def test_slowloris_clients_are_cut_and_normal_ones_stay_fast(self):
+        srv = userd("--threads", "2", "--header-timeout", "3")
+        try:
+            sel = selectors.DefaultSelector()
+            slow = {}  # socket -> [bytes received, seconds until closed]
+            t0 = time.monotonic()
+            for _ in range(1000):
+                s = socket.socket()
+                s.connect(("127.0.0.1", srv.port))
+                s.sendall(b"GET /v1/user HTTP/1.1\r\nHost: t\r\n")
+                s.setblocking(False)
+                sel.register(s, selectors.EVENT_READ)
+                slow[s] = [b"", None]
+            stop = threading.Event()
+
+            def drip():  # a header line now and then: each byte in time, the head never complete
+                while not stop.is_set():
+                    for s, state in list(slow.items()):
+                        if state[1] is None:
+                            try:
+                                s.send(b"X: y\r\n")
+                            except OSError:
+                                pass
+                    stop.wait(0.5)
+            dripper = threading.Thread(target=drip)
+            dripper.start()
+            result = {}
+            loader = threading.Thread(target=lambda: result.update(wrk(srv.port, 5, 50)))
+            loader.start()
+            left = len(slow)
+            while left and time.monotonic() - t0 < 10:
+                for key, _ in sel.select(timeout=0.2):
+                    state = slow[key.fileobj]
+                    try:
+                        chunk = key.fileobj.recv(65536)
+                    except BlockingIOError:
+                        continue
+                    except ConnectionResetError:
+                        chunk = b""
+                    if chunk:
+                        state[0] += chunk
+                        continue
+                    state[1] = time.monotonic() - t0
+                    sel.unregister(key.fileobj)
+                    left -= 1
+            stop.set()
+            dripper.join()
+            loader.join()
+            for s in slow:
+                s.close()
+            self.assertEqual(left, 0, f"{left} slow connections still open after 10 s")
+            cut = [t for got, t in slow.values()]
+            answered = sum(got.startswith(b"HTTP/1.1 408 ") for got, _ in slow.values())
+            self.assertEqual(answered, 1000)
+            self.assertGreater(min(cut), 2.5)  # not before the header timeout (3 s from the first byte)
+            self.assertLess(max(cut), 5.5)     # and not long after it
+            self.assertIsNone(result["socket_errors"], result["out"])
+            self.assertEqual(result["non2xx"], 0)
+            self.assertGreater(result["requests"], 1000)
+            self.assertLess(result["p99_ms"], 50, result["out"])
+        finally:
+            self.assertEqual(srv.stop(), 0)
+
+    def test_slowloris_connections_get_408_at_the_header_timeout(self):
+        srv = userd("--threads", "1", "--header-timeout", "1")
+        try:
+            socks = []
+            for _ in range(200):
+                s = connect(srv.port, timeout=5)
+                s.sendall(b"GET /v1/user HTTP/1.1\r\nHost: t\r\n")
+                socks.append(s)
+            t0 = time.monotonic()
+            for s in socks:
+                data = read_until_eof(s)
+                self.assertTrue(data.startswith(b"HTTP/1.1 408 "), data[:40])
+                s.close()
+            self.assertLess(time.monotonic() - t0, 2.5)
+        finally:
+            self.assertEqual(srv.stop(), 0)
+
+    def test_upstream_killed_and_restarted_under_load(self):
+        up_port = free_port()
+        m2 = Server([ARGS.userd, "--listen", f"127.0.0.1:{up_port}", "--backend", ARGS.backend, "--threads", "1"])
+        m1 = userd("--threads", "2", "--upstream", f"http://127.0.0.1:{up_port}/v1/avatar", "--upstream-timeout", "1")
+        try:
+            base_fds = fds(m1.pid)  # before any upstream connection exists
+            seen = []
+            stop = threading.Event()
+
+            def probe():
+                c = http.client.HTTPConnection("127.0.0.1", m1.port, timeout=5)
+                while not stop.is_set():
+                    c.request("GET", "/v1/user")
+                    r = c.getresponse()
+                    body = r.read()
+                    seen.append((time.monotonic(), r.status, body == DATASET))
+                    time.sleep(0.01)
+                c.close()
+            prober = threading.Thread(target=probe)
+            result = {}
+            loader = threading.Thread(target=lambda: result.update(wrk(m1.port, 8, 50)))
+            prober.start()
+            loader.start()
+            time.sleep(2)
+            self.assertEqual(m2.stop(), 0)
+            down_at = time.monotonic()
+            time.sleep(2)
+            m2 = Server([ARGS.userd, "--listen", f"127.0.0.1:{up_port}", "--backend", ARGS.backend, "--threads", "1"])
+            back_at = time.monotonic()
+            loader.join()
+            stop.set()
+            prober.join()
+            self.assertIsNone(result["socket_errors"], result["out"])
+            self.assertTrue(all(st in (200, 502, 504) for _, st, _ in seen), {st for _, st, _ in seen})
+            self.assertTrue(all(ok for _, st, ok in seen if st == 200))
+            self.assertTrue(any(st != 200 for t, st, _ in seen if down_at + 0.2 < t < back_at), "no failure while down")
+            late = [st for t, st, _ in seen if t > back_at + 1.0]
+            self.assertTrue(late and all(st == 200 for st in late), late[:20])
+            self.assertEqual(m1.proc.poll(), None)
+            self.assertEqual(m2.stop(), 0)  # the upstream leaves: its idle connections are evicted
+            self.assertEqual(settle(m1.pid, base_fds), base_fds)
+        finally:
+            self.assertEqual(m1.stop(), 0)
+            if m2.proc.poll() is None:
+                m2.stop()
+
+    def test_descriptor_exhaustion_keeps_serving_and_recovers(self):
+        srv = userd("--threads", "1", prefix=("prlimit", "--nofile=48:48"))
+        try:
+            held = []
+            for _ in range(120):  # far more than it can accept: the rest wait in the backlog
+                held.append(connect(srv.port, timeout=5))
+            time.sleep(0.5)
+            served = 0
+            for s in held[:20]:
+                s.sendall(GET)
+                s.settimeout(2)
+                try:
+                    status, _, body = read_response(s)
+                    served += status == 200 and body == DATASET
+                except (socket.timeout, EOFError):
+                    pass
+            self.assertGreaterEqual(served, 15)  # the ones it holds are served
+            for s in held:
+                s.close()
+            time.sleep(0.5)
+            for _ in range(20):  # and it recovers once they are gone
+                c = http.client.HTTPConnection("127.0.0.1", srv.port, timeout=5)
+                c.request("GET", "/v1/user")
+                r = c.getresponse()
+                self.assertEqual((r.status, r.read()), (200, DATASET))
+                c.close()
+        finally:
+            self.assertEqual(srv.stop(), 0)
+        self.assertTrue(any("accept paused" in l for l in srv.stderr_lines), srv.stderr_lines[-5:])
+
+
+def main():
+    global ARGS, DATASET
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--userd", required=True)
+    ap.add_argument("--dataset", required=True)
+    ap.add_argument("--backend", choices=["io_uring", "epoll"], required=True)
+    ARGS, rest = ap.parse_known_args()
+    DATASET = open(ARGS.dataset, "rb").read()
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 65536), hard))  # wrk and userd inherit it
+    suite = unittest.defaultTestLoader.loadTestsFromModule(sys.modules[__name__])
+    if rest:
+        suite = unittest.TestSuite(t for group in suite for t in group if any(r in t.id() for r in rest))
+    result = unittest.TextTestRunner(verbosity=2).run(suite)
+    failed = len(result.failures) + len(result.errors)
+    print(f"long-{ARGS.backend}: {result.testsRun - failed - len(result.skipped)} passed, {failed} failed")
+    sys.exit(0 if result.wasSuccessful() and result.testsRun > 0 else 1)
+
+
+if __name__ == "__main__":
+    main()

@@ -95,6 +95,7 @@ std::string usage() {
          "  --body-timeout S     a request body must complete within S seconds of its head, else 408 (30)\n"
          "  --idle-timeout S     close keep-alive connections idle this long (60)\n"
          "  --max-conns N        connections per thread; more are accepted and closed at once (10000)\n"
+         "  --drain-timeout S    on SIGTERM/SIGINT, how long requests in flight may take to finish (10)\n"
          "  --help               this text\n"
          "  --version            version and build\n";
 }
@@ -183,6 +184,9 @@ std::string parse_config(int argc, const char* const* argv, const Getenv& getenv
     } else if (arg == "--upstream-timeout") {
       if (!need(err)) return err;
       if (std::string e = parse_seconds(arg, value, timeout_ms); !e.empty()) return e;
+    } else if (arg == "--drain-timeout") {
+      if (!need(err)) return err;
+      if (std::string e = parse_seconds(arg, value, out.server.drain_timeout_ms); !e.empty()) return e;
     } else if (arg == "--header-timeout" || arg == "--body-timeout" || arg == "--idle-timeout") {
       if (!need(err)) return err;
       unsigned ms;

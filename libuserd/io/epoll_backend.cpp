@@ -271,11 +271,10 @@ class EpollBackend final : public Backend {
       }
       int e = errno;
       if (e == EAGAIN || e == EINTR || e == ECONNABORTED) return;
-      if (e == EMFILE || e == ENFILE || e == ENOMEM || e == ENOBUFS) {
-        // Level-triggered would report the waiting connection again at once: stop watching until re-armed.
-        epoll_event ev{};
-        epoll_ctl(ep_, EPOLL_CTL_MOD, lfd, &ev);
-      }
+      // The accept ends (EMFILE, or the listener shut down): level-triggered would report the listener again
+      // at once, so stop watching it until the server re-arms it.
+      epoll_event ev{};
+      epoll_ctl(ep_, EPOLL_CTL_MOD, lfd, &ev);
       push({s.accept_tag, -e, false, false, 0, nullptr});
       return;
     }

@@ -40,7 +40,7 @@ void Connection::open(int fd, std::uint32_t slot) noexcept {
   fd_ = fd;
   slot_ = slot;
   state_ = State::Open;
-  peer_eof_ = close_after_flush_ = awaiting_ = in_dispatch_ = false;
+  peer_eof_ = close_after_flush_ = awaiting_ = in_dispatch_ = draining_ = false;
   head_done_ = head_stale_ = false;
   head_prev_len_ = 0;
   send_inflight_ = false;
@@ -59,6 +59,20 @@ void Connection::update_timer() noexcept {
   else if (!in_.empty()) want = Timer::Header;
   else want = Timer::Idle;
   if (timer_link.which != want) ctx_->timers.set(*this, want, ctx_->now_ms);
+}
+
+void Connection::drain() noexcept {
+  if (state_ != State::Open) return;  // lingering or closing: ends by itself
+  const bool idle = !awaiting_ && !send_inflight_ && !out_[0].total && !out_[1].total && in_.empty() && !head_done_;
+  if (idle) {
+    abort();
+    return;
+  }
+  draining_ = true;
+  if (awaiting_) req_keep_alive_ = false;  // its answer says Connection: close
+  else if (!head_done_ && in_.empty()) close_after_flush_ = true;  // only output left
+  flush();
+  update_timer();
 }
 
 void Connection::on_timeout(Timer t) noexcept {
@@ -190,7 +204,7 @@ std::size_t Connection::process(char* buf, std::size_t len) noexcept {
 
 void Connection::dispatch(std::string_view body) noexcept {
   ++seq_;
-  req_keep_alive_ = head_.keep_alive;
+  req_keep_alive_ = head_.keep_alive && !draining_;
   req_minor_ = head_.minor;
   req_head_only_ = head_.method == "HEAD";
   Router::Match m = ctx_->router->find(head_.method, head_.path);

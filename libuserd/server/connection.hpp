@@ -59,6 +59,8 @@ class Connection {
   void abort() noexcept;
   // A deadline passed (the worker's tick): idle and linger close; header and body answer 408 and close.
   void on_timeout(Timer t) noexcept;
+  // The server is stopping: close now if idle, else finish the request in flight and close after it.
+  void drain() noexcept;
   // Closes the socket without the backend, which is already gone (the worker's destructor).
   void teardown() noexcept;
 
@@ -117,6 +119,7 @@ class Connection {
   bool close_after_flush_ = false;  // the last response is queued: read no further requests
   bool awaiting_ = false;           // a handler holds a Responder for request seq_
   bool in_dispatch_ = false;        // inside process(): the loop there continues after a synchronous reply
+  bool draining_ = false;           // the server is stopping: the request being read is the last one
 
   // The request being read. Offsets are from its first byte, in whichever buffer holds it.
   http::RequestHead head_;

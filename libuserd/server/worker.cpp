@@ -59,11 +59,30 @@ void Worker::run(std::unique_ptr<io::Backend> backend) noexcept {
   last_tick_ms_ = ctx_.now_ms;
   arm_accept();
   io::Completion batch[kBatch];
-  while (!stop_.load(std::memory_order_relaxed)) {
+  std::uint64_t drain_deadline = 0;
+  while (true) {
+    if (stop_.load(std::memory_order_relaxed) && !draining_) {
+      begin_drain();
+      drain_deadline = ctx_.now_ms + cfg_.drain_timeout_ms;
+    }
+    if (draining_ && (conns_.size() == free_.size() || ctx_.now_ms >= drain_deadline)) break;
     int n = backend_->wait(batch, kTickMs);
     refresh_clock();
     for (int i = 0; i < n; ++i) on_completion(batch[i]);
     if (ctx_.now_ms - last_tick_ms_ >= std::uint64_t(kTickMs)) tick();
+  }
+}
+
+// Stop accepting (shutdown wakes the armed accept with an error, and later connects are refused), close idle
+// connections, and let the others finish their request.
+void Worker::begin_drain() noexcept {
+  draining_ = true;
+  accept_paused_ = false;
+  ::shutdown(listen_fd_, SHUT_RDWR);
+  for (auto& c : conns_) {
+    if (c->released()) continue;  // already on free_: after() must see each release once
+    c->drain();
+    after(*c);
   }
 }
 
@@ -80,7 +99,7 @@ void Worker::arm_accept() noexcept {
 
 void Worker::tick() noexcept {
   last_tick_ms_ = ctx_.now_ms;
-  if (accept_paused_) arm_accept();
+  if (accept_paused_ && !draining_) arm_accept();
   ctx_.timers.expire(ctx_.now_ms, [this](Connection& c, Timer t) {
     c.on_timeout(t);
     after(c);
@@ -97,7 +116,7 @@ Connection* Worker::find(std::uint32_t slot, std::uint16_t gen) const noexcept {
 void Worker::after(Connection& c) noexcept {
   if (!c.released()) return;
   free_.push_back(c.slot());
-  if (accept_paused_) arm_accept();  // a descriptor came free
+  if (accept_paused_ && !draining_) arm_accept();  // a descriptor came free
 }
 
 void Worker::on_completion(const io::Completion& c) noexcept {
@@ -140,6 +159,8 @@ void Worker::on_accept(const io::Completion& c) noexcept {
   if (c.res >= 0 && conns_.size() - free_.size() >= cfg_.max_conns) {
     ++refused_;  // over the limit: the newcomer is closed, the connections we have keep what they hold
     backend_->close(c.res);
+  } else if (c.res >= 0 && draining_) {
+    backend_->close(c.res);  // accepted just before the listener shut: the server is going away
   } else if (c.res >= 0) {
     std::uint32_t slot;
     if (!free_.empty()) {
@@ -151,7 +172,7 @@ void Worker::on_accept(const io::Completion& c) noexcept {
     }
     conns_[slot]->open(c.res, slot);
   }
-  if (accept_armed_ || stop_.load(std::memory_order_relaxed)) return;
+  if (accept_armed_ || draining_) return;
   // Out of descriptors or memory: re-arming now would fail again at once and spin. Wait for a close or a tick.
   if (c.res == -EMFILE || c.res == -ENFILE || c.res == -ENOMEM || c.res == -ENOBUFS) {
     accept_paused_ = true;

@@ -41,6 +41,7 @@ class Worker final : public ReplyTarget {
   void tick() noexcept;
   void refresh_clock() noexcept;
   void log_accept_pause(int err) noexcept;
+  void begin_drain() noexcept;
 
   const ServerConfig& cfg_;
   int listen_fd_;
@@ -53,6 +54,7 @@ class Worker final : public ReplyTarget {
   std::vector<std::unique_ptr<upstream::Pool>> pools_;  // one per upstream, made in run() on this thread
   bool accept_armed_ = false;
   bool accept_paused_ = false;  // EMFILE/ENFILE: re-armed when a connection closes or on the next tick
+  bool draining_ = false;       // stop() was called: no accepting, connections finish and close
   std::uint64_t last_tick_ms_ = 0;
   std::uint64_t refused_ = 0;  // connections closed at once for --max-conns
   std::uint64_t accept_pauses_ = 0;

@@ -6,6 +6,7 @@ import concurrent.futures
 import http.client
 import json
 import os
+import signal
 import socket
 import sys
 import time
@@ -13,7 +14,7 @@ import unittest
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
-from harness import Server, connect, free_port, read_response  # noqa: E402
+from harness import Server, connect, free_port, read_response, read_until_eof  # noqa: E402
 
 ARGS = None
 DATASET = b""
@@ -210,6 +211,43 @@ class Misbehaving(unittest.TestCase):
         logged = [l for l in m1.stderr_lines if "upstream unreachable" in l]
         self.assertGreaterEqual(len(logged), 1)
         self.assertLessEqual(len(logged), int(seconds) + 2, logged)
+
+
+class GracefulStop(unittest.TestCase):
+    def test_sigterm_finishes_requests_in_flight_and_closes_idle_ones(self):
+        up = fake("slow")  # the body takes about 0.4 s
+        self.addCleanup(up.stop)
+        m1 = userd("--upstream", f"http://127.0.0.1:{up.port}/v1/avatar", "--upstream-timeout", "5")
+        idle = connect(m1.port)
+        idle.sendall(GET)
+        self.assertEqual(read_response(idle)[0], 200)  # a keep-alive connection, now idle
+        busy = connect(m1.port)
+        busy.sendall(GET)  # in flight on the slow upstream
+        time.sleep(0.1)
+        t0 = time.monotonic()
+        m1.proc.send_signal(signal.SIGTERM)
+        time.sleep(0.05)
+        with self.assertRaises(ConnectionRefusedError):  # the listeners close at once
+            socket.create_connection(("127.0.0.1", m1.port), timeout=1)
+        self.assertEqual(read_until_eof(idle), b"")  # the idle one is closed without a word
+        status, headers, body = read_response(busy)  # the busy one gets its answer, then the close
+        self.assertEqual((status, body), (200, DATASET))
+        self.assertEqual(headers.get("connection"), "close")
+        self.assertEqual(m1.stop(), 0)
+        self.assertLess(time.monotonic() - t0, 3)
+
+    def test_the_drain_timeout_bounds_the_wait(self):
+        up = fake("stall")
+        self.addCleanup(up.stop)
+        m1 = userd("--upstream", f"http://127.0.0.1:{up.port}/v1/avatar", "--upstream-timeout", "30",
+                   "--drain-timeout", "0.5")
+        busy = connect(m1.port)
+        busy.sendall(GET)
+        time.sleep(0.1)
+        t0 = time.monotonic()
+        self.assertEqual(m1.stop(), 0)
+        self.assertLess(time.monotonic() - t0, 2)
+        busy.close()
 
 
 class Environment(unittest.TestCase):

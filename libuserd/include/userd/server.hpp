@@ -42,6 +42,8 @@ struct ServerConfig {
   // Connections per thread; beyond it new ones are accepted and closed at once, so existing ones keep their
   // descriptors and buffers.
   unsigned max_conns = 10'000;
+  // stop(): how long requests in flight (including ones waiting on an upstream) may take to finish.
+  unsigned drain_timeout_ms = 10'000;
   // Servers handlers may fetch from, by index (Request::fetch). Names are resolved once, in start().
   std::vector<UpstreamConfig> upstreams;
   // Where the server's few log lines go (the io_uring fallback): one line each, no newline. Default: stderr.
@@ -61,7 +63,9 @@ class Server {
   std::uint16_t port() const noexcept;
   std::string_view backend() const noexcept;  // "io_uring" or "epoll", after start()
   unsigned threads() const noexcept;
-  // Any thread; returns at once. The loops close their connections and end; wait() joins them.
+  // Any thread; returns at once. Graceful: the listeners close at once (new connections are refused), idle
+  // connections close, requests in flight finish (answered with Connection: close) for up to
+  // drain_timeout_ms, then the loops end. wait() joins them.
   void stop() noexcept;
   void wait();
 

@@ -11,6 +11,7 @@
 
 #include "userd/config.hpp"
 #include "userd/dataset.hpp"
+#include "userd/ops_handler.hpp"
 #include "userd/server.hpp"
 #include "userd/user_handler.hpp"
 
@@ -66,7 +67,11 @@ int main(int argc, char** argv) {
   routes.upstream_path = cfg.upstream_path;
   routes.validate = cfg.validate;
   app::add_user_routes(router, dataset, routes);
+  // The routes are made before the server exists; scrapes only come once it has started.
+  Server* running = nullptr;
+  app::add_ops_routes(router, [&running] { return running ? running->metrics_text() : std::string(); });
   Server server(cfg.server, std::move(router));
+  running = &server;
   if (auto r = server.start(); !r) {
     if (r.error().code == Errc::Unsupported) {
       fmt::print(stderr, "userd: --backend io_uring refused by this kernel: {}: {}\n", r.error().what,

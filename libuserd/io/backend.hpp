@@ -10,6 +10,8 @@
 #include <span>
 #include <string_view>
 
+#include "libuserd/metrics/metrics.hpp"
+
 namespace userd::io {
 
 struct Completion {
@@ -21,11 +23,12 @@ struct Completion {
   char* data;
 };
 
-// Counters a backend keeps about itself; read by the owning thread only.
+// Counters a backend keeps about itself: written by its thread, read by a metrics scrape from any.
 struct BackendStats {
-  std::uint64_t submit_calls = 0;  // io_uring_enter or epoll_wait calls
-  std::uint64_t enobufs = 0;       // receives that found no buffer and were re-armed
-  std::uint64_t cq_overflows = 0;
+  metrics::Counter submit_calls;  // io_uring_enter or epoll_wait calls
+  metrics::Counter sqes;          // submission queue entries prepared (io_uring)
+  metrics::Counter enobufs;       // receives that found no buffer and were re-armed
+  metrics::Counter cq_overflows;
 };
 
 class Backend {

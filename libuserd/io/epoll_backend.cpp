@@ -187,7 +187,7 @@ class EpollBackend final : public Backend {
       retrying_.clear();
     }
     if (pending_.size() - head_ < out.size()) {
-      ++stats_.submit_calls;
+      stats_.submit_calls.add();
       int n = epoll_wait(ep_, events_, kEvents, pending_.size() > head_ || !retry_.empty() ? 0 : timeout_ms);
       for (int i = 0; i < n; ++i) on_event(events_[i]);
     }
@@ -285,7 +285,7 @@ class EpollBackend final : public Backend {
   void read_ready(int fd, FdState& s, bool peer_done = false) noexcept {
     for (int i = 0; i < kMaxReadsPerEvent; ++i) {
       if (free_bufs_.empty()) {  // every buffer is in this turn's batch: read on once they come back
-        ++stats_.enobufs;
+        stats_.enobufs.add();
         retry_.push_back({fd, s.recv_tag, peer_done});
         return;
       }

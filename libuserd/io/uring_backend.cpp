@@ -176,10 +176,10 @@ class UringBackend final : public Backend {
       io_uring_buf_ring_advance(br_, int(recycled_));
       recycled_ = 0;
     }
-    if (io_uring_cq_has_overflow(&ring_)) ++stats_.cq_overflows;
+    if (io_uring_cq_has_overflow(&ring_)) stats_.cq_overflows.add();
     __kernel_timespec ts{timeout_ms / 1000, (timeout_ms % 1000) * 1000000LL};
     io_uring_cqe* cqe = nullptr;
-    ++stats_.submit_calls;
+    stats_.submit_calls.add();
     io_uring_submit_and_wait_timeout(&ring_, &cqe, 1, &ts, nullptr);  // -ETIME / -EINTR: reap what is there
     unsigned head, n = 0;
     io_uring_for_each_cqe(&ring_, head, cqe) {
@@ -191,7 +191,7 @@ class UringBackend final : public Backend {
       c.has_buffer = cqe->flags & IORING_CQE_F_BUFFER;
       c.buffer_id = c.has_buffer ? std::uint16_t(cqe->flags >> IORING_CQE_BUFFER_SHIFT) : 0;
       c.data = c.has_buffer ? pool_ + std::size_t(c.buffer_id) * buf_size_ : nullptr;
-      if (c.res == -ENOBUFS) ++stats_.enobufs;
+      if (c.res == -ENOBUFS) stats_.enobufs.add();
       if (tag_op(c.tag) == Op::Wake) arm_wake();
     }
     io_uring_cq_advance(&ring_, n);
@@ -209,6 +209,7 @@ class UringBackend final : public Backend {
   static constexpr std::uint16_t kGroup = 0;
 
   io_uring_sqe* sqe() noexcept {
+    stats_.sqes.add();
     io_uring_sqe* s = io_uring_get_sqe(&ring_);
     while (!s) {  // SQ full: push this batch in now, then there is room
       io_uring_submit(&ring_);

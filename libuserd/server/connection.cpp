@@ -6,6 +6,7 @@
 #include <cerrno>
 #include <climits>
 #include <cstring>
+#include <ctime>
 
 #include <unistd.h>
 
@@ -82,6 +83,7 @@ void Connection::on_timeout(Timer t) noexcept {
   }
   // Header or body not complete in time: 408, and nothing more is read from this client.
   in_.clear();
+  req_route_ = ctx_->router->route_count();
   head_done_ = false;
   req_keep_alive_ = false;
   req_head_only_ = false;
@@ -202,12 +204,27 @@ std::size_t Connection::process(char* buf, std::size_t len) noexcept {
   return pos;
 }
 
+static std::uint64_t monotonic_us() noexcept {
+  timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return std::uint64_t(ts.tv_sec) * 1'000'000 + std::uint64_t(ts.tv_nsec) / 1000;
+}
+
+void Connection::count(int status) noexcept {
+  if (!ctx_->metrics) return;
+  const std::uint64_t took = req_started_us_ ? monotonic_us() - req_started_us_ : 0;
+  ctx_->metrics->record(req_route_, status, took);
+  req_started_us_ = 0;
+}
+
 void Connection::dispatch(std::string_view body) noexcept {
   ++seq_;
   req_keep_alive_ = head_.keep_alive && !draining_;
   req_minor_ = head_.minor;
   req_head_only_ = head_.method == "HEAD";
   Router::Match m = ctx_->router->find(head_.method, head_.path);
+  req_route_ = m.route;
+  if (ctx_->metrics) req_started_us_ = monotonic_us();
   if (!m.handler) {
     if (m.allow.empty()) {
       write_error_status(404, "not found");
@@ -269,6 +286,7 @@ void Connection::write_response(const Response& r) noexcept {
     q.note_bytes(from);
   }
   if (!req_keep_alive_) close_after_flush_ = true;
+  count(r.status);
 }
 
 void Connection::write_error_status(int status, std::string_view message, std::span<const Header> extra) noexcept {
@@ -278,11 +296,13 @@ void Connection::write_error_status(int status, std::string_view message, std::s
                              connection_header(req_keep_alive_, req_minor_), req_head_only_, extra);
   q.note_bytes(from);
   if (!req_keep_alive_) close_after_flush_ = true;
+  count(status);
 }
 
 // A request we cannot trust the framing of: answer, then close (the rest of the stream is not read).
 void Connection::write_error(http::HttpError e) noexcept {
   head_done_ = false;
+  req_route_ = ctx_->router->route_count();  // never routed
   req_keep_alive_ = false;
   req_head_only_ = false;
   req_minor_ = 1;

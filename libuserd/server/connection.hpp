@@ -17,6 +17,7 @@
 #include "libuserd/http/parser.hpp"
 #include "libuserd/http/response_writer.hpp"
 #include "libuserd/io/backend.hpp"
+#include "libuserd/metrics/metrics.hpp"
 #include "libuserd/server/timers.hpp"
 #include "userd/responder.hpp"
 #include "userd/router.hpp"
@@ -37,6 +38,7 @@ struct LoopContext {
   std::uint64_t now_ms = 0;  // CLOCK_MONOTONIC, refreshed once per loop turn
   std::string_view backend_name;
   TimerLists<Connection> timers;  // idle, header, body and linger deadlines
+  metrics::ThreadMetrics* metrics = nullptr;  // null in unit tests
 };
 
 class Connection {
@@ -107,6 +109,7 @@ class Connection {
   void finish() noexcept;
   void maybe_release() noexcept;
   void update_timer() noexcept;
+  void count(int status) noexcept;
 
   LoopContext* ctx_;
   int fd_ = -1;
@@ -137,6 +140,8 @@ class Connection {
   bool req_keep_alive_ = true;
   bool req_head_only_ = false;
   std::uint8_t req_minor_ = 1;
+  std::size_t req_route_ = 0;        // metrics label
+  std::uint64_t req_started_us_ = 0;  // when it was dispatched
 
   core::ByteBuffer in_;  // unfinished request bytes, and later requests while one awaits its answer
   OutQueue out_[2];

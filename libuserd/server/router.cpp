@@ -29,17 +29,18 @@ Router& Router::route(std::string_view method, std::string_view path, Handler h)
 }
 
 Router::Match Router::find(std::string_view method, std::string_view path) const noexcept {
-  for (const Path& p : paths_) {
+  for (std::size_t i = 0; i < paths_.size(); ++i) {
+    const Path& p = paths_[i];
     if (p.path.size() != path.size() || p.path != path) continue;
     const Handler* get = nullptr;
     for (const Method& m : p.methods) {
-      if (m.name == method) return {&m.handler, p.allow};
+      if (m.name == method) return {&m.handler, p.allow, i};
       if (m.name == "GET") get = &m.handler;
     }
-    if (method == "HEAD" && get) return {get, p.allow};  // the connection drops the body
-    return {nullptr, p.allow};
+    if (method == "HEAD" && get) return {get, p.allow, i};  // the connection drops the body
+    return {nullptr, p.allow, i};
   }
-  return {nullptr, {}};
+  return {nullptr, {}, paths_.size()};
 }
 
 }  // namespace userd

@@ -217,6 +217,122 @@ std::uint16_t Server::port() const noexcept { return impl_->port; }
 std::string_view Server::backend() const noexcept { return impl_->backend; }
 unsigned Server::threads() const noexcept { return unsigned(impl_->workers.size()); }
 
+namespace {
+constexpr const char* kUpstreamResults[] = {"ok", "unreachable", "timeout", "closed", "bad_response", "too_large",
+                                            "overloaded"};
+
+void series(std::string& out, const char* name, const char* type, const char* help) {
+  out += "# HELP ";
+  out += name;
+  out += ' ';
+  out += help;
+  out += "\n# TYPE ";
+  out += name;
+  out += ' ';
+  out += type;
+  out += '\n';
+}
+
+void sample(std::string& out, const std::string& name_labels, std::uint64_t v) {
+  out += name_labels;
+  out += ' ';
+  out += std::to_string(v);
+  out += '\n';
+}
+}  // namespace
+
+std::string Server::metrics_text() const {
+  const Impl& s = *impl_;
+  std::string out;
+  out.reserve(4096);
+  const std::size_t routes = s.router.route_count();
+  const std::size_t codes = metrics::kCodes.size() + 1;
+  auto sum = [&](auto&& get) {
+    std::uint64_t v = 0;
+    for (const auto& w : s.workers) v += get(*w);
+    return v;
+  };
+
+  series(out, "userd_requests_total", "counter", "Requests answered, by route and status code.");
+  for (std::size_t r = 0; r <= routes; ++r) {
+    for (std::size_t c = 0; c < codes; ++c) {
+      const std::uint64_t v = sum([&](const server::Worker& w) { return w.metrics().requests[r * codes + c].get(); });
+      if (!v) continue;
+      std::string labels = "userd_requests_total{route=\"";
+      labels += r < routes ? std::string(s.router.route_path(r)) : std::string("other");
+      labels += "\",code=\"";
+      labels += c < metrics::kCodes.size() ? std::to_string(metrics::kCodes[c]) : std::string("other");
+      labels += "\"}";
+      sample(out, labels, v);
+    }
+  }
+
+  series(out, "userd_request_duration_seconds", "histogram", "Time from a request's dispatch to its response being queued.");
+  std::uint64_t cumulative = 0;
+  for (std::size_t b = 0; b <= metrics::kBucketsUs.size(); ++b) {
+    cumulative += sum([&](const server::Worker& w) { return w.metrics().duration_buckets[b].get(); });
+    char le[32];
+    if (b < metrics::kBucketsUs.size()) std::snprintf(le, sizeof le, "%g", double(metrics::kBucketsUs[b]) / 1e6);
+    else std::snprintf(le, sizeof le, "+Inf");
+    sample(out, std::string("userd_request_duration_seconds_bucket{le=\"") + le + "\"}", cumulative);
+  }
+  char seconds[32];
+  std::snprintf(seconds, sizeof seconds, "%.6f",
+                double(sum([](const server::Worker& w) { return w.metrics().duration_sum_us.get(); })) / 1e6);
+  out += "userd_request_duration_seconds_sum ";
+  out += seconds;
+  out += '\n';
+  sample(out, "userd_request_duration_seconds_count", sum([](const server::Worker& w) { return w.metrics().duration_count.get(); }));
+
+  series(out, "userd_connections_open", "gauge", "Client connections open now.");
+  sample(out, "userd_connections_open", sum([](const server::Worker& w) { return w.metrics().connections_open.get(); }));
+  series(out, "userd_connections_accepted_total", "counter", "Client connections accepted.");
+  sample(out, "userd_connections_accepted_total",
+         sum([](const server::Worker& w) { return w.metrics().connections_accepted.get(); }));
+  series(out, "userd_connections_refused_total", "counter", "Connections closed at once for --max-conns.");
+  sample(out, "userd_connections_refused_total",
+         sum([](const server::Worker& w) { return w.metrics().connections_refused.get(); }));
+
+  series(out, "userd_upstream_requests_total", "counter", "Upstream exchanges, by result.");
+  series(out, "userd_upstream_pool_connections", "gauge", "Upstream connections open now (idle or busy).");
+  std::string pools;
+  for (std::size_t u = 0; u < s.upstreams.size(); ++u) {
+    auto pool_sum = [&](auto&& get) {
+      std::uint64_t v = 0;
+      for (const auto& w : s.workers)
+        if (w->backend() && u < w->pools().size()) v += get(w->pools()[u]->stats());
+      return v;
+    };
+    const std::string up = "upstream=\"" + s.upstreams[u].host_header + "\"";
+    for (std::size_t k = 0; k < 7; ++k) {
+      const std::uint64_t v = k == 0 ? pool_sum([](const upstream::PoolStats& p) { return p.ok.get(); })
+                                     : pool_sum([&](const upstream::PoolStats& p) { return p.errors[k].get(); });
+      sample(out, "userd_upstream_requests_total{" + up + ",result=\"" + kUpstreamResults[k] + "\"}", v);
+    }
+    sample(pools, "userd_upstream_pool_connections{" + up + "}",
+           pool_sum([](const upstream::PoolStats& p) { return p.open.get(); }));
+  }
+  out += pools;
+
+  series(out, "userd_backend_info", "gauge", "The I/O backend serving (1).");
+  sample(out, std::string("userd_backend_info{backend=\"") + std::string(s.backend) + "\"}", 1);
+  if (s.backend == "io_uring") {
+    auto stat = [&](auto&& get) {
+      std::uint64_t v = 0;
+      for (const auto& w : s.workers)
+        if (const io::Backend* b = w->backend()) v += get(b->stats());
+      return v;
+    };
+    series(out, "userd_uring_submit_calls_total", "counter", "io_uring_enter calls (one per loop turn).");
+    sample(out, "userd_uring_submit_calls_total", stat([](const io::BackendStats& b) { return b.submit_calls.get(); }));
+    series(out, "userd_uring_sqes_total", "counter", "Submission queue entries prepared.");
+    sample(out, "userd_uring_sqes_total", stat([](const io::BackendStats& b) { return b.sqes.get(); }));
+    series(out, "userd_uring_enobufs_total", "counter", "Multishot receives that found no buffer and were re-armed.");
+    sample(out, "userd_uring_enobufs_total", stat([](const io::BackendStats& b) { return b.enobufs.get(); }));
+  }
+  return out;
+}
+
 void Server::stop() noexcept {
   for (auto& w : impl_->workers) w->stop();
 }

@@ -21,8 +21,9 @@ constexpr int kTickMs = 100;
 
 Worker::Worker(const ServerConfig& cfg, const Router& router, int listen_fd,
                const std::vector<upstream::Target>& upstreams) noexcept
-    : cfg_(cfg), listen_fd_(listen_fd), targets_(upstreams) {
+    : cfg_(cfg), listen_fd_(listen_fd), metrics_(router.route_count()), targets_(upstreams) {
   ctx_.router = &router;
+  ctx_.metrics = &metrics_;
   ctx_.replies = this;
   ctx_.limits.max_head = cfg.max_head;
   ctx_.limits.max_target = cfg.max_target;
@@ -116,6 +117,7 @@ Connection* Worker::find(std::uint32_t slot, std::uint16_t gen) const noexcept {
 void Worker::after(Connection& c) noexcept {
   if (!c.released()) return;
   free_.push_back(c.slot());
+  metrics_.connections_open.sub();
   if (accept_paused_ && !draining_) arm_accept();  // a descriptor came free
 }
 
@@ -157,7 +159,7 @@ void Worker::on_completion(const io::Completion& c) noexcept {
 void Worker::on_accept(const io::Completion& c) noexcept {
   if (!c.more) accept_armed_ = false;
   if (c.res >= 0 && conns_.size() - free_.size() >= cfg_.max_conns) {
-    ++refused_;  // over the limit: the newcomer is closed, the connections we have keep what they hold
+    metrics_.connections_refused.add();  // over the limit: the newcomer is closed, the others keep what they hold
     backend_->close(c.res);
   } else if (c.res >= 0 && draining_) {
     backend_->close(c.res);  // accepted just before the listener shut: the server is going away
@@ -170,6 +172,8 @@ void Worker::on_accept(const io::Completion& c) noexcept {
       slot = std::uint32_t(conns_.size());
       conns_.push_back(std::make_unique<Connection>(ctx_));
     }
+    metrics_.connections_accepted.add();
+    metrics_.connections_open.add();
     conns_[slot]->open(c.res, slot);
   }
   if (accept_armed_ || draining_) return;

@@ -32,6 +32,12 @@ class Worker final : public ReplyTarget {
   bool fetch(std::size_t upstream, std::string_view path, Responder res, UpstreamDone done,
              void* user) noexcept override;
 
+  // For a metrics scrape from any thread (relaxed reads). Null until the loop has started.
+  const metrics::ThreadMetrics& metrics() const noexcept { return metrics_; }
+  const io::Backend* backend() const noexcept { return wakeable_.load(std::memory_order_acquire); }
+  // Valid once backend() is non-null: the pools are made before it is published.
+  const std::vector<std::unique_ptr<upstream::Pool>>& pools() const noexcept { return pools_; }
+
  private:
   Connection* find(std::uint32_t slot, std::uint16_t gen) const noexcept;
   void on_completion(const io::Completion& c) noexcept;
@@ -47,6 +53,7 @@ class Worker final : public ReplyTarget {
   int listen_fd_;
   std::unique_ptr<io::Backend> backend_;
   LoopContext ctx_;
+  metrics::ThreadMetrics metrics_;
   // Slots are created on demand and reused forever, so a steady number of connections allocates nothing.
   std::vector<std::unique_ptr<Connection>> conns_;
   std::vector<std::uint32_t> free_;
@@ -56,7 +63,6 @@ class Worker final : public ReplyTarget {
   bool accept_paused_ = false;  // EMFILE/ENFILE: re-armed when a connection closes or on the next tick
   bool draining_ = false;       // stop() was called: no accepting, connections finish and close
   std::uint64_t last_tick_ms_ = 0;
-  std::uint64_t refused_ = 0;  // connections closed at once for --max-conns
   std::uint64_t accept_pauses_ = 0;
   std::uint64_t last_pause_log_s_ = 0;
   std::atomic<bool> stop_{false};

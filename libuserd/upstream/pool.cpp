@@ -84,7 +84,7 @@ void Pool::dispatch(const Job& job, std::string_view path) noexcept {
 
 bool Pool::enqueue(const Job& job, std::string_view path, bool front) noexcept {
   if (count_ == queue_.size()) {
-    ++stats_.errors[std::size_t(UpstreamError::Overloaded)];
+    stats_.errors[std::size_t(UpstreamError::Overloaded)].add();
     return false;
   }
   Job j = job;
@@ -147,7 +147,8 @@ void Pool::open(std::uint32_t i, const Job& job, std::string_view path) noexcept
   setsockopt(c.fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
   c.state = State::Connecting;
   c.reused = false;
-  ++stats_.connects;
+  stats_.connects.add();
+  stats_.open.add();
   start(i, job, path);
   c.connect_inflight = true;
   backend_.connect(c.fd, reinterpret_cast<const sockaddr*>(&target_.addr), target_.addr_len,
@@ -253,7 +254,7 @@ void Pool::complete(std::uint32_t i, std::size_t total) noexcept {
   r.status = c.head.status;
   r.headers = {c.head.headers.data(), c.head.header_count};
   r.body = {c.in.data() + c.head_len, c.body_have};
-  ++stats_.ok;
+  stats_.ok.add();
   const Job job = c.job;
   c.state = reusable ? State::Idle : State::Busy;
   c.reused = true;
@@ -273,7 +274,7 @@ void Pool::deliver(const Job& job, const UpstreamReply& r) noexcept {
 
 void Pool::fail(std::uint32_t i, UpstreamError e) noexcept {
   Conn& c = conns_[i];
-  ++stats_.errors[std::size_t(e)];
+  stats_.errors[std::size_t(e)].add();
   const Job job = c.job;
   close(i);
   deliver(job, UpstreamReply{e, 0, {}, {}});
@@ -284,7 +285,7 @@ void Pool::fail(std::uint32_t i, UpstreamError e) noexcept {
 void Pool::retry_or_fail(std::uint32_t i, UpstreamError e) noexcept {
   Conn& c = conns_[i];
   if (!c.reused || c.got_bytes || c.job.retried) return fail(i, e);
-  ++stats_.retries;
+  stats_.retries.add();
   Job job = c.job;
   job.retried = true;
   // Queue it first: the path lives in c.out, which closing (and so reusing) the connection may overwrite.
@@ -319,6 +320,7 @@ void Pool::maybe_release(std::uint32_t i) noexcept {
   c.fd = -1;
   c.state = State::Free;
   ++c.gen;
+  stats_.open.sub();
   free_.push_back(i);
   pump();
 }
@@ -334,7 +336,7 @@ void Pool::tick() noexcept {
     Job j = queue_[head_];
     head_ = (head_ + 1) % queue_.size();
     --count_;
-    ++stats_.errors[std::size_t(UpstreamError::Timeout)];
+    stats_.errors[std::size_t(UpstreamError::Timeout)].add();
     deliver(j, UpstreamReply{UpstreamError::Timeout, 0, {}, {}});
   }
   if (count_ == 0) paths_.clear();

@@ -18,6 +18,7 @@
 #include "libuserd/http/parser.hpp"
 #include "libuserd/io/backend.hpp"
 #include "libuserd/io/tag.hpp"
+#include "libuserd/metrics/metrics.hpp"
 #include "userd/upstream.hpp"
 
 namespace userd::upstream {
@@ -30,11 +31,13 @@ struct Target {
   std::string host_header;  // "host:port"
 };
 
+// Written by the pool's thread, read by a metrics scrape from any.
 struct PoolStats {
-  std::uint64_t ok = 0;
-  std::array<std::uint64_t, 7> errors{};  // by UpstreamError
-  std::uint64_t retries = 0;
-  std::uint64_t connects = 0;
+  metrics::Counter ok;
+  std::array<metrics::Counter, 7> errors;  // by UpstreamError
+  metrics::Counter retries;
+  metrics::Counter connects;
+  metrics::Counter open;  // connections not Free
 };
 
 class Pool {

@@ -92,6 +92,18 @@ class SeedPair(unittest.TestCase):
         with concurrent.futures.ThreadPoolExecutor(200) as pool:
             self.assertEqual(sum(pool.map(client, range(200))), 1000)
 
+    def test_upstream_metrics_count_results_and_pooled_connections(self):
+        get(self.port)
+        c = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
+        c.request("GET", "/metrics")
+        text = c.getresponse().read().decode()
+        ok = [l for l in text.splitlines() if l.startswith("userd_upstream_requests_total{") and 'result="ok"' in l]
+        self.assertEqual(len(ok), 1, text)
+        self.assertGreater(float(ok[0].rsplit(" ", 1)[1]), 0)
+        pool = [l for l in text.splitlines() if l.startswith("userd_upstream_pool_connections{")]
+        self.assertEqual(len(pool), 1)
+        self.assertGreater(float(pool[0].rsplit(" ", 1)[1]), 0)
+
     def test_avatar_is_served_locally(self):
         self.assertEqual(get(self.port, "/v1/avatar")[:2], (200, DATASET))
 

@@ -262,6 +262,46 @@ class Serving(unittest.TestCase):
         with concurrent.futures.ThreadPoolExecutor(200) as pool:
             self.assertEqual(sum(pool.map(client, range(200))), 2000)
 
+    def test_healthz(self):
+        r, body = self.get("/healthz")
+        self.assertEqual((r.status, json.loads(body)), (200, {"status": "ok"}))
+
+    def test_metrics_parse_as_prometheus_text_and_count_what_happened(self):
+        def scrape():
+            r, body = self.get("/metrics")
+            self.assertEqual(r.status, 200)
+            self.assertTrue(r.getheader("Content-Type").startswith("text/plain; version=0.0.4"))
+            samples, types = {}, {}
+            for line in body.decode().splitlines():
+                if line.startswith("# TYPE "):
+                    _, _, name, kind = line.split(" ")
+                    types[name] = kind
+                elif line and not line.startswith("#"):
+                    key, value = line.rsplit(" ", 1)
+                    samples[key] = float(value)
+            return samples, types
+        before, types = scrape()
+        for path in ["/v1/user"] * 5 + ["/nope"] * 2:
+            self.get(path)
+        after, _ = scrape()
+        for name, kind in [("userd_requests_total", "counter"), ("userd_request_duration_seconds", "histogram"),
+                           ("userd_connections_open", "gauge"), ("userd_connections_accepted_total", "counter"),
+                           ("userd_backend_info", "gauge")]:
+            self.assertEqual(types.get(name), kind, name)
+        if ARGS.backend == "io_uring":
+            for name in ("userd_uring_submit_calls_total", "userd_uring_sqes_total", "userd_uring_enobufs_total"):
+                self.assertEqual(types.get(name), "counter", name)
+        key = 'userd_requests_total{route="/v1/user",code="200"}'
+        self.assertEqual(after[key] - before.get(key, 0), 5)
+        key = 'userd_requests_total{route="other",code="404"}'
+        self.assertEqual(after[key] - before.get(key, 0), 2)
+        self.assertEqual(after[f'userd_backend_info{{backend="{ARGS.backend}"}}'], 1)
+        buckets = sorted((float(k.split('le="')[1].rstrip('"}')), v) for k, v in after.items()
+                         if k.startswith("userd_request_duration_seconds_bucket"))
+        self.assertEqual(buckets[-1][1], after["userd_request_duration_seconds_count"])  # +Inf holds them all
+        self.assertEqual([v for _, v in buckets], sorted(v for _, v in buckets))  # cumulative
+        self.assertGreaterEqual(after["userd_connections_accepted_total"] - before["userd_connections_accepted_total"], 7)
+
     def test_each_thread_holds_its_own_ring_or_epoll_set(self):
         fds = fd_targets(self.srv.pid)
         rings = fds.count("anon_inode:[io_uring]")

@@ -25,8 +25,11 @@ class Router {
   struct Match {
     const Handler* handler;  // null: no route for this method
     std::string_view allow;  // empty with a null handler: no such path (404); else the Allow value (405)
+    std::size_t route;       // index of the path (metrics label); route_count() when there is none
   };
   Match find(std::string_view method, std::string_view path) const noexcept;
+  std::size_t route_count() const noexcept { return paths_.size(); }
+  std::string_view route_path(std::size_t i) const noexcept { return paths_[i].path; }
 
  private:
   struct Method {

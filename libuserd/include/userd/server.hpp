@@ -63,6 +63,9 @@ class Server {
   std::uint16_t port() const noexcept;
   std::string_view backend() const noexcept;  // "io_uring" or "epoll", after start()
   unsigned threads() const noexcept;
+  // Prometheus text exposition (format 0.0.4) of every thread's counters, summed now. Any thread; it reads the
+  // counters without locks, so the request path never waits for it.
+  std::string metrics_text() const;
   // Any thread; returns at once. Graceful: the listeners close at once (new connections are refused), idle
   // connections close, requests in flight finish (answered with Connection: close) for up to
   // drain_timeout_ms, then the loops end. wait() joins them.

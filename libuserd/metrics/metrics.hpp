@@ -1,0 +1,56 @@
+// metrics/metrics.hpp: per-thread counters, summed when scraped. Each counter has one writer (its loop thread),
+// which bumps it with a relaxed load and store: no lock and no read-modify-write on the request path. A scrape
+// from another thread reads them relaxed: each value is exact, the set is not one instant.
+// Not here: the text exposition (server.cpp builds it from these).
+#pragma once
+
+#include <array>
+#include <atomic>
+#include <cstdint>
+#include <vector>
+
+namespace userd::metrics {
+
+class Counter {
+ public:
+  void add(std::uint64_t n = 1) noexcept { v_.store(v_.load(std::memory_order_relaxed) + n, std::memory_order_relaxed); }
+  void sub(std::uint64_t n = 1) noexcept { v_.store(v_.load(std::memory_order_relaxed) - n, std::memory_order_relaxed); }
+  std::uint64_t get() const noexcept { return v_.load(std::memory_order_relaxed); }
+
+ private:
+  std::atomic<std::uint64_t> v_{0};
+};
+
+// The status codes given a series of their own; the rest are counted as "other".
+inline constexpr std::array<int, 16> kCodes = {200, 204, 304, 400, 404, 405, 408, 413, 414, 431, 500, 501, 502, 503, 504, 505};
+inline constexpr std::size_t code_index(int status) noexcept {
+  for (std::size_t i = 0; i < kCodes.size(); ++i)
+    if (kCodes[i] == status) return i;
+  return kCodes.size();
+}
+// Request duration buckets in microseconds (upper bounds), from a cache hit to a slow upstream.
+inline constexpr std::array<std::uint64_t, 14> kBucketsUs = {50, 100, 250, 500, 1'000, 2'500, 5'000, 10'000,
+                                                             25'000, 50'000, 100'000, 250'000, 1'000'000, 2'500'000};
+
+struct ThreadMetrics {
+  explicit ThreadMetrics(std::size_t routes) : requests((routes + 1) * (kCodes.size() + 1)) {}
+  // requests[route * (kCodes + 1) + code]; the last route is "unmatched" (404)
+  std::vector<Counter> requests;
+  std::array<Counter, kBucketsUs.size() + 1> duration_buckets;  // not cumulative; the last is +Inf
+  Counter duration_sum_us;
+  Counter duration_count;
+  Counter connections_open;
+  Counter connections_accepted;
+  Counter connections_refused;  // --max-conns
+
+  void record(std::size_t route, int status, std::uint64_t micros) noexcept {
+    requests[route * (kCodes.size() + 1) + code_index(status)].add();
+    std::size_t b = 0;
+    while (b < kBucketsUs.size() && micros > kBucketsUs[b]) ++b;
+    duration_buckets[b].add();
+    duration_sum_us.add(micros);
+    duration_count.add();
+  }
+};
+
+}  // namespace userd::metrics

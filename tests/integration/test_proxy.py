@@ -262,6 +262,16 @@ class GracefulStop(unittest.TestCase):
         busy.close()
 
 
+class Embedding(unittest.TestCase):
+    def test_the_gateway_example_answers_now_and_after_its_upstream(self):
+        m2 = userd()
+        self.addCleanup(stop_ok, self, m2)
+        gw = Server([ARGS.gateway, "127.0.0.1:0", f"127.0.0.1:{m2.port}"])
+        self.addCleanup(stop_ok, self, gw)
+        self.assertEqual(get(gw.port, "/now")[:2], (200, b'{"now":true}'))
+        self.assertEqual(get(gw.port, "/users")[:2], (200, DATASET))
+
+
 class Environment(unittest.TestCase):
     def test_the_seeds_m2_variables_turn_the_proxy_on(self):
         m2 = userd()
@@ -278,6 +288,7 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--userd", required=True)
     ap.add_argument("--dataset", required=True)
+    ap.add_argument("--gateway", required=True)
     ap.add_argument("--backend", choices=["io_uring", "epoll"], required=True)
     ARGS, rest = ap.parse_known_args()
     DATASET = open(ARGS.dataset, "rb").read()

@@ -1,0 +1,58 @@
+#!/usr/bin/env bash
+# tests/integration/test_install.sh SRC: libuserd as users get it.
+# 1. `meson install` into a scratch prefix, then build examples/hello.cpp out of tree with nothing but
+#    `pkg-config --cflags --libs libuserd`, run it and ask it over HTTP.
+# 2. A scratch project with this tree as a meson subproject, `dependency('libuserd', fallback : ...)`.
+set -euo pipefail
+src=$(realpath "$1")
+work=$(mktemp -d)
+trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$work"' EXIT
+passed=0
+
+serve_and_ask() {  # $1: program; asks /hello?name=embedder on an ephemeral port
+  "$1" 127.0.0.1:0 2>"$work/err" &
+  local pid=$! port=""
+  for _ in $(seq 100); do
+    port=$(grep -o 'listening on [0-9.]*:[0-9]*' "$work/err" | grep -o '[0-9]*$' || true)
+    [ -n "$port" ] && break
+    sleep 0.05
+  done
+  [ -n "$port" ] || { echo "no listening line: $(cat "$work/err")"; return 1; }
+  local got
+  got=$(curl -fsS "http://127.0.0.1:$port/hello?name=embedder")
+  kill -TERM "$pid"
+  wait "$pid"
+  [ "$got" = "hello, embedder" ] || { echo "unexpected answer: $got"; return 1; }
+}
+
+meson setup "$work/build" "$src" --prefix "$work/prefix" --libdir lib --buildtype=release -Dtests=false >/dev/null
+meson install -C "$work/build" >/dev/null
+test -f "$work/prefix/include/userd/server.hpp"
+test -f "$work/prefix/lib/libuserd.a"
+test -f "$work/prefix/lib/libuserd.so"
+export PKG_CONFIG_PATH="$work/prefix/lib/pkgconfig"
+# shellcheck disable=SC2046
+g++ -std=c++20 -Wall -Wextra -Werror "$src/examples/hello.cpp" -o "$work/hello" $(pkg-config --cflags --libs libuserd)
+LD_LIBRARY_PATH="$work/prefix/lib" serve_and_ask "$work/hello"
+# Statically, as pkg-config --static says.
+# shellcheck disable=SC2046
+g++ -std=c++20 "$src/examples/hello.cpp" -o "$work/hello-static" -Wl,-Bstatic -luserd -Wl,-Bdynamic \
+  $(pkg-config --cflags --libs --static libuserd | sed 's/-luserd//')
+serve_and_ask "$work/hello-static"
+passed=$((passed + 1))
+echo "install: out-of-tree build with pkg-config answers"
+
+mkdir -p "$work/app/subprojects"
+ln -s "$src" "$work/app/subprojects/userd"
+cp "$src/examples/hello.cpp" "$work/app/app.cpp"
+cat > "$work/app/meson.build" <<'MESON'
+project('app', 'cpp', default_options : ['cpp_std=c++20'])
+userd = dependency('libuserd', fallback : ['userd', 'libuserd_dep'], default_options : ['tests=false'])
+executable('app', 'app.cpp', dependencies : userd)
+MESON
+meson setup "$work/app/build" "$work/app" --buildtype=release >/dev/null
+meson compile -C "$work/app/build" app >/dev/null
+serve_and_ask "$work/app/build/app"
+passed=$((passed + 1))
+echo "install: meson subproject answers"
+echo "install: $passed passed, 0 failed"

@@ -4,6 +4,7 @@
 #include <fmt/format.h>
 #include <signal.h>
 #include <sys/utsname.h>
+#include <unistd.h>
 
 #include <cstdio>
 #include <cstdlib>
@@ -34,7 +35,7 @@ int main(int argc, char** argv) {
   if (cfg.version) {
     utsname u{};
     uname(&u);
-    fmt::print("userd {} (libuserd; backends: io_uring, epoll; kernel {})\n", USERD_VERSION, u.release);
+    fmt::print("userd {}\nkernel: {} {}\n{}\n", USERD_VERSION, u.sysname, u.release, describe_backends());
     return 0;
   }
 
@@ -60,6 +61,15 @@ int main(int argc, char** argv) {
   pthread_sigmask(SIG_BLOCK, &stop_signals, nullptr);
   signal(SIGPIPE, SIG_IGN);  // sends use MSG_NOSIGNAL; this guards anything that does not
 
+  // Socket activation (systemd's LISTEN_PID/LISTEN_FDS protocol, read without libsystemd): the sockets are
+  // fds 3.. and are ours only if LISTEN_PID names this process.
+  if (const char* pid = std::getenv("LISTEN_PID"), *n = std::getenv("LISTEN_FDS"); pid && n && std::atol(pid) == getpid()) {
+    for (int i = 0; i < std::atoi(n); ++i) cfg.server.listen_fds.push_back(3 + i);
+    unsetenv("LISTEN_PID");
+    unsetenv("LISTEN_FDS");
+    unsetenv("LISTEN_FDNAMES");
+  }
+
   Router router;
   app::RouteOptions routes;
   routes.user_path = cfg.user_path;
@@ -83,6 +93,8 @@ int main(int argc, char** argv) {
     return 1;
   }
   const bool v6 = cfg.server.host.find(':') != std::string::npos;
+  if (!cfg.server.listen_fds.empty())
+    fmt::print(stderr, "userd: using {} inherited socket(s) (socket activation)\n", cfg.server.listen_fds.size());
   if (cfg.proxy) {
     const UpstreamConfig& u = cfg.server.upstreams[0];
     fmt::print(stderr, "userd: {} proxies to http://{}:{}{}\n", cfg.user_path, u.host, u.port, cfg.upstream_path);

@@ -8,6 +8,8 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <cstring>
+#include <utility>
 #include <new>
 
 #include "libuserd/io/tag.hpp"
@@ -235,6 +237,36 @@ class UringBackend final : public Backend {
   std::uint64_t wake_value_ = 0;
   BackendStats stats_;
 };
+
+std::string describe_uring() {
+  io_uring ring;
+  io_uring_params p{};
+  p.flags = IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN;
+  int rc = io_uring_queue_init_params(8, &ring, &p);
+  std::string flags = "SINGLE_ISSUER DEFER_TASKRUN";
+  if (rc == -EINVAL) {
+    p = {};
+    rc = io_uring_queue_init_params(8, &ring, &p);
+    flags = "no DEFER_TASKRUN";
+  }
+  if (rc < 0) return std::string("io_uring unavailable (") + std::strerror(-rc) + ")";
+  std::string out = "io_uring: " + flags;
+  if (p.features & IORING_FEAT_EXT_ARG) out += " EXT_ARG";
+  if (p.features & IORING_FEAT_NODROP) out += " NODROP";
+  if (p.features & (1U << 14)) out += " RECVSEND_BUNDLE";
+  if (io_uring_probe* probe = io_uring_get_probe_ring(&ring)) {
+    const std::pair<int, const char*> ops[] = {{IORING_OP_ACCEPT, "ACCEPT"},   {IORING_OP_RECV, "RECV"},
+                                               {IORING_OP_SEND, "SEND"},       {IORING_OP_SENDMSG, "SENDMSG"},
+                                               {IORING_OP_CONNECT, "CONNECT"}, {IORING_OP_SEND_ZC, "SEND_ZC"},
+                                               {IORING_OP_SOCKET, "SOCKET"},   {IORING_OP_MSG_RING, "MSG_RING"}};
+    out += "; opcodes:";
+    for (auto [op, name] : ops)
+      if (io_uring_opcode_supported(probe, op)) (out += ' ') += name;
+    io_uring_free_probe(probe);
+  }
+  io_uring_queue_exit(&ring);
+  return out;
+}
 
 Result<std::unique_ptr<Backend>> make_uring_backend(const UringConfig& cfg) noexcept {
   auto b = std::unique_ptr<UringBackend>(new (std::nothrow) UringBackend());

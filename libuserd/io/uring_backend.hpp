@@ -5,6 +5,7 @@
 #pragma once
 
 #include <memory>
+#include <string>
 
 #include "libuserd/io/backend.hpp"
 #include "userd/result.hpp"
@@ -22,5 +23,8 @@ struct UringConfig {
 class UringBackend;
 // Fails with Errc::Unsupported (sys = errno) when the kernel refuses io_uring or lacks what it needs.
 Result<std::unique_ptr<Backend>> make_uring_backend(const UringConfig& cfg) noexcept;
+
+// One line on what this kernel offers: the io_uring features and opcodes libuserd uses, or why it has none.
+std::string describe_uring();
 
 }  // namespace userd::io

@@ -6,6 +6,7 @@
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <sched.h>
+#include <fcntl.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -133,6 +134,8 @@ Result<BackendKind> choose_backend(const ServerConfig& cfg) {
 
 }  // namespace
 
+std::string describe_backends() { return io::describe_uring() + "; epoll: always"; }
+
 Server::Server(ServerConfig config, Router router) : impl_(std::make_unique<Impl>()) {
   impl_->cfg = std::move(config);
   impl_->router = std::move(router);
@@ -160,15 +163,26 @@ Result<void> Server::start() {
     t.host_header = (v6 ? "[" + u.host + "]" : u.host) + ":" + std::to_string(u.port);
     s.upstreams.push_back(std::move(t));
   }
-  socklen_t len = 0;
-  auto addr = resolve(s.cfg.host, s.cfg.port, len);
-  if (!addr) return Unexpected<Error>{addr.error()};
-
   std::vector<int> fds;
   auto close_all = [&] {
     for (int fd : fds) ::close(fd);
   };
-  for (unsigned i = 0; i < n; ++i) {
+  if (!s.cfg.listen_fds.empty()) {  // inherited: each thread its own descriptor, shared sockets dup'd
+    for (unsigned i = 0; i < n; ++i) {
+      int fd = i < s.cfg.listen_fds.size() ? s.cfg.listen_fds[i] : fcntl(s.cfg.listen_fds[i % s.cfg.listen_fds.size()], F_DUPFD_CLOEXEC, 3);
+      if (fd < 0) {
+        close_all();
+        return fail(Errc::Io, errno, "dup inherited socket");
+      }
+      fcntl(fd, F_SETFD, FD_CLOEXEC);
+      fds.push_back(fd);
+    }
+    s.port = bound_port(fds[0]);
+  }
+  socklen_t len = 0;
+  auto addr = resolve(s.cfg.host, s.cfg.port, len);
+  if (!addr) return Unexpected<Error>{addr.error()};
+  for (unsigned i = fds.size(); i < n; ++i) {
     auto fd = make_listener(*addr, len);
     if (!fd) {
       close_all();

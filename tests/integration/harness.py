@@ -22,13 +22,14 @@ def _die_with_parent():
 class Server:
     """A server process; `port` is read from its `listening on` line on stderr."""
 
-    def __init__(self, argv, env=None, timeout=10.0):
+    def __init__(self, argv, env=None, timeout=10.0, pass_fds=()):
         full_env = dict(os.environ)
         for k in ("M1_DOMAIN", "M1_PORT", "M1_PATH"):
             full_env.pop(k, None)
         full_env.update(env or {})
         self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                     stderr=subprocess.PIPE, env=full_env, preexec_fn=_die_with_parent)
+                                     stderr=subprocess.PIPE, env=full_env, preexec_fn=_die_with_parent,
+                                     pass_fds=pass_fds)
         self.stderr_lines = []
         self.port = None
         deadline = time.monotonic() + timeout

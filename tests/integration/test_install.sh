@@ -55,4 +55,13 @@ meson compile -C "$work/app/build" app >/dev/null
 serve_and_ask "$work/app/build/app"
 passed=$((passed + 1))
 echo "install: meson subproject answers"
+# The systemd units parse and name no unknown setting (where systemd-analyze exists).
+if command -v systemd-analyze >/dev/null; then
+  sed "s|ExecStart=/usr/local/bin/userd|ExecStart=$work/build/userd/userd|" "$src/packaging/userd.service" > "$work/userd.service"
+  cp "$src/packaging/userd.socket" "$work/userd.socket"
+  out=$(systemd-analyze verify "$work/userd.service" "$work/userd.socket" 2>&1)
+  [ -z "$out" ] || { echo "systemd-analyze: $out"; exit 1; }
+  passed=$((passed + 1))
+  echo "install: systemd units verify"
+fi
 echo "install: $passed passed, 0 failed"

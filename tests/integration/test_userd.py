@@ -407,6 +407,35 @@ class Lifecycle(unittest.TestCase):
             self.assertEqual(srv.stop(sig, timeout=5), 0)
             c.close()
 
+    def test_socket_activation_serves_on_the_inherited_socket(self):
+        ls = socket.socket()
+        ls.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        ls.bind(("127.0.0.1", 0))
+        ls.listen(128)
+        port, fd = ls.getsockname()[1], ls.fileno()
+        # As systemd does it: the socket at fd 3, LISTEN_PID naming the process that execs userd.
+        move = "" if fd == 3 else f"exec 3<&{fd} {fd}<&-; "
+        shell = move + 'LISTEN_PID=$$ LISTEN_FDS=1 exec "$0" "$@"'
+        srv = Server(["sh", "-c", shell, ARGS.userd, "--backend", ARGS.backend, "--threads", "2"], pass_fds=[fd])
+        ls.close()  # userd holds the only other copy now
+        try:
+            self.assertEqual(srv.port, port)
+            self.assertTrue(any("inherited socket" in l for l in srv.stderr_lines), srv.stderr_lines)
+            for _ in range(20):
+                c = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+                c.request("GET", "/v1/user")
+                r = c.getresponse()
+                self.assertEqual((r.status, r.read()), (200, DATASET))
+                c.close()
+        finally:
+            self.assertEqual(srv.stop(), 0)
+
+    def test_version_names_the_kernel_and_backend_features(self):
+        p = subprocess.run([ARGS.userd, "--version"], capture_output=True, text=True, timeout=5)
+        self.assertEqual(p.returncode, 0)
+        self.assertIn("kernel: Linux", p.stdout)
+        self.assertRegex(p.stdout, r"io_uring: .*opcodes: .*RECV|io_uring unavailable")
+
     def test_default_threads_follow_the_allowed_cpus(self):
         with userd() as srv:
             self.assertIn(f"{len(os.sched_getaffinity(0))} threads", srv.stderr_lines[0])

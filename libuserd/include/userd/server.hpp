@@ -46,9 +46,15 @@ struct ServerConfig {
   unsigned drain_timeout_ms = 10'000;
   // Servers handlers may fetch from, by index (Request::fetch). Names are resolved once, in start().
   std::vector<UpstreamConfig> upstreams;
+  // Listening sockets already open (socket activation: LISTEN_FDS). When given, nothing is bound; threads take
+  // them in turn, sharing one when there are fewer sockets than threads.
+  std::vector<int> listen_fds;
   // Where the server's few log lines go (the io_uring fallback): one line each, no newline. Default: stderr.
   std::function<void(std::string_view)> log;
 };
+
+// What this machine's kernel offers libuserd: io_uring features and opcodes, or why io_uring is unavailable.
+std::string describe_backends();
 
 class Server {
  public:

@@ -96,6 +96,7 @@ std::string usage() {
          "  --idle-timeout S     close keep-alive connections idle this long (60)\n"
          "  --max-conns N        connections per thread; more are accepted and closed at once (10000)\n"
          "  --drain-timeout S    on SIGTERM/SIGINT, how long requests in flight may take to finish (10)\n"
+         "  --access-log PATH|-  one line per request, appended to PATH or written to stdout (off)\n"
          "  --help               this text\n"
          "  --version            version and build\n";
 }
@@ -184,6 +185,10 @@ std::string parse_config(int argc, const char* const* argv, const Getenv& getenv
     } else if (arg == "--upstream-timeout") {
       if (!need(err)) return err;
       if (std::string e = parse_seconds(arg, value, timeout_ms); !e.empty()) return e;
+    } else if (arg == "--access-log") {
+      if (!need(err)) return err;
+      if (value.empty()) return "--access-log needs a path, or - for stdout";
+      out.access_log = std::string(value);
     } else if (arg == "--drain-timeout") {
       if (!need(err)) return err;
       if (std::string e = parse_seconds(arg, value, out.server.drain_timeout_ms); !e.empty()) return e;

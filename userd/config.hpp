@@ -13,6 +13,7 @@ namespace userd::app {
 struct Config {
   ServerConfig server;
   std::string data_file;             // empty: the embedded dataset
+  std::string access_log;            // empty: off; "-": stdout
   std::string user_path = "/v1/user";
   // With an upstream, the user path proxies GET upstream_path there (the seed's microservice1).
   bool proxy = false;

@@ -3,6 +3,7 @@
 // or when --backend io_uring was asked for and the kernel refuses it.
 #include <fmt/format.h>
 #include <signal.h>
+#include <fcntl.h>
 #include <sys/utsname.h>
 #include <unistd.h>
 
@@ -51,6 +52,15 @@ int main(int argc, char** argv) {
   } else if (std::string why = app::validate_dataset(dataset); !why.empty()) {
     fmt::print(stderr, "userd: embedded dataset: {}\n", why);
     return 2;
+  }
+
+  if (!cfg.access_log.empty()) {
+    cfg.server.access_log_fd =
+        cfg.access_log == "-" ? 1 : ::open(cfg.access_log.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0640);
+    if (cfg.server.access_log_fd < 0) {
+      fmt::print(stderr, "userd: --access-log {}: {}\n", cfg.access_log, std::strerror(errno));
+      return 2;
+    }
   }
 
   // Signals are taken by sigwait on this thread only: block them before any loop thread exists.

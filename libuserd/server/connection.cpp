@@ -5,8 +5,12 @@
 
 #include <cerrno>
 #include <climits>
+#include <cstdio>
 #include <cstring>
 #include <ctime>
+
+#include <arpa/inet.h>
+#include <netinet/in.h>
 
 #include <unistd.h>
 
@@ -25,6 +29,27 @@ constexpr std::size_t kCopyBelow = 1024;
 constexpr std::size_t kKeepCapacity = 64 * 1024;
 constexpr std::size_t kMaxIov = IOV_MAX;
 constexpr std::string_view kContinue = "HTTP/1.1 100 Continue\r\n\r\n";
+
+// "address:port" of the peer, for the access log (one getpeername per connection, only when logging).
+void describe_peer(int fd, char* out, std::size_t cap) noexcept {
+  sockaddr_storage ss{};
+  socklen_t len = sizeof ss;
+  char host[INET6_ADDRSTRLEN] = "-";
+  unsigned port = 0;
+  if (getpeername(fd, reinterpret_cast<sockaddr*>(&ss), &len) == 0) {
+    if (ss.ss_family == AF_INET) {
+      auto* a = reinterpret_cast<sockaddr_in*>(&ss);
+      inet_ntop(AF_INET, &a->sin_addr, host, sizeof host);
+      port = ntohs(a->sin_port);
+    } else if (ss.ss_family == AF_INET6) {
+      auto* a = reinterpret_cast<sockaddr_in6*>(&ss);
+      inet_ntop(AF_INET6, &a->sin6_addr, host, sizeof host);
+      port = ntohs(a->sin6_port);
+    }
+  }
+  std::snprintf(out, cap, ss.ss_family == AF_INET6 ? "[%s]:%u" : "%s:%u", host, port);
+}
+
 }  // namespace
 
 void Connection::OutQueue::note_bytes(std::size_t from) noexcept {
@@ -47,6 +72,7 @@ void Connection::open(int fd, std::uint32_t slot) noexcept {
   send_inflight_ = false;
   ctx_->backend->recv(fd_, io::tag(io::Op::Recv, slot_, gen_));
   recv_armed_ = true;
+  if (ctx_->access_log) describe_peer(fd, peer_, sizeof peer_);
   update_timer();
 }
 
@@ -210,10 +236,21 @@ static std::uint64_t monotonic_us() noexcept {
   return std::uint64_t(ts.tv_sec) * 1'000'000 + std::uint64_t(ts.tv_nsec) / 1000;
 }
 
-void Connection::count(int status) noexcept {
-  if (!ctx_->metrics) return;
+void Connection::count(int status, std::size_t body_bytes) noexcept {
   const std::uint64_t took = req_started_us_ ? monotonic_us() - req_started_us_ : 0;
-  ctx_->metrics->record(req_route_, status, took);
+  if (ctx_->metrics) ctx_->metrics->record(req_route_, status, took);
+  if (core::ByteBuffer* log = ctx_->access_log) {
+    char tail[80];
+    const int n = std::snprintf(tail, sizeof tail, " %d %zu %.6f\n", status, body_bytes, double(took) / 1e6);
+    log->append(ctx_->log_time);
+    log->append(" ", 1);
+    log->append(peer_);
+    log->append(" ", 1);
+    if (log_request_.empty()) log->append("- -");  // refused before it was a request (400, 408, 431...)
+    else log->append(log_request_.data(), log_request_.size());
+    log->append(tail, std::size_t(n));
+    log_request_.clear();
+  }
   req_started_us_ = 0;
 }
 
@@ -224,7 +261,13 @@ void Connection::dispatch(std::string_view body) noexcept {
   req_head_only_ = head_.method == "HEAD";
   Router::Match m = ctx_->router->find(head_.method, head_.path);
   req_route_ = m.route;
-  if (ctx_->metrics) req_started_us_ = monotonic_us();
+  if (ctx_->metrics || ctx_->access_log) req_started_us_ = monotonic_us();
+  if (ctx_->access_log) {
+    log_request_.clear();
+    log_request_.append(head_.method);
+    log_request_.append(" ", 1);
+    log_request_.append(head_.target);
+  }
   if (!m.handler) {
     if (m.allow.empty()) {
       write_error_status(404, "not found");
@@ -286,7 +329,7 @@ void Connection::write_response(const Response& r) noexcept {
     q.note_bytes(from);
   }
   if (!req_keep_alive_) close_after_flush_ = true;
-  count(r.status);
+  count(r.status, with_body ? r.body.size() : 0);
 }
 
 void Connection::write_error_status(int status, std::string_view message, std::span<const Header> extra) noexcept {
@@ -296,7 +339,7 @@ void Connection::write_error_status(int status, std::string_view message, std::s
                              connection_header(req_keep_alive_, req_minor_), req_head_only_, extra);
   q.note_bytes(from);
   if (!req_keep_alive_) close_after_flush_ = true;
-  count(status);
+  count(status, req_head_only_ ? 0 : message.size() + 12);  // {"error":"..."}
 }
 
 // A request we cannot trust the framing of: answer, then close (the rest of the stream is not read).

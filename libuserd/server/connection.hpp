@@ -39,6 +39,8 @@ struct LoopContext {
   std::string_view backend_name;
   TimerLists<Connection> timers;  // idle, header, body and linger deadlines
   metrics::ThreadMetrics* metrics = nullptr;  // null in unit tests
+  core::ByteBuffer* access_log = nullptr;     // null: off; the worker writes it out on its tick
+  char log_time[24] = {};                     // "2026-11-28T15:03:00Z", refreshed once a second
 };
 
 class Connection {
@@ -109,7 +111,7 @@ class Connection {
   void finish() noexcept;
   void maybe_release() noexcept;
   void update_timer() noexcept;
-  void count(int status) noexcept;
+  void count(int status, std::size_t body_bytes) noexcept;
 
   LoopContext* ctx_;
   int fd_ = -1;
@@ -142,6 +144,8 @@ class Connection {
   std::uint8_t req_minor_ = 1;
   std::size_t req_route_ = 0;        // metrics label
   std::uint64_t req_started_us_ = 0;  // when it was dispatched
+  core::ByteBuffer log_request_;      // "METHOD target" of the request being answered, when logging
+  char peer_[64] = {};                // "address:port", when logging
 
   core::ByteBuffer in_;  // unfinished request bytes, and later requests while one awaits its answer
   OutQueue out_[2];

@@ -48,11 +48,14 @@ class Worker final : public ReplyTarget {
   void refresh_clock() noexcept;
   void log_accept_pause(int err) noexcept;
   void begin_drain() noexcept;
+  void flush_access_log() noexcept;
 
   const ServerConfig& cfg_;
   int listen_fd_;
   std::unique_ptr<io::Backend> backend_;
   LoopContext ctx_;
+  core::ByteBuffer access_log_;  // this thread's lines since the last flush
+  std::time_t log_second_ = -1;
   metrics::ThreadMetrics metrics_;
   // Slots are created on demand and reused forever, so a steady number of connections allocates nothing.
   std::vector<std::unique_ptr<Connection>> conns_;

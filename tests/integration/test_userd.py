@@ -430,6 +430,33 @@ class Lifecycle(unittest.TestCase):
         finally:
             self.assertEqual(srv.stop(), 0)
 
+    def test_access_log_has_one_line_per_request_written_off_the_request_path(self):
+        import re
+        path = tempfile.mktemp(suffix=".log")
+        self.addCleanup(lambda: os.path.exists(path) and os.unlink(path))
+        srv = userd("--threads", "2", "--access-log", path)
+        try:
+            c = http.client.HTTPConnection("127.0.0.1", srv.port, timeout=5)
+            for p in ("/v1/user", "/v1/user?x=1", "/nope"):
+                c.request("GET", p)
+                c.getresponse().read()
+            c.request("HEAD", "/v1/avatar")
+            c.getresponse().read()
+            s = connect(srv.port)
+            s.sendall(b"GET / HTTP/1.1\r\n\r\n")  # no Host: 400
+            read_until_eof(s)
+            s.close()
+            time.sleep(0.5)  # flushed on the loop's 100 ms tick, while it runs
+            lines = open(path).read().splitlines()
+        finally:
+            self.assertEqual(srv.stop(), 0)
+        line = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ 127\.0\.0\.1:\d+ (\S+ \S+) (\d{3}) (\d+) \d+\.\d{6}$")
+        got = sorted((m.group(1), m.group(2), m.group(3)) for m in map(line.match, lines) if m)
+        self.assertEqual(len(got), len(lines), lines)
+        self.assertEqual(got, sorted([("GET /v1/user", "200", "3696"), ("GET /v1/user?x=1", "200", "3696"),
+                                      ("GET /nope", "404", "21"), ("HEAD /v1/avatar", "200", "0"),
+                                      ("- -", "400", "31")]))
+
     def test_version_names_the_kernel_and_backend_features(self):
         p = subprocess.run([ARGS.userd, "--version"], capture_output=True, text=True, timeout=5)
         self.assertEqual(p.returncode, 0)

@@ -49,6 +49,10 @@ struct ServerConfig {
   // Listening sockets already open (socket activation: LISTEN_FDS). When given, nothing is bound; threads take
   // them in turn, sharing one when there are fewer sockets than threads.
   std::vector<int> listen_fds;
+  // Access log: one line per request ("time peer method target status bytes seconds"), appended to a
+  // per-thread buffer and written to this descriptor on the loop's 100 ms tick (or at 64 KiB), never per
+  // request. -1: off. The server does not close it.
+  int access_log_fd = -1;
   // Where the server's few log lines go (the io_uring fallback): one line each, no newline. Default: stderr.
   std::function<void(std::string_view)> log;
 };

@@ -80,17 +80,19 @@ std::string parse_url(std::string_view url, std::string& host, std::uint16_t& po
 
 std::string usage() {
   return "usage: userd [flags]\n"
-         "Serves GET /v1/user and GET /v1/avatar (a JSON list of users) over HTTP/1.1 on io_uring.\n"
+         "Serves GET /v1/user and GET /v1/avatar (a JSON list of users) over HTTP/1.1 on io_uring, plus\n"
+         "GET /healthz and GET /metrics (Prometheus). SIGTERM/SIGINT stop it gracefully.\n"
          "\n"
          "  --listen HOST:PORT   address to listen on (env M1_DOMAIN, M1_PORT; default 0.0.0.0:8080)\n"
          "  --user-path PATH     path of the user route (env M1_PATH; default /v1/user)\n"
          "  --threads N          loop threads (default 0: one per CPU the process may run on)\n"
          "  --backend KIND       auto, io_uring or epoll (default auto: io_uring, else epoll with a log line)\n"
-         "  --data FILE          serve this JSON array of objects instead of the embedded dataset\n"
-         "  --upstream URL       proxy the user path to http://HOST:PORT/PATH (env M2_DOMAIN, M2_PORT, M2_PATH)\n"
+         "  --data FILE          serve this JSON array of objects (default: the embedded dataset)\n"
+         "  --upstream URL       proxy the user path to http://HOST:PORT/PATH (env M2_DOMAIN, M2_PORT, M2_PATH;\n"
+         "                       default: none, the user path serves the dataset)\n"
          "  --upstream-timeout S seconds for the whole upstream exchange, then 504 (default 2)\n"
          "  --upstream-conns N   keep-alive connections to the upstream per thread (default 64)\n"
-         "  --no-validate        forward the upstream body without checking it is JSON\n"
+         "  --no-validate        forward the upstream body without checking it is JSON (default: validate)\n"
          "  --header-timeout S   a request head must complete within S seconds of its first byte, else 408 (10)\n"
          "  --body-timeout S     a request body must complete within S seconds of its head, else 408 (30)\n"
          "  --idle-timeout S     close keep-alive connections idle this long (60)\n"
@@ -98,7 +100,8 @@ std::string usage() {
          "  --drain-timeout S    on SIGTERM/SIGINT, how long requests in flight may take to finish (10)\n"
          "  --access-log PATH|-  one line per request, appended to PATH or written to stdout (off)\n"
          "  --help               this text\n"
-         "  --version            version and build\n";
+         "  --version            version, kernel, and the io_uring features and opcodes it offers\n"
+         "Socket activation: with LISTEN_PID/LISTEN_FDS set (systemd), the inherited sockets are used instead.\n";
 }
 
 std::string parse_config(int argc, const char* const* argv, const Getenv& getenv, Config& out) {

@@ -7,7 +7,6 @@ usage: ab.py A_USERD B_USERD [--backend io_uring] [--pairs 6] [--duration 3] [--
 import argparse
 import os
 import statistics
-import subprocess
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))

@@ -58,6 +58,30 @@ bool has_head_end(const char* p, std::size_t n) noexcept {
   }
 }
 
+// A head that trickles in is parsed again only once its end has arrived: with prev_len bytes seen before
+// (and no error in them), the new bytes must bring the blank line. An oversized head is parsed at once, so
+// its limit error is reported.
+bool still_incomplete(const char* p, std::size_t n, std::size_t prev_len, const Limits& limits) noexcept {
+  if (prev_len == 0 || n > limits.max_head) return false;
+  const std::size_t from = prev_len >= 3 ? prev_len - 3 : 0;
+  return !has_head_end(p + from, n - from);
+}
+
+enum class LineEnd : std::uint8_t { Ok, More, Bad };
+// At p[i], CRLF ends the line, and so does a bare LF (RFC 9112 2.2 lets a recipient accept it); i moves past.
+LineEnd end_line(const char* p, std::size_t n, std::size_t& i) noexcept {
+  if (i == n) return LineEnd::More;
+  if (p[i] == '\n') {
+    ++i;
+    return LineEnd::Ok;
+  }
+  if (p[i] != '\r') return LineEnd::Bad;
+  if (i + 1 == n) return LineEnd::More;
+  if (p[i + 1] != '\n') return LineEnd::Bad;
+  i += 2;
+  return LineEnd::Ok;
+}
+
 bool parse_length(std::string_view v, std::uint64_t& out) noexcept {
   // 18 digits stay below 2^63: no overflow check needed, and nothing we accept comes near.
   if (v.empty() || v.size() > 18) return false;
@@ -111,15 +135,10 @@ ParseResult parse_fields(const char* p, std::size_t n, std::size_t& i, std::span
   while (true) {
     if (i > limits.max_head) return bad(HttpError::HeadTooLarge);
     if (i == n) return need_more();
-    if (p[i] == '\r') {
-      if (i + 1 == n) return need_more();
-      if (p[i + 1] != '\n') return bad(HttpError::BadHeader);
-      i += 2;
-      break;
-    }
-    if (p[i] == '\n') {
-      ++i;
-      break;
+    if (p[i] == '\r' || p[i] == '\n') {  // the blank line
+      LineEnd e = end_line(p, n, i);
+      if (e == LineEnd::Ok) break;
+      return e == LineEnd::More ? need_more() : bad(HttpError::BadHeader);
     }
     const std::size_t name_start = i;
     while (i < n && kTchar[p[i]]) ++i;
@@ -131,17 +150,9 @@ ParseResult parse_fields(const char* p, std::size_t n, std::size_t& i, std::span
     while (i < n && (p[i] == ' ' || p[i] == '\t')) ++i;
     const std::size_t value_start = i;
     while (i < n && kField[p[i]]) ++i;
-    if (i == n) return need_more();
-    std::size_t value_end = i;
-    if (p[i] == '\r') {
-      if (i + 1 == n) return need_more();
-      if (p[i + 1] != '\n') return bad(HttpError::BadHeader);
-      i += 2;
-    } else if (p[i] == '\n') {
-      ++i;
-    } else {
-      return bad(HttpError::BadHeader);
-    }
+    const std::size_t value_end = i;
+    if (LineEnd e = end_line(p, n, i); e != LineEnd::Ok)
+      return e == LineEnd::More ? need_more() : bad(HttpError::BadHeader);
     if (count == out.size()) return bad(HttpError::TooManyHeaders);
     out[count++] = {name, trim_ows({p + value_start, value_end - value_start})};
   }
@@ -222,10 +233,7 @@ ParseResult parse_request(std::span<const char> buf, std::size_t prev_len, Reque
                           const Limits& limits) noexcept {
   const char* p = buf.data();
   const std::size_t n = buf.size();
-  if (prev_len > 0 && n <= limits.max_head) {
-    std::size_t from = prev_len >= 3 ? prev_len - 3 : 0;
-    if (!has_head_end(p + from, n - from)) return more();
-  }
+  if (still_incomplete(p, n, prev_len, limits)) return more();
   h.header_count = 0;
   h.content_length = 0;
   h.has_content_length = h.chunked = h.expect_continue = false;
@@ -233,13 +241,9 @@ ParseResult parse_request(std::span<const char> buf, std::size_t prev_len, Reque
   auto need_more = [&]() { return n > limits.max_head ? bad(HttpError::HeadTooLarge) : more(); };
 
   std::size_t i = 0;
-  while (i < n && (p[i] == '\r' || p[i] == '\n')) {
-    if (p[i] == '\r') {
-      if (i + 1 == n) return need_more();
-      if (p[i + 1] != '\n') return bad(HttpError::BadRequestLine);
-      ++i;
-    }
-    ++i;
+  while (i < n && (p[i] == '\r' || p[i] == '\n')) {  // empty lines before the request line are skipped
+    if (LineEnd e = end_line(p, n, i); e != LineEnd::Ok)
+      return e == LineEnd::More ? need_more() : bad(HttpError::BadRequestLine);
   }
 
   const std::size_t method_start = i;
@@ -270,16 +274,8 @@ ParseResult parse_request(std::span<const char> buf, std::size_t prev_len, Reque
   const char major = p[i + 5], minor = p[i + 7];
   if (major < '0' || major > '9' || p[i + 6] != '.' || minor < '0' || minor > '9') return bad(HttpError::BadVersion);
   i += 8;
-  if (i == n) return need_more();
-  if (p[i] == '\r') {
-    if (i + 1 == n) return need_more();
-    if (p[i + 1] != '\n') return bad(HttpError::BadVersion);
-    i += 2;
-  } else if (p[i] == '\n') {
-    ++i;
-  } else {
-    return bad(HttpError::BadVersion);
-  }
+  if (LineEnd e = end_line(p, n, i); e != LineEnd::Ok)
+    return e == LineEnd::More ? need_more() : bad(HttpError::BadVersion);
   if (major != '1' || minor > '1') return bad(HttpError::VersionNotSupported);
   h.minor = std::uint8_t(minor - '0');
 
@@ -294,10 +290,7 @@ ParseResult parse_response(std::span<const char> buf, std::size_t prev_len, Pars
                            const Limits& limits) noexcept {
   const char* p = buf.data();
   const std::size_t n = buf.size();
-  if (prev_len > 0 && n <= limits.max_head) {
-    std::size_t from = prev_len >= 3 ? prev_len - 3 : 0;
-    if (!has_head_end(p + from, n - from)) return more();
-  }
+  if (still_incomplete(p, n, prev_len, limits)) return more();
   h = ParsedResponse{};
   auto need_more = [&]() { return n > limits.max_head ? bad(HttpError::HeadTooLarge) : more(); };
   // "HTTP/1.x 200 " then a reason of field bytes (RFC 9112 4).
@@ -322,16 +315,8 @@ ParseResult parse_response(std::span<const char> buf, std::size_t prev_len, Pars
     ++i;
     while (i < n && kField[p[i]]) ++i;
   }
-  if (i == n) return need_more();
-  if (p[i] == '\r') {
-    if (i + 1 == n) return need_more();
-    if (p[i + 1] != '\n') return bad(HttpError::BadRequestLine);
-    i += 2;
-  } else if (p[i] == '\n') {
-    ++i;
-  } else {
-    return bad(HttpError::BadRequestLine);
-  }
+  if (LineEnd e = end_line(p, n, i); e != LineEnd::Ok)
+    return e == LineEnd::More ? need_more() : bad(HttpError::BadRequestLine);
   ParseResult r = parse_fields(p, n, i, h.headers, h.header_count, limits);
   if (r.status != ParseStatus::Done) return r;
 

@@ -6,24 +6,11 @@
 #include <string>
 
 #include "libuserd/server/connection.hpp"
-#include "libuserd/server/reply_target.hpp"
 #include "tests/support/fake_backend.hpp"
+#include "tests/support/one_connection.hpp"
 
 using namespace userd;
 using namespace userd::server;
-
-namespace {
-struct OneConnection final : ReplyTarget {
-  Connection* conn = nullptr;
-  bool reply(std::uint32_t, std::uint16_t, std::uint32_t seq, const Response& r) noexcept override {
-    return conn->reply(seq, r);
-  }
-  bool awaiting(std::uint32_t, std::uint16_t, std::uint32_t seq) const noexcept override {
-    return conn->awaiting_reply() && conn->seq() == seq;
-  }
-  bool fetch(std::size_t, std::string_view, Responder, UpstreamDone, void*) noexcept override { return false; }
-};
-}  // namespace
 
 extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size) {
   if (size < 2) return 0;
@@ -48,7 +35,7 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
   ctx.limits.max_head = 512;
   ctx.limits.max_target = 256;
   ctx.date.update(0);
-  OneConnection target;
+  testing::OneConnection target;
   ctx.replies = &target;
   Connection conn(ctx);
   target.conn = &conn;

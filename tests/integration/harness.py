@@ -152,3 +152,17 @@ def fd_targets(pid):
         except OSError:
             pass
     return out
+
+
+def run_tests(module, name, names=()):
+    """Runs a test module's unittest cases (those whose id contains one of `names`, if given), prints the closing
+    line `NAME: N passed, N failed`, and exits non-zero on a failure or when no test ran."""
+    import sys
+    import unittest
+    suite = unittest.defaultTestLoader.loadTestsFromModule(module)
+    if names:
+        suite = unittest.TestSuite(t for group in suite for t in group if any(n in t.id() for n in names))
+    result = unittest.TextTestRunner(verbosity=2).run(suite)
+    failed = len(result.failures) + len(result.errors)
+    print(f"{name}: {result.testsRun - failed - len(result.skipped)} passed, {failed} failed")
+    sys.exit(0 if result.wasSuccessful() and result.testsRun > 0 else 1)

@@ -9,7 +9,7 @@ import sys
 import unittest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from harness import Server, fd_targets  # noqa: E402
+from harness import Server, fd_targets, run_tests  # noqa: E402
 
 ARGS = None
 
@@ -55,10 +55,7 @@ def main():
     ap.add_argument("--userd", required=True)
     ap.add_argument("--deny", required=True)
     ARGS = ap.parse_args()
-    result = unittest.TextTestRunner(verbosity=2).run(unittest.defaultTestLoader.loadTestsFromModule(sys.modules[__name__]))
-    failed = len(result.failures) + len(result.errors)
-    print(f"fallback: {result.testsRun - failed - len(result.skipped)} passed, {failed} failed")
-    sys.exit(0 if result.wasSuccessful() else 1)
+    run_tests(sys.modules[__name__], "fallback", ())
 
 
 if __name__ == "__main__":

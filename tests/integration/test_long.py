@@ -24,7 +24,7 @@ import time
 import unittest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from harness import Server, connect, free_port, read_response, read_until_eof  # noqa: E402
+from harness import Server, connect, free_port, read_response, read_until_eof, run_tests  # noqa: E402
 
 ARGS = None
 DATASET = b""
@@ -249,13 +249,7 @@ def main():
     DATASET = open(ARGS.dataset, "rb").read()
     hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
     resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 65536), hard))  # wrk and userd inherit it
-    suite = unittest.defaultTestLoader.loadTestsFromModule(sys.modules[__name__])
-    if rest:
-        suite = unittest.TestSuite(t for group in suite for t in group if any(r in t.id() for r in rest))
-    result = unittest.TextTestRunner(verbosity=2).run(suite)
-    failed = len(result.failures) + len(result.errors)
-    print(f"long-{ARGS.backend}: {result.testsRun - failed - len(result.skipped)} passed, {failed} failed")
-    sys.exit(0 if result.wasSuccessful() and result.testsRun > 0 else 1)
+    run_tests(sys.modules[__name__], f"long-{ARGS.backend}", rest)
 
 
 if __name__ == "__main__":

@@ -14,7 +14,7 @@ import unittest
 import http.client
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from harness import Server, free_port  # noqa: E402
+from harness import Server, free_port, run_tests  # noqa: E402
 
 ARGS = None
 
@@ -99,10 +99,7 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--userd", required=True)
     ARGS = ap.parse_args()
-    result = unittest.TextTestRunner(verbosity=2).run(unittest.defaultTestLoader.loadTestsFromModule(sys.modules[__name__]))
-    failed = len(result.failures) + len(result.errors)
-    print(f"scaleout: {result.testsRun - failed} passed, {failed} failed")
-    sys.exit(0 if result.wasSuccessful() else 1)
+    run_tests(sys.modules[__name__], "scaleout", ())
 
 
 if __name__ == "__main__":

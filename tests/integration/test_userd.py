@@ -17,7 +17,7 @@ import time
 import unittest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from harness import Server, connect, fd_targets, free_port, read_response, read_until_eof  # noqa: E402
+from harness import Server, connect, fd_targets, free_port, read_response, read_until_eof, run_tests  # noqa: E402
 
 ARGS = None
 DATASET = b""
@@ -584,13 +584,7 @@ def main():
     ap.add_argument("--backend", choices=["io_uring", "epoll"], required=True)
     ARGS, rest = ap.parse_known_args()
     DATASET = open(ARGS.dataset, "rb").read()
-    suite = unittest.defaultTestLoader.loadTestsFromModule(sys.modules[__name__])
-    if rest:
-        suite = unittest.TestSuite(t for group in suite for t in group if any(r in t.id() for r in rest))
-    result = unittest.TextTestRunner(verbosity=2).run(suite)
-    failed = len(result.failures) + len(result.errors)
-    print(f"integration-{ARGS.backend}: {result.testsRun - failed - len(result.skipped)} passed, {failed} failed")
-    sys.exit(0 if result.wasSuccessful() and result.testsRun > 0 else 1)
+    run_tests(sys.modules[__name__], f"integration-{ARGS.backend}", rest)
 
 
 if __name__ == "__main__":

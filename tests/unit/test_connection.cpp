@@ -10,24 +10,15 @@
 #include "libuserd/server/connection.hpp"
 #include "libuserd/server/reply_target.hpp"
 #include "tests/support/fake_backend.hpp"
+#include "tests/support/one_connection.hpp"
 
 using namespace userd;
 using namespace userd::server;
 using userd::testing::FakeBackend;
+using userd::testing::OneConnection;
 
 namespace {
 
-// Answers through the one connection under test, as the worker would.
-struct OneConnection final : ReplyTarget {
-  Connection* conn = nullptr;
-  bool reply(std::uint32_t, std::uint16_t, std::uint32_t seq, const Response& r) noexcept override {
-    return conn->reply(seq, r);
-  }
-  bool awaiting(std::uint32_t, std::uint16_t, std::uint32_t seq) const noexcept override {
-    return conn->awaiting_reply() && conn->seq() == seq;
-  }
-  bool fetch(std::size_t, std::string_view, Responder, UpstreamDone, void*) noexcept override { return false; }
-};
 
 struct Fixture {
   FakeBackend kernel;

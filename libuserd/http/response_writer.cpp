@@ -70,7 +70,7 @@ void write_response_head(core::ByteBuffer& out, const ResponseHead& r) {
   out.append("\r\n");
 }
 
-void write_error_response(core::ByteBuffer& out, int status, std::string_view message, std::string_view date,
+std::size_t write_error_response(core::ByteBuffer& out, int status, std::string_view message, std::string_view date,
                           ConnectionHeader connection, bool head_only, std::span<const Header> extra) {
   constexpr std::string_view kOpen = "{\"error\":\"", kClose = "\"}";
   ResponseHead head;
@@ -81,10 +81,11 @@ void write_error_response(core::ByteBuffer& out, int status, std::string_view me
   head.date = date;
   head.connection = connection;
   write_response_head(out, head);
-  if (head_only) return;
+  if (head_only) return 0;
   out.append(kOpen);
   out.append(message);
   out.append(kClose);
+  return head.content_length;
 }
 
 }  // namespace userd::http

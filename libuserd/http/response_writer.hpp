@@ -29,7 +29,8 @@ std::string_view reason_phrase(int status) noexcept;
 constexpr bool status_has_body(int status) noexcept { return status >= 200 && status != 204 && status != 304; }
 void write_response_head(core::ByteBuffer& out, const ResponseHead& r);
 // A complete error response with the body {"error":"<message>"}; message must need no JSON escaping.
-void write_error_response(core::ByteBuffer& out, int status, std::string_view message, std::string_view date,
+// Returns the body's length as sent (0 for HEAD).
+std::size_t write_error_response(core::ByteBuffer& out, int status, std::string_view message, std::string_view date,
                           ConnectionHeader connection, bool head_only, std::span<const Header> extra = {});
 
 }  // namespace userd::http

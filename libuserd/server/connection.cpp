@@ -107,14 +107,9 @@ void Connection::on_timeout(Timer t) noexcept {
     abort();
     return;
   }
-  // Header or body not complete in time: 408, and nothing more is read from this client.
+  // Header or body not complete in time: nothing more is read from this client.
   in_.clear();
-  req_route_ = ctx_->router->route_count();
-  head_done_ = false;
-  req_keep_alive_ = false;
-  req_head_only_ = false;
-  req_minor_ = 1;
-  write_error_status(408, t == Timer::Header ? "request header timeout" : "request body timeout");
+  refuse(408, t == Timer::Header ? "request header timeout" : "request body timeout");
   flush();
   update_timer();
 }
@@ -335,21 +330,25 @@ void Connection::write_response(const Response& r) noexcept {
 void Connection::write_error_status(int status, std::string_view message, std::span<const Header> extra) noexcept {
   OutQueue& q = out_[filling_];
   const std::size_t from = q.bytes.size();
-  http::write_error_response(q.bytes, status, message, ctx_->date.value(),
-                             connection_header(req_keep_alive_, req_minor_), req_head_only_, extra);
+  const std::size_t body = http::write_error_response(q.bytes, status, message, ctx_->date.value(),
+                                                      connection_header(req_keep_alive_, req_minor_), req_head_only_, extra);
   q.note_bytes(from);
   if (!req_keep_alive_) close_after_flush_ = true;
-  count(status, req_head_only_ ? 0 : message.size() + 12);  // {"error":"..."}
+  count(status, body);
 }
 
 // A request we cannot trust the framing of: answer, then close (the rest of the stream is not read).
-void Connection::write_error(http::HttpError e) noexcept {
+void Connection::write_error(http::HttpError e) noexcept { refuse(http::status_for(e), http::describe(e)); }
+
+// The answer to something that never became a routed request (bad framing, a deadline): an HTTP/1.1 error that
+// closes the connection, whatever the request being read had asked for.
+void Connection::refuse(int status, std::string_view message) noexcept {
   head_done_ = false;
-  req_route_ = ctx_->router->route_count();  // never routed
+  req_route_ = ctx_->router->route_count();
   req_keep_alive_ = false;
   req_head_only_ = false;
   req_minor_ = 1;
-  write_error_status(http::status_for(e), http::describe(e));
+  write_error_status(status, message);
 }
 
 // RFC 9110 10.1.1: a client that sent "Expect: 100-continue" may wait for this before sending the body.

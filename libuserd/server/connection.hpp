@@ -103,6 +103,7 @@ class Connection {
   void dispatch(std::string_view body) noexcept;
   void write_response(const Response& r) noexcept;
   void write_error(http::HttpError e) noexcept;
+  void refuse(int status, std::string_view message) noexcept;
   void write_error_status(int status, std::string_view message, std::span<const Header> extra = {}) noexcept;
   void write_continue() noexcept;
   bool reading() const noexcept;

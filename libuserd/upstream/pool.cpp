@@ -36,12 +36,6 @@ void Pool::teardown() noexcept {
   }
 }
 
-unsigned Pool::open_connections() const noexcept {
-  unsigned n = 0;
-  for (const Conn& c : conns_) n += c.state != State::Free;
-  return n;
-}
-
 std::uint64_t Pool::tag_for(io::Op op, std::uint32_t i) const noexcept {
   return io::tag(op, std::uint32_t(index_) << 16 | i, conns_[i].gen);
 }
@@ -116,7 +110,7 @@ void Pool::pump() noexcept {
 void Pool::start(std::uint32_t i, const Job& job, std::string_view path) noexcept {
   Conn& c = conns_[i];
   c.job = job;
-  c.state = c.state == State::Connecting ? State::Connecting : State::Busy;
+  if (c.state != State::Connecting) c.state = State::Busy;  // a connecting one sends once connected
   c.got_bytes = false;
   c.head_done = false;
   c.head_prev = c.head_len = c.body_have = c.raw_off = 0;
@@ -128,7 +122,7 @@ void Pool::start(std::uint32_t i, const Job& job, std::string_view path) noexcep
   c.out.append(" HTTP/1.1\r\nHost: ");
   c.out.append(target_.host_header);
   c.out.append("\r\n\r\n");
-  if (c.state == State::Connecting) return;  // sent once connected
+  if (c.state == State::Connecting) return;
   c.iov = {c.out.data(), c.out.size()};
   c.send_inflight = true;
   backend_.send(c.fd, tag_for(io::Op::UpSend, i), &c.iov, 1, &c.msg);

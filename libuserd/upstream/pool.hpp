@@ -57,7 +57,6 @@ class Pool {
   void teardown() noexcept;
 
   const PoolStats& stats() const noexcept { return stats_; }
-  unsigned open_connections() const noexcept;
 
  private:
   struct Job {

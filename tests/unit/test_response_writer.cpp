@@ -46,12 +46,12 @@ TEST_CASE("response writer says close or keep-alive when asked, and omits the le
 TEST_CASE("error responses carry a short JSON body, or only its length for HEAD") {
   core::ByteBuffer out;
   const Header allow{"Allow", "GET, HEAD"};
-  write_error_response(out, 405, "method not allowed", "D", ConnectionHeader::None, false, {&allow, 1});
+  CHECK(write_error_response(out, 405, "method not allowed", "D", ConnectionHeader::None, false, {&allow, 1}) == 30);
   CHECK(str(out) ==
         "HTTP/1.1 405 Method Not Allowed\r\nContent-Type: application/json\r\nAllow: GET, HEAD\r\nDate: D\r\n"
         "Content-Length: 30\r\n\r\n{\"error\":\"method not allowed\"}");
   out.clear();
-  write_error_response(out, 404, "not found", "D", ConnectionHeader::None, true);
+  CHECK(write_error_response(out, 404, "not found", "D", ConnectionHeader::None, true) == 0);
   CHECK(str(out) == "HTTP/1.1 404 Not Found\r\nContent-Type: application/json\r\nDate: D\r\nContent-Length: 21\r\n\r\n");
 }
 

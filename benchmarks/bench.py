@@ -219,7 +219,7 @@ def main():
     pin = ["taskset", "-c", SERVER_CPU]
     started = []
 
-    def start(name, argv, port=None, env=None):
+    def start(argv, port=None, env=None):
         srv = Announced(argv, port, env) if port else Server(argv, env=env)
         started.append(srv)
         check_body(srv.port, dataset)
@@ -229,7 +229,7 @@ def main():
     try:
         # The shared upstream for the proxy scenario: nginx serving the dataset, off the server CPU.
         up_port = free_port()
-        start("upstream", ["taskset", "-c", load_cpus(), "nginx", "-c", nginx_conf(tmp, up_port, "static", dataset)],
+        start(["taskset", "-c", load_cpus(), "nginx", "-c", nginx_conf(tmp, up_port, "static", dataset)],
               port=up_port)
         data_file = os.path.join(tmp, "avatars.json")
         open(data_file, "wb").write(dataset)
@@ -237,19 +237,19 @@ def main():
         servers = {"static": {}, "proxy": {}}
         for backend in ("io_uring", "epoll"):
             servers["static"][f"userd {backend}"] = start(
-                "", pin + [a.userd, "--listen", "127.0.0.1:0", "--threads", "1", "--backend", backend])
+                pin + [a.userd, "--listen", "127.0.0.1:0", "--threads", "1", "--backend", backend])
             servers["proxy"][f"userd {backend}"] = start(
-                "", pin + [a.userd, "--listen", "127.0.0.1:0", "--threads", "1", "--backend", backend,
+                pin + [a.userd, "--listen", "127.0.0.1:0", "--threads", "1", "--backend", backend,
                            "--upstream", upstream_url])
-        servers["static"]["hyper"] = start("", pin + [a.hyper, "--listen", "127.0.0.1:0", "--static", data_file])
-        servers["proxy"]["hyper"] = start("", pin + [a.hyper, "--listen", "127.0.0.1:0", "--upstream", upstream_url])
+        servers["static"]["hyper"] = start(pin + [a.hyper, "--listen", "127.0.0.1:0", "--static", data_file])
+        servers["proxy"]["hyper"] = start(pin + [a.hyper, "--listen", "127.0.0.1:0", "--upstream", upstream_url])
         p = free_port()
-        servers["static"]["nginx"] = start("", pin + ["nginx", "-c", nginx_conf(tmp, p, "static", dataset)], port=p)
+        servers["static"]["nginx"] = start(pin + ["nginx", "-c", nginx_conf(tmp, p, "static", dataset)], port=p)
         p = free_port()
-        servers["proxy"]["nginx"] = start("", pin + ["nginx", "-c", nginx_conf(tmp, p, "proxy", dataset, up_port)],
+        servers["proxy"]["nginx"] = start(pin + ["nginx", "-c", nginx_conf(tmp, p, "proxy", dataset, up_port)],
                                           port=p)
-        servers["static"]["io_uring floor"] = start("", pin + [a.floor_uring, "0"])
-        servers["static"]["epoll floor"] = start("", pin + [a.floor_epoll, "0"])
+        servers["static"]["io_uring floor"] = start(pin + [a.floor_uring, "0"])
+        servers["static"]["epoll floor"] = start(pin + [a.floor_epoll, "0"])
 
         for scenario, group in servers.items():
             for name, srv in group.items():

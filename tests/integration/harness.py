@@ -143,6 +143,20 @@ def connect(port, timeout=10.0):
     return s
 
 
+def get(port, path="/v1/user", conn=None, method="GET"):
+    """One request on 127.0.0.1:port (on conn, a keep-alive http.client connection, if given).
+    Returns (status, body, seconds, response)."""
+    import http.client
+    c = conn or http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    t0 = time.monotonic()
+    c.request(method, path)
+    r = c.getresponse()
+    body = r.read()
+    if conn is None:
+        c.close()
+    return r.status, body, time.monotonic() - t0, r
+
+
 def fd_targets(pid):
     """What each of the process's descriptors points at, e.g. 'anon_inode:[io_uring]'."""
     out = []

@@ -24,7 +24,7 @@ import time
 import unittest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from harness import Server, connect, free_port, read_response, read_until_eof, run_tests  # noqa: E402
+from harness import Server, connect, free_port, get, read_response, read_until_eof, run_tests  # noqa: E402
 
 ARGS = None
 DATASET = b""
@@ -229,11 +229,7 @@ class Long(unittest.TestCase):
                 s.close()
             time.sleep(0.5)
             for _ in range(20):  # and it recovers once they are gone
-                c = http.client.HTTPConnection("127.0.0.1", srv.port, timeout=5)
-                c.request("GET", "/v1/user")
-                r = c.getresponse()
-                self.assertEqual((r.status, r.read()), (200, DATASET))
-                c.close()
+                self.assertEqual(get(srv.port)[:2], (200, DATASET))
         finally:
             self.assertEqual(srv.stop(), 0)
         self.assertTrue(any("accept paused" in l for l in srv.stderr_lines), srv.stderr_lines[-5:])

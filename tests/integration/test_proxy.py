@@ -14,7 +14,7 @@ import unittest
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
-from harness import Server, connect, free_port, read_response, read_until_eof, run_tests  # noqa: E402
+from harness import Server, connect, free_port, get, read_response, read_until_eof, run_tests  # noqa: E402
 
 ARGS = None
 DATASET = b""
@@ -27,17 +27,6 @@ def userd(*flags):
 
 def fake(mode, port=0):
     return Server([sys.executable, os.path.join(HERE, "fake_upstream.py"), mode, ARGS.dataset, "--port", str(port)])
-
-
-def get(port, path="/v1/user", conn=None):
-    c = conn or http.client.HTTPConnection("127.0.0.1", port, timeout=10)
-    t0 = time.monotonic()
-    c.request("GET", path)
-    r = c.getresponse()
-    body = r.read()
-    if conn is None:
-        c.close()
-    return r.status, body, time.monotonic() - t0, r
 
 
 def stop_ok(test, server):

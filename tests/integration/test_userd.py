@@ -17,7 +17,7 @@ import time
 import unittest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from harness import Server, connect, fd_targets, free_port, read_response, read_until_eof, run_tests  # noqa: E402
+from harness import Server, connect, fd_targets, free_port, get, read_response, read_until_eof, run_tests  # noqa: E402
 
 ARGS = None
 DATASET = b""
@@ -49,12 +49,8 @@ class Serving(unittest.TestCase):
     def tearDownClass(cls):
         assert cls.srv.stop() == 0
 
-    def get(self, path="/v1/user", method="GET", headers=None):
-        c = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
-        c.request(method, path, headers=headers or {})
-        r = c.getresponse()
-        body = r.read()
-        c.close()
+    def get(self, path="/v1/user", method="GET"):
+        _, body, _, r = get(self.port, path, method=method)
         return r, body
 
     def assert_still_serving(self):
@@ -327,12 +323,7 @@ class Bounds(unittest.TestCase):
         assert cls.srv.stop() == 0
 
     def served(self):
-        c = http.client.HTTPConnection("127.0.0.1", self.port, timeout=5)
-        c.request("GET", "/v1/user")
-        r = c.getresponse()
-        ok = r.status == 200 and r.read() == DATASET
-        c.close()
-        return ok
+        return get(self.port)[:2] == (200, DATASET)
 
     def test_a_head_trickling_in_gets_408_at_the_header_timeout(self):
         s = connect(self.port)
@@ -422,11 +413,7 @@ class Lifecycle(unittest.TestCase):
             self.assertEqual(srv.port, port)
             self.assertTrue(any("inherited socket" in l for l in srv.stderr_lines), srv.stderr_lines)
             for _ in range(20):
-                c = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
-                c.request("GET", "/v1/user")
-                r = c.getresponse()
-                self.assertEqual((r.status, r.read()), (200, DATASET))
-                c.close()
+                self.assertEqual(get(port)[:2], (200, DATASET))
         finally:
             self.assertEqual(srv.stop(), 0)
 

@@ -4,6 +4,7 @@
 #include <sys/socket.h>
 
 #include <optional>
+#include <stdexcept>
 #include <string>
 #include <vector>
 
@@ -44,6 +45,7 @@ struct Fixture {
       res.send(r);
     });
     router.get("/later", [this](const Request&, Responder res) { held = res; });
+    router.get("/throws", [](const Request&, Responder) { throw std::runtime_error("handler bug"); });
     ctx.backend = &kernel;
     ctx.router = &router;
     ctx.replies = &target;
@@ -235,6 +237,16 @@ TEST_CASE("an answer for a connection that is gone is refused, not sent") {
   Response r;
   CHECK_FALSE(f.held->send(r));
   CHECK(f.kernel.sends == 0);
+}
+
+TEST_CASE("a handler that throws gets its client a 500, and the connection goes on") {
+  Fixture f;
+  f.feed("GET /throws HTTP/1.1\r\nHost: t\r\n\r\nGET /now HTTP/1.1\r\nHost: t\r\n\r\n");
+  CHECK(f.kernel.wire.find("HTTP/1.1 500 Internal Server Error\r\n") == 0);
+  CHECK(f.kernel.wire.find("{\"error\":\"internal error\"}") != std::string::npos);
+  CHECK(f.kernel.wire.find("HTTP/1.1 200 OK") != std::string::npos);
+  f.sent();
+  CHECK(f.conn->state() == Connection::State::Open);
 }
 
 TEST_CASE("a receive that ran out of buffers is re-armed") {

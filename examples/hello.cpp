@@ -1,6 +1,7 @@
 // examples/hello.cpp: the smallest program embedding libuserd: two routes, one that answers at once and one
 // that answers on a later request's turn, started on the address given as argv[1] (default 127.0.0.1:8081),
-// on the backend named by argv[2] (io_uring or epoll; default: io_uring if the kernel allows it).
+// on the backend named by argv[2] (io_uring or epoll; default: io_uring if the kernel allows it); argv[3], if
+// given, is the handler timeout in seconds (a /wait nobody wakes is then answered 503).
 // It uses only the public headers under libuserd/include/userd.
 #include <signal.h>
 
@@ -18,6 +19,7 @@ int main(int argc, char** argv) {
   cfg.port = static_cast<std::uint16_t>(std::stoi(listen.substr(colon + 1)));
   cfg.threads = 1;
   if (argc > 2) cfg.backend = std::string(argv[2]) == "epoll" ? userd::BackendKind::Epoll : userd::BackendKind::IoUring;
+  if (argc > 3) cfg.handler_timeout_ms = static_cast<unsigned>(std::stod(argv[3]) * 1000);
 
   // A handler may keep its Responder and answer later on the same thread: here /wait is answered when the
   // next /wake arrives, the way a handler answers after an upstream reply.

@@ -92,10 +92,14 @@ std::string usage() {
          "                       default: none, the user path serves the dataset)\n"
          "  --upstream-timeout S seconds for the whole upstream exchange, then 504 (default 2)\n"
          "  --upstream-conns N   keep-alive connections to the upstream per thread (default 64)\n"
+         "  --upstream-queue N   requests that may wait for an upstream connection, per thread; beyond it 503\n"
+         "                       at once (default 1024)\n"
          "  --no-validate        forward the upstream body without checking it is JSON (default: validate)\n"
          "  --header-timeout S   a request head must complete within S seconds of its first byte, else 408 (10)\n"
          "  --body-timeout S     a request body must complete within S seconds of its head, else 408 (30)\n"
          "  --idle-timeout S     close keep-alive connections idle this long (60)\n"
+         "  --send-timeout S     close a connection whose output makes no progress this long (30)\n"
+         "  --handler-timeout S  answer 503 for a request its handler has not answered in this long (30)\n"
          "  --max-conns N        connections per thread; more are accepted and closed at once (10000)\n"
          "  --drain-timeout S    on SIGTERM/SIGINT, how long requests in flight may take to finish (10)\n"
          "  --access-log PATH|-  one line per request, appended to PATH or written to stdout (off)\n"
@@ -105,7 +109,7 @@ std::string usage() {
 }
 
 std::string parse_config(int argc, const char* const* argv, const Getenv& getenv, Config& out) {
-  unsigned timeout_ms = 2000, conns = 64;
+  unsigned timeout_ms = 2000, conns = 64, queue = 1024;
   // The seed's variables first; flags override them below.
   if (const char* d = getenv("M1_DOMAIN"); d && *d) {
     std::string_view v = d;
@@ -195,12 +199,16 @@ std::string parse_config(int argc, const char* const* argv, const Getenv& getenv
     } else if (arg == "--drain-timeout") {
       if (!need(err)) return err;
       if (std::string e = parse_seconds(arg, value, out.server.drain_timeout_ms); !e.empty()) return e;
-    } else if (arg == "--header-timeout" || arg == "--body-timeout" || arg == "--idle-timeout") {
+    } else if (arg == "--header-timeout" || arg == "--body-timeout" || arg == "--idle-timeout" ||
+               arg == "--send-timeout" || arg == "--handler-timeout") {
       if (!need(err)) return err;
       unsigned ms;
       if (std::string e = parse_seconds(arg, value, ms); !e.empty()) return e;
-      (arg == "--header-timeout" ? out.server.header_timeout_ms
-                                 : arg == "--body-timeout" ? out.server.body_timeout_ms : out.server.idle_timeout_ms) = ms;
+      (arg == "--header-timeout"  ? out.server.header_timeout_ms
+       : arg == "--body-timeout"  ? out.server.body_timeout_ms
+       : arg == "--idle-timeout"  ? out.server.idle_timeout_ms
+       : arg == "--send-timeout"  ? out.server.send_timeout_ms
+                                  : out.server.handler_timeout_ms) = ms;
     } else if (arg == "--max-conns") {
       if (!need(err)) return err;
       unsigned long n;
@@ -212,6 +220,12 @@ std::string parse_config(int argc, const char* const* argv, const Getenv& getenv
       if (!parse_uint(value, 65535, n) || n == 0)
         return fmt::format("invalid --upstream-conns '{}': expected 1-65535", value);
       conns = unsigned(n);
+    } else if (arg == "--upstream-queue") {
+      if (!need(err)) return err;
+      unsigned long n;
+      if (!parse_uint(value, 1'000'000, n) || n == 0)
+        return fmt::format("invalid --upstream-queue '{}': expected 1-1000000", value);
+      queue = unsigned(n);
     } else if (arg == "--no-validate") {
       out.validate = false;
     } else if (arg == "--data") {
@@ -226,6 +240,7 @@ std::string parse_config(int argc, const char* const* argv, const Getenv& getenv
   for (UpstreamConfig& u : out.server.upstreams) {
     u.timeout_ms = timeout_ms;
     u.max_conns = conns;
+    u.max_queue = queue;
   }
   return {};
 }

@@ -30,13 +30,16 @@ ChunkStep ChunkedDecoder::decode(const char* src, std::size_t n, char* dst) noex
       case State::Size: {
         int v = hex_value(c);
         if (v >= 0) {
-          // 15 hex digits is 2^60: far beyond any limit, and the shift cannot overflow.
-          if (++digits_ > 15) return result(ChunkStatus::Bad);
+          // chunk-size is 1*HEXDIG: leading zeros are allowed and cost nothing. 15 significant digits is 2^60:
+          // far beyond any limit, and the shift cannot overflow.
+          seen_digit_ = true;
+          if (remaining_ != 0 || v != 0) ++digits_;
+          if (digits_ > 15) return result(ChunkStatus::Bad);
           remaining_ = remaining_ << 4 | std::uint64_t(v);
           ++i;
           break;
         }
-        if (digits_ == 0) return result(ChunkStatus::Bad);
+        if (!seen_digit_) return result(ChunkStatus::Bad);
         if (c == ' ' || c == '\t') state_ = State::SizeWs;
         else if (c == ';') state_ = State::Ext;
         else if (c == '\r') state_ = State::SizeLf;
@@ -58,6 +61,8 @@ ChunkStep ChunkedDecoder::decode(const char* src, std::size_t n, char* dst) noex
         if (c != '\n') return result(ChunkStatus::Bad);
         ++i;
         digits_ = 0;
+        seen_digit_ = false;
+        line_bytes_ = 0;
         if (remaining_ == 0) {
           state_ = State::LineStart;
           break;
@@ -100,6 +105,7 @@ ChunkStep ChunkedDecoder::decode(const char* src, std::size_t n, char* dst) noex
       case State::TrailerLf:
         if (c != '\n') return result(ChunkStatus::Bad);
         state_ = State::LineStart;
+        line_bytes_ = 0;
         ++i;
         break;
       case State::FinalLf:

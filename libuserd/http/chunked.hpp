@@ -1,6 +1,7 @@
 // http/chunked.hpp: incremental decoder for the chunked transfer coding (RFC 9112 7.1), in place.
 // Feed it bytes as they come, in any splits; it writes the de-chunked data to dst, which may alias src because
-// output never overtakes input. Strict: CRLF line ends only, at most 15 hex digits, bounded extensions/trailers.
+// output never overtakes input. Strict: CRLF line ends only, at most 15 significant hex digits (leading zeros are free), extension and
+// trailer lines of at most 8 KiB each.
 // Not here: the request head (parser.hpp), where bytes are kept (server/connection.cpp).
 #pragma once
 
@@ -22,16 +23,16 @@ class ChunkedDecoder {
   explicit ChunkedDecoder(std::uint64_t max_body = UINT64_MAX) noexcept : max_body_(max_body) {}
   void reset(std::uint64_t max_body) noexcept { *this = ChunkedDecoder(max_body); }
   ChunkStep decode(const char* src, std::size_t n, char* dst) noexcept;
-  std::uint64_t body_size() const noexcept { return total_; }
 
  private:
   enum class State : std::uint8_t { Size, SizeWs, Ext, SizeLf, Data, DataCr, DataLf, LineStart, Trailer, TrailerLf, FinalLf, Done };
   State state_ = State::Size;
-  std::uint8_t digits_ = 0;
+  std::uint8_t digits_ = 0;  // significant digits of the size
+  bool seen_digit_ = false;
   std::uint64_t remaining_ = 0;  // chunk size being read, then data bytes left in the chunk
   std::uint64_t total_ = 0;
   std::uint64_t max_body_;
-  std::uint32_t line_bytes_ = 0;  // extension and trailer bytes: bounded so a peer cannot stream them forever
+  std::uint32_t line_bytes_ = 0;  // extension or trailer bytes of the current line: bounded per line
 };
 
 }  // namespace userd::http

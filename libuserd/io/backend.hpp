@@ -28,7 +28,8 @@ struct BackendStats {
   metrics::Counter submit_calls;  // io_uring_enter or epoll_wait calls
   metrics::Counter sqes;          // submission queue entries prepared (io_uring)
   metrics::Counter enobufs;       // receives that found no buffer and were re-armed
-  metrics::Counter cq_overflows;
+  metrics::Counter cq_overflows;  // times the completion queue overflowed (io_uring)
+  metrics::Counter submit_errors;  // submissions the kernel refused (io_uring: out of memory)
 };
 
 class Backend {
@@ -38,15 +39,18 @@ class Backend {
 
   // One Accept completion per new connection (res = fd, close-on-exec) until one arrives with more == false.
   virtual void accept(int listen_fd, std::uint64_t tag) noexcept = 0;
-  // Recv completions carrying a buffer until one arrives with more == false (res 0: the peer closed).
-  virtual void recv(int fd, std::uint64_t tag) noexcept = 0;
-  // Sends all of iov[0..n); one Send completion with the bytes sent (short only on error) or -errno. iov and msg
-  // (scratch the backend may use) stay untouched by the caller until then. Never raises SIGPIPE.
+  // Recv completions carrying a buffer until one arrives with more == false (res 0: the peer closed). With
+  // multishot false, at most one buffer: its completion (or an error, or EOF) has more == false.
+  virtual void recv(int fd, std::uint64_t tag, bool multishot = true) noexcept = 0;
+  // Sends from iov[0..n); one Send completion with the bytes sent or -errno. It may be short when the socket's
+  // buffer filled: the caller sends the rest (each completion is progress, which send deadlines measure). iov
+  // and msg (scratch the backend may use) stay untouched by the caller until then. Never raises SIGPIPE.
   virtual void send(int fd, std::uint64_t tag, const iovec* iov, unsigned n, msghdr* msg) noexcept = 0;
   // Connects a socket made with socket(2); one completion, 0 or -errno. addr stays valid until then.
   virtual void connect(int fd, const sockaddr* addr, socklen_t len, std::uint64_t tag) noexcept = 0;
-  // Cancels the armed operation with this tag on fd (a connect that hangs); it completes with -ECANCELED, or
-  // with its result if it finished first.
+  // Cancels the armed operation with this tag on fd: a connect that hangs, or a receive that should stop
+  // (backpressure). It completes with -ECANCELED (a receive: more == false), or with its result if it finished
+  // first; a receive may still deliver buffers before its end.
   virtual void cancel(int fd, std::uint64_t tag) noexcept = 0;
   // Returns a receive buffer once its bytes are parsed or copied.
   virtual void recycle(std::uint16_t buffer_id) noexcept = 0;

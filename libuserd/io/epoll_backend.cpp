@@ -11,7 +11,10 @@
 //   without bookkeeping; on EMFILE the listener is disarmed so it cannot spin until the server re-arms it.
 //
 // Sends are tried at once with sendmsg(MSG_NOSIGNAL) (writev would raise SIGPIPE); their completion is queued
-// and returned by the next wait(), as io_uring would return it.
+// and returned by the next wait(), as io_uring would return it. A send that fills the socket's buffer completes
+// short with what it sent, as io_uring's does; one that can send nothing waits for EPOLLOUT.
+// A receive ended by cancel() (backpressure) leaves the socket registered: its edges are ignored until recv()
+// arms it again and reads what came meanwhile.
 #include "libuserd/io/epoll_backend.hpp"
 
 #include <fcntl.h>
@@ -91,11 +94,12 @@ class EpollBackend final : public Backend {
     s.registered = true;
   }
 
-  void recv(int fd, std::uint64_t t) noexcept override {
+  void recv(int fd, std::uint64_t t, bool multishot) noexcept override {
     FdState& s = state(fd);
     s.role = Role::Conn;
     s.recv_tag = t;
     s.recv_armed = true;
+    s.recv_once = !multishot;
     if (!s.registered) {
       epoll_event ev{};
       ev.events = EPOLLIN | EPOLLRDHUP | EPOLLET;
@@ -107,7 +111,8 @@ class EpollBackend final : public Backend {
       }
       s.registered = true;  // ADD reports data that is already there: no read needed now
     } else {
-      retry_.push_back({fd, t, false});  // re-armed: an edge may have passed while it was not
+      // Re-armed: edges (data, the peer's FIN) may have passed while it was not, so read to EAGAIN or EOF.
+      retry_.push_back({fd, t, true});
     }
   }
 
@@ -155,6 +160,10 @@ class EpollBackend final : public Backend {
   void cancel(int fd, std::uint64_t t) noexcept override {
     FdState& s = state(fd);
     if (s.connect_pending && s.connect_tag == t) finish_connect(fd, s, -ECANCELED);
+    if (s.recv_armed && s.recv_tag == t) {  // unread bytes stay in the socket, and TCP's window closes
+      s.recv_armed = false;
+      push({t, -ECANCELED, false, false, 0, nullptr});
+    }
   }
 
   void recycle(std::uint16_t bid) noexcept override { free_bufs_.push_back(bid); }
@@ -214,6 +223,7 @@ class EpollBackend final : public Backend {
     bool send_pending = false;
     bool out_armed = false;
     bool connect_pending = false;
+    bool recv_once = false;  // the receive ends with its first buffer
     std::uint64_t accept_tag = 0, recv_tag = 0, send_tag = 0, connect_tag = 0;
     const iovec* iov = nullptr;
     unsigned iovcnt = 0;
@@ -294,6 +304,11 @@ class EpollBackend final : public Backend {
       ssize_t n = ::recv(fd, buf, buf_size_, 0);
       if (n > 0) {
         free_bufs_.pop_back();
+        if (s.recv_once) {
+          s.recv_armed = false;
+          push({s.recv_tag, int(n), false, true, bid, buf});
+          return;
+        }
         push({s.recv_tag, int(n), true, true, bid, buf});
         if (std::size_t(n) < buf_size_ && !peer_done) return;  // drained
         continue;
@@ -332,6 +347,7 @@ class EpollBackend final : public Backend {
         continue;
       }
       if (errno == EINTR) continue;
+      if (errno == EAGAIN && s.sent > 0) break;  // progress: the caller sees it and sends the rest
       if (errno == EAGAIN) {
         set_out(fd, s, true);
         return;

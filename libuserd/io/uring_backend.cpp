@@ -9,8 +9,9 @@
 
 #include <cerrno>
 #include <cstring>
-#include <utility>
 #include <new>
+#include <utility>
+#include <vector>
 
 #include "libuserd/io/tag.hpp"
 
@@ -94,7 +95,7 @@ class UringBackend final : public Backend {
   Result<void> self_test() noexcept {
     int sv[2];
     if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) < 0) return fail(Errc::Io, errno, "socketpair");
-    recv(sv[0], tag(Op::None));
+    recv(sv[0], tag(Op::None), true);
     [[maybe_unused]] ssize_t w = ::write(sv[1], "x", 1);
     bool got = false, armed = false, ended = false;
     int err = 0;
@@ -128,40 +129,43 @@ class UringBackend final : public Backend {
   void accept(int listen_fd, std::uint64_t t) noexcept override {
     io_uring_sqe* s = sqe();
     io_uring_prep_multishot_accept(s, listen_fd, nullptr, nullptr, SOCK_CLOEXEC);
-    io_uring_sqe_set_data64(s, t);
+    set_tag(s, t);
   }
 
-  void recv(int fd, std::uint64_t t) noexcept override {
+  void recv(int fd, std::uint64_t t, bool multishot) noexcept override {
     io_uring_sqe* s = sqe();
-    io_uring_prep_recv_multishot(s, fd, nullptr, 0, 0);
+    if (multishot) io_uring_prep_recv_multishot(s, fd, nullptr, 0, 0);
+    else io_uring_prep_recv(s, fd, nullptr, buf_size_, 0);
     s->flags |= IOSQE_BUFFER_SELECT;
     s->buf_group = kGroup;
-    io_uring_sqe_set_data64(s, t);
+    set_tag(s, t);
   }
 
   void send(int fd, std::uint64_t t, const iovec* iov, unsigned n, msghdr* msg) noexcept override {
     io_uring_sqe* s = sqe();
-    // MSG_WAITALL: the kernel finishes a short send itself; MSG_NOSIGNAL: a reset peer gives -EPIPE, not SIGPIPE.
+    // No MSG_WAITALL: a send that fills the socket's buffer completes with what it sent, so the caller sees
+    // progress (its send deadline) and sends the rest. MSG_NOSIGNAL: a reset peer gives -EPIPE, not SIGPIPE.
     if (n == 1) {
-      io_uring_prep_send(s, fd, iov[0].iov_base, iov[0].iov_len, MSG_NOSIGNAL | MSG_WAITALL);
+      io_uring_prep_send(s, fd, iov[0].iov_base, iov[0].iov_len, MSG_NOSIGNAL);
     } else {
       *msg = {};
       msg->msg_iov = const_cast<iovec*>(iov);
       msg->msg_iovlen = n;
-      io_uring_prep_sendmsg(s, fd, msg, MSG_NOSIGNAL | MSG_WAITALL);
+      io_uring_prep_sendmsg(s, fd, msg, MSG_NOSIGNAL);
     }
-    io_uring_sqe_set_data64(s, t);
+    set_tag(s, t);
   }
 
   void connect(int fd, const sockaddr* addr, socklen_t len, std::uint64_t t) noexcept override {
     io_uring_sqe* s = sqe();
     io_uring_prep_connect(s, fd, addr, len);
-    io_uring_sqe_set_data64(s, t);
+    set_tag(s, t);
   }
 
   void cancel(int, std::uint64_t t) noexcept override {
     io_uring_sqe* s = sqe();
     io_uring_prep_cancel64(s, t, 0);
+    if (s == &lost_) return;  // the operation completes by itself, or with the shutdown that follows a close
     io_uring_sqe_set_data64(s, tag(Op::None));
   }
 
@@ -178,15 +182,35 @@ class UringBackend final : public Backend {
       io_uring_buf_ring_advance(br_, int(recycled_));
       recycled_ = 0;
     }
-    if (io_uring_cq_has_overflow(&ring_)) stats_.cq_overflows.add();
+    // Counted once per overflow, not once per turn it lasts. An overflow also ends multishot receives, which
+    // their owners re-arm.
+    const bool overflow = io_uring_cq_has_overflow(&ring_);
+    if (overflow && !overflowed_) stats_.cq_overflows.add();
+    overflowed_ = overflow;
+    unsigned n = 0;
+    for (; n < out.size() && !lost_done_.empty(); ++n) {  // operations no SQE could be had for
+      out[n] = lost_done_.back();
+      lost_done_.pop_back();
+    }
     __kernel_timespec ts{timeout_ms / 1000, (timeout_ms % 1000) * 1000000LL};
+    if (n > 0) ts = {};
     io_uring_cqe* cqe = nullptr;
     stats_.submit_calls.add();
-    io_uring_submit_and_wait_timeout(&ring_, &cqe, 1, &ts, nullptr);  // -ETIME / -EINTR: reap what is there
-    unsigned head, n = 0;
+    const int rc = io_uring_submit_and_wait_timeout(&ring_, &cqe, 1, &ts, nullptr);
+    // -ETIME and -EINTR: nothing (more) to reap yet. Anything else (-EBUSY, -EAGAIN: the kernel is short of
+    // memory) left the SQEs queued for the next turn; wait a moment rather than spin on it.
+    if (rc < 0 && rc != -ETIME && rc != -EINTR) {
+      stats_.submit_errors.add();
+      if (io_uring_cq_ready(&ring_) == 0 && n == 0) {
+        timespec pause{0, 1'000'000};
+        nanosleep(&pause, nullptr);
+      }
+    }
+    unsigned head, reaped = 0;
     io_uring_for_each_cqe(&ring_, head, cqe) {
       if (n == out.size()) break;
       Completion& c = out[n++];
+      ++reaped;
       c.tag = cqe->user_data;
       c.res = cqe->res;
       c.more = cqe->flags & IORING_CQE_F_MORE;
@@ -196,7 +220,7 @@ class UringBackend final : public Backend {
       if (c.res == -ENOBUFS) stats_.enobufs.add();
       if (tag_op(c.tag) == Op::Wake) arm_wake();
     }
-    io_uring_cq_advance(&ring_, n);
+    io_uring_cq_advance(&ring_, reaped);
     return int(n);
   }
 
@@ -210,20 +234,36 @@ class UringBackend final : public Backend {
  private:
   static constexpr std::uint16_t kGroup = 0;
 
+  // SQ full: push this batch in now, then there is room. A kernel that will not take the batch (out of memory)
+  // is asked a few times; after that the operation is lost: prepared into a scratch SQE and completed with
+  // -EBUSY on the next wait(), so its owner closes or retries instead of waiting forever.
   io_uring_sqe* sqe() noexcept {
     stats_.sqes.add();
     io_uring_sqe* s = io_uring_get_sqe(&ring_);
-    while (!s) {  // SQ full: push this batch in now, then there is room
+    for (int tries = 0; !s && tries < 3; ++tries) {
       io_uring_submit(&ring_);
       s = io_uring_get_sqe(&ring_);
     }
+    if (!s) {
+      lost_ = {};
+      return &lost_;
+    }
     return s;
+  }
+
+  void set_tag(io_uring_sqe* s, std::uint64_t t) noexcept {
+    if (s != &lost_) {
+      io_uring_sqe_set_data64(s, t);
+      return;
+    }
+    stats_.submit_errors.add();
+    lost_done_.push_back({t, -EBUSY, false, false, 0, nullptr});
   }
 
   void arm_wake() noexcept {
     io_uring_sqe* s = sqe();
     io_uring_prep_read(s, wake_fd_, &wake_value_, sizeof wake_value_, 0);
-    io_uring_sqe_set_data64(s, tag(Op::Wake));
+    set_tag(s, tag(Op::Wake));
   }
 
   io_uring ring_{};
@@ -235,6 +275,9 @@ class UringBackend final : public Backend {
   unsigned nbufs_ = 0, buf_size_ = 0, recycled_ = 0;
   int wake_fd_ = -1;
   std::uint64_t wake_value_ = 0;
+  bool overflowed_ = false;
+  io_uring_sqe lost_{};                 // where an operation goes when the ring takes no SQE
+  std::vector<Completion> lost_done_;  // and its -EBUSY completion, returned by the next wait()
   BackendStats stats_;
 };
 

@@ -42,6 +42,11 @@ struct ThreadMetrics {
   Counter connections_open;
   Counter connections_accepted;
   Counter connections_refused;  // --max-conns
+  Counter send_timeouts;        // connections closed because their output made no progress
+  Counter handler_timeouts;     // requests answered 503 because their handler did not answer in time
+  Counter recv_pauses;          // receives ended by backpressure
+  Counter alloc_failures;       // connections closed because memory ran out
+  Counter bad_responses;        // handler responses refused (CR/LF/NUL in a header, contradictory framing)
 
   void record(std::size_t route, int status, std::uint64_t micros) noexcept {
     requests[route * (kCodes.size() + 1) + code_index(status)].add();

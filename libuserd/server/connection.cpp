@@ -8,6 +8,7 @@
 #include <cstdio>
 #include <cstring>
 #include <ctime>
+#include <new>
 
 #include <arpa/inet.h>
 #include <netinet/in.h>
@@ -18,15 +19,23 @@
 
 namespace userd::server {
 namespace {
-// Reading requests pauses while this much output waits to be sent: a pipelining client that does not read
-// its responses is held to this, not to whatever it can send.
-constexpr std::size_t kOutHighWater = 256 * 1024;
+// Backpressure. Past kOutHighWater of queued output no further request is parsed and the socket is no longer
+// read, so the kernel's TCP window closes on a client that sends without reading; the same happens when a
+// request waits for its handler and more than kInHighWater of pipelined input sits behind it. Reading resumes
+// below the low-water marks. 64 KiB holds a 16-deep pipeline of the 3.7 KB dataset answer.
+constexpr std::size_t kOutHighWater = 64 * 1024;
+constexpr std::size_t kOutLowWater = 16 * 1024;
+constexpr std::size_t kInHighWater = 64 * 1024;
+constexpr std::size_t kInLowWater = 16 * 1024;
 // A static body this large is sent from where it lives (sendmsg with head and body iovecs) instead of being
 // copied next to its head. Measured on the 3.7 KB dataset (benchmarks/NOTES.md): 3 % less CPU per request on
 // io_uring, equal on epoll, and no 4 KiB copy per connection and queue. Tiny bodies are cheaper to copy.
 constexpr std::size_t kCopyBelow = 1024;
-// Buffers grown past this by one large request are given back when the connection closes.
+// Buffers grown past this (a large request, a burst of pipelined ones) are given back when the connection goes
+// idle; when it closes, everything past kKeepOnClose is. Steady keep-alive traffic never grows them this far,
+// so it allocates nothing.
 constexpr std::size_t kKeepCapacity = 64 * 1024;
+constexpr std::size_t kKeepOnClose = 8 * 1024;
 constexpr std::size_t kMaxIov = IOV_MAX;
 constexpr std::string_view kContinue = "HTTP/1.1 100 Continue\r\n\r\n";
 
@@ -69,23 +78,95 @@ void Connection::open(int fd, std::uint32_t slot) noexcept {
   peer_eof_ = close_after_flush_ = awaiting_ = in_dispatch_ = draining_ = false;
   head_done_ = head_stale_ = false;
   head_prev_len_ = 0;
-  send_inflight_ = false;
-  ctx_->backend->recv(fd_, io::tag(io::Op::Recv, slot_, gen_));
-  recv_armed_ = true;
+  send_inflight_ = send_progress_ = false;
+  recv_armed_ = recv_stopping_ = recv_paused_ = false;
+  recv_probe_ = true;  // a client that opens with a flood is met like one resuming after a pause
+  arm_recv();
   if (ctx_->access_log) describe_peer(fd, peer_, sizeof peer_);
   update_timer();
 }
 
+// After a pause the first receive takes one buffer only: a client with megabytes queued in the kernel would
+// otherwise land a multishot burst (32 buffers and more) in in_ before the next pause could stop it. If that
+// buffer is parsed without pausing again, the multishot receive comes back.
+void Connection::arm_recv() noexcept {
+  ctx_->backend->recv(fd_, io::tag(io::Op::Recv, slot_, gen_), !recv_probe_);
+  recv_probe_ = false;
+  recv_armed_ = true;
+}
+
+// Allocation fails only when the process is out of memory: that costs this connection, not the process.
+template <class F>
+void Connection::guarded(F&& step) noexcept {
+  try {
+    step();
+  } catch (const std::bad_alloc&) {
+    if (ctx_->metrics) ctx_->metrics->alloc_failures.add();
+    abort();
+  }
+}
+
+void Connection::update_waits() noexcept {
+  update_recv();
+  update_timer();
+}
+
+// Backpressure (see kOutHighWater): ends the receive while too much is queued, arms it again below the
+// low-water marks. A lingering connection, or one whose last response is queued, reads on and drops.
+void Connection::update_recv() noexcept {
+  if (peer_eof_ || (state_ != State::Open && state_ != State::Lingering)) return;
+  bool want = true;
+  if (state_ == State::Open && !close_after_flush_) {
+    const std::size_t out = out_[0].total + out_[1].total;
+    const bool stuck_in = !reading() && in_.size() > (recv_paused_ ? kInLowWater : kInHighWater);
+    recv_paused_ = recv_paused_ ? out > kOutLowWater || stuck_in : out > kOutHighWater || stuck_in;
+    want = !recv_paused_;
+  } else {
+    recv_paused_ = false;
+  }
+  if (want && !recv_armed_) {
+    arm_recv();
+  } else if (!want && recv_armed_ && !recv_stopping_) {
+    recv_stopping_ = true;
+    recv_probe_ = true;
+    if (ctx_->metrics) ctx_->metrics->recv_pauses.add();
+    ctx_->backend->cancel(fd_, io::tag(io::Op::Recv, slot_, gen_));
+  }
+}
+
 // The deadline that applies now. Set only when the kind changes: a head trickling in keeps the deadline of its
 // first byte (slowloris), while any response resets the idle deadline.
+// Output that makes no progress has the send deadline (restarted by every completion that moved bytes); a
+// request its handler holds has the handler deadline, on a list of its own.
 void Connection::update_timer() noexcept {
   Timer want = Timer::None;
   if (state_ == State::Lingering) want = Timer::Linger;
-  else if (state_ != State::Open || awaiting_ || send_inflight_ || out_[0].total || out_[1].total) want = Timer::None;
+  else if (state_ != State::Open) want = Timer::None;
+  else if (send_inflight_) want = Timer::Send;
+  else if (awaiting_ || out_[0].total || out_[1].total) want = Timer::None;
   else if (head_done_) want = Timer::Body;
   else if (!in_.empty()) want = Timer::Header;
   else want = Timer::Idle;
-  if (timer_link.which != want) ctx_->timers.set(*this, want, ctx_->now_ms);
+  if (want == Timer::Idle && timer_link.which != Timer::Idle) release_buffers(kKeepCapacity);
+  if (timer_link.which != want || (want == Timer::Send && send_progress_)) ctx_->timers.set(*this, want, ctx_->now_ms);
+  send_progress_ = false;
+}
+
+void Connection::release_buffers(std::size_t keep) noexcept {
+  for (core::ByteBuffer* b : {&in_, &out_[0].bytes, &out_[1].bytes, &log_request_}) {
+    if (b->capacity() <= keep || !b->empty()) continue;
+    ctx_->released_bytes += b->capacity();
+    b->release();
+  }
+  if (iov_.capacity() * sizeof(iovec) > keep && iov_.empty()) {
+    ctx_->released_bytes += iov_.capacity() * sizeof(iovec);
+    std::vector<iovec>().swap(iov_);
+  }
+  for (OutQueue& q : out_)
+    if (q.segments.capacity() * sizeof(Segment) > keep && q.segments.empty()) {
+      ctx_->released_bytes += q.segments.capacity() * sizeof(Segment);
+      std::vector<Segment>().swap(q.segments);
+    }
 }
 
 void Connection::drain() noexcept {
@@ -98,20 +179,38 @@ void Connection::drain() noexcept {
   draining_ = true;
   if (awaiting_) req_keep_alive_ = false;  // its answer says Connection: close
   else if (!head_done_ && in_.empty()) close_after_flush_ = true;  // only output left
-  flush();
-  update_timer();
+  guarded([&] {
+    flush();
+    update_waits();
+  });
 }
 
 void Connection::on_timeout(Timer t) noexcept {
-  if (state_ != State::Open || t == Timer::Idle || t == Timer::Linger) {
-    abort();
+  if (t == Timer::Handler) {
+    // The handler keeps its Responder, which no longer matches a request awaiting an answer: a no-op.
+    if (state_ != State::Open || !awaiting_) return;
+    awaiting_ = false;
+    if (ctx_->metrics) ctx_->metrics->handler_timeouts.add();
+    guarded([&] {
+      write_error_status(503, "handler timed out");
+      resume();
+      flush();
+      update_waits();
+    });
+    return;
+  }
+  if (t == Timer::Send && ctx_->metrics) ctx_->metrics->send_timeouts.add();
+  if (state_ != State::Open || (t != Timer::Header && t != Timer::Body)) {
+    abort();  // idle, linger, or output that made no progress
     return;
   }
   // Header or body not complete in time: nothing more is read from this client.
   in_.clear();
-  refuse(408, t == Timer::Header ? "request header timeout" : "request body timeout");
-  flush();
-  update_timer();
+  guarded([&] {
+    refuse(408, t == Timer::Header ? "request header timeout" : "request body timeout");
+    flush();
+    update_waits();
+  });
 }
 
 bool Connection::reading() const noexcept {
@@ -122,20 +221,22 @@ bool Connection::reading() const noexcept {
 void Connection::on_recv(char* data, std::size_t n) noexcept {
   // Lingering, or the last response is queued: what the peer still sends is read and dropped.
   if (state_ != State::Open || close_after_flush_) return;
-  if (in_.empty()) {
-    std::size_t used = process(data, n);
-    if (used < n) keep_unfinished(data + used, n - used);
-  } else {
-    // One request (head + body) plus what a pipelining client may send while it is answered.
-    if (in_.size() + n > ctx_->limits.max_head + ctx_->max_body + kOutHighWater) {
-      abort();
-      return;
+  guarded([&] {
+    if (in_.empty()) {
+      std::size_t used = process(data, n);
+      if (used < n) keep_unfinished(data + used, n - used);
+    } else {
+      // One request (head + body) plus the pipelined input that arrives while the receive is being ended.
+      if (in_.size() + n > ctx_->limits.max_head + ctx_->max_body + 4 * kInHighWater) {
+        abort();
+        return;
+      }
+      in_.append(data, n);
+      resume();
     }
-    in_.append(data, n);
-    resume();
-  }
-  flush();
-  update_timer();
+    flush();
+    update_waits();
+  });
 }
 
 void Connection::resume() noexcept {
@@ -284,17 +385,21 @@ void Connection::dispatch(std::string_view body) noexcept {
     }
   }
   in_dispatch_ = false;
+  if (awaiting_ && state_ == State::Open) ctx_->handler_timers.set(*this, Timer::Handler, ctx_->now_ms);
 }
 
 bool Connection::reply(std::uint32_t seq, const Response& r) noexcept {
   if (!awaiting_ || seq != seq_ || state_ != State::Open) return false;
   awaiting_ = false;
-  write_response(r);
-  if (!in_dispatch_) {  // answered later: carry on with requests that queued up meanwhile
-    resume();
-    flush();
-    update_timer();
-  }
+  ctx_->handler_timers.clear(*this);
+  guarded([&] {
+    write_response(r);
+    if (!in_dispatch_) {  // answered later: carry on with requests that queued up meanwhile
+      resume();
+      flush();
+      update_waits();
+    }
+  });
   return true;
 }
 
@@ -395,9 +500,10 @@ void Connection::on_send(int res) noexcept {
     abort();
     return;
   }
+  send_progress_ = true;
   std::size_t sent = std::size_t(res);
   send_left_ -= sent;
-  while (sent > 0) {  // a short send (only on error with MSG_WAITALL, or past IOV_MAX): resume where it stopped
+  while (sent > 0) {  // a short send (the socket's buffer filled, or past IOV_MAX): resume where it stopped
     iovec& v = iov_[iov_next_];
     if (sent >= v.iov_len) {
       sent -= v.iov_len;
@@ -410,16 +516,21 @@ void Connection::on_send(int res) noexcept {
   }
   if (send_left_ > 0) {
     submit_send();
+    update_timer();
     return;
   }
   out_[filling_ ^ 1].clear();
-  resume();
-  flush();
-  update_timer();
+  guarded([&] {
+    resume();
+    flush();
+    update_waits();
+  });
 }
 
 void Connection::on_recv_end(int res) noexcept {
   recv_armed_ = false;
+  const bool stopped = recv_stopping_;
+  recv_stopping_ = false;
   if (state_ == State::Closing) {
     maybe_release();
     return;
@@ -427,14 +538,13 @@ void Connection::on_recv_end(int res) noexcept {
   if (res == 0) {  // the peer closed its side: answer what it asked, then close
     peer_eof_ = true;
     if (state_ == State::Lingering) abort();
-    else flush();
+    else guarded([&] { flush(); });
     return;
   }
-  if (res > 0 || res == -ENOBUFS) {
-    // The multishot receive ended without an error (CQ overflow) or found the buffers empty for a moment: the
-    // re-armed receive goes out with the next submit, after this turn's buffers are back in the ring.
-    ctx_->backend->recv(fd_, io::tag(io::Op::Recv, slot_, gen_));
-    recv_armed_ = true;
+  if (res > 0 || res == -ENOBUFS || (res == -ECANCELED && stopped)) {
+    // Ended on purpose (backpressure), without an error (CQ overflow), or the buffers were empty for a moment:
+    // armed again unless paused; it goes out with the next submit, after this turn's buffers are back.
+    update_recv();
     return;
   }
   abort();
@@ -442,7 +552,7 @@ void Connection::on_recv_end(int res) noexcept {
 
 void Connection::finish() noexcept {
   if (state_ != State::Open) return;
-  if (!recv_armed_) {
+  if (peer_eof_) {
     abort();
     return;
   }
@@ -450,19 +560,21 @@ void Connection::finish() noexcept {
   // until it closes or the deadline passes, so unread input does not turn into a reset that destroys the response.
   state_ = State::Lingering;
   ctx_->backend->shutdown(fd_, SHUT_WR);
-  update_timer();
+  update_waits();  // a receive ended by backpressure is armed again, to read and drop
 }
 
 void Connection::abort() noexcept {
   if (state_ == State::Closing || state_ == State::Free) return;
   state_ = State::Closing;
   ctx_->timers.clear(*this);
+  ctx_->handler_timers.clear(*this);
   if (recv_armed_ || send_inflight_) ctx_->backend->shutdown(fd_, SHUT_RDWR);
   maybe_release();
 }
 
 void Connection::teardown() noexcept {
   ctx_->timers.clear(*this);
+  ctx_->handler_timers.clear(*this);
   if (fd_ >= 0) ::close(fd_);
   fd_ = -1;
   state_ = State::Free;
@@ -479,8 +591,9 @@ void Connection::maybe_release() noexcept {
   in_.clear();
   out_[0].clear();
   out_[1].clear();
-  for (core::ByteBuffer* b : {&in_, &out_[0].bytes, &out_[1].bytes})
-    if (b->capacity() > kKeepCapacity) b->release();
+  iov_.clear();
+  log_request_.clear();
+  release_buffers(kKeepOnClose);
 }
 
 }  // namespace userd::server

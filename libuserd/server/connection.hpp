@@ -9,6 +9,8 @@
 
 #include <cstdint>
 #include <ctime>
+#include <functional>
+#include <string_view>
 #include <vector>
 
 #include "libuserd/core/byte_buffer.hpp"
@@ -25,23 +27,7 @@
 namespace userd::server {
 
 class ReplyTarget;
-class Connection;
-
-// What all connections of one loop thread share. Read-only for connections but for now_ms.
-struct LoopContext {
-  io::Backend* backend = nullptr;
-  const Router* router = nullptr;
-  ReplyTarget* replies = nullptr;  // handed to Responders: the worker
-  http::DateCache date;
-  http::Limits limits;
-  std::uint64_t max_body = 1 << 20;
-  std::uint64_t now_ms = 0;  // CLOCK_MONOTONIC, refreshed once per loop turn
-  std::string_view backend_name;
-  TimerLists<Connection> timers;  // idle, header, body and linger deadlines
-  metrics::ThreadMetrics* metrics = nullptr;  // null in unit tests
-  core::ByteBuffer* access_log = nullptr;     // null: off; the worker writes it out on its tick
-  char log_time[24] = {};                     // "2026-11-28T15:03:00Z", refreshed once a second
-};
+struct LoopContext;
 
 class Connection {
  public:
@@ -76,7 +62,8 @@ class Connection {
   // The slot may be reused once the socket is closed and no completion is pending for it.
   bool released() const noexcept { return state_ == State::Free; }
 
-  TimerLists<Connection>::Link timer_link;  // owned by ctx.timers
+  TimerLink timer_link;    // owned by ctx.timers
+  TimerLink handler_link;  // owned by ctx.handler_timers
 
  private:
   struct Segment {
@@ -111,7 +98,13 @@ class Connection {
   void submit_send() noexcept;
   void finish() noexcept;
   void maybe_release() noexcept;
+  void update_waits() noexcept;
   void update_timer() noexcept;
+  void update_recv() noexcept;
+  void arm_recv() noexcept;
+  void release_buffers(std::size_t keep) noexcept;
+  template <class F>
+  void guarded(F&& step) noexcept;
   void count(int status, std::size_t body_bytes) noexcept;
 
   LoopContext* ctx_;
@@ -120,7 +113,11 @@ class Connection {
   std::uint16_t gen_ = 0;
   State state_ = State::Free;
   bool recv_armed_ = false;
+  bool recv_stopping_ = false;  // asked the backend to end the receive (backpressure); its end is due
+  bool recv_paused_ = false;    // too much output queued or input unparsed: the socket is not read
+  bool recv_probe_ = false;     // the next receive takes one buffer (see arm_recv)
   bool send_inflight_ = false;
+  bool send_progress_ = false;  // a send completion moved bytes: the send deadline starts again
   bool peer_eof_ = false;
   bool close_after_flush_ = false;  // the last response is queued: read no further requests
   bool awaiting_ = false;           // a handler holds a Responder for request seq_
@@ -155,6 +152,26 @@ class Connection {
   std::size_t iov_next_ = 0;    // first iovec not yet fully sent
   std::size_t send_left_ = 0;
   msghdr msg_{};
+};
+
+// What all connections of one loop thread share. Read-only for connections but for now_ms.
+struct LoopContext {
+  io::Backend* backend = nullptr;
+  const Router* router = nullptr;
+  ReplyTarget* replies = nullptr;  // handed to Responders: the worker
+  http::DateCache date;
+  http::Limits limits;
+  std::uint64_t max_body = 1 << 20;
+  std::uint64_t now_ms = 0;  // CLOCK_MONOTONIC, refreshed once per loop turn
+  std::string_view backend_name;
+  TimerLists<Connection, &Connection::timer_link> timers;  // idle, header, body, send and linger deadlines
+  TimerLists<Connection, &Connection::handler_link> handler_timers;  // requests a handler holds
+  metrics::ThreadMetrics* metrics = nullptr;  // null in unit tests
+  core::ByteBuffer* access_log = nullptr;     // null: off; the worker writes it out on its tick
+  char log_time[24] = {};                     // "2026-11-28T15:03:00Z", refreshed once a second
+  const std::function<void(std::string_view)>* log = nullptr;  // ServerConfig::log; null: stderr
+  std::uint64_t last_bad_response_log_s = 0;  // a refused handler response is logged at most once a second
+  std::size_t released_bytes = 0;             // buffer memory freed since the worker last trimmed the heap
 };
 
 }  // namespace userd::server

@@ -150,6 +150,11 @@ Result<void> Server::start() {
   Impl& s = *impl_;
   if (s.started) return fail(Errc::BadInput, EALREADY, "start");
   const unsigned n = s.cfg.threads ? s.cfg.threads : cpus_allowed();
+  // A mistake in the configuration is an error, not a reason for io_uring to be refused and epoll chosen.
+  const unsigned nb = s.cfg.recv_buffers;
+  if (nb == 0 || (nb & (nb - 1)) || nb > 32768) return fail(Errc::BadInput, EINVAL, "recv_buffers (a power of two, 1-32768)");
+  if (s.cfg.recv_buffer_size < 512 || s.cfg.recv_buffer_size > (1u << 20))
+    return fail(Errc::BadInput, EINVAL, "recv_buffer_size (512 B - 1 MiB)");
   auto kind = choose_backend(s.cfg);
   if (!kind) return Unexpected<Error>{kind.error()};
   s.upstreams.clear();
@@ -306,6 +311,21 @@ std::string Server::metrics_text() const {
   series(out, "userd_connections_refused_total", "counter", "Connections closed at once for --max-conns.");
   sample(out, "userd_connections_refused_total",
          sum([](const server::Worker& w) { return w.metrics().connections_refused.get(); }));
+  const std::pair<const char*, metrics::Counter metrics::ThreadMetrics::*> bounds[] = {
+      {"userd_send_timeouts_total", &metrics::ThreadMetrics::send_timeouts},
+      {"userd_handler_timeouts_total", &metrics::ThreadMetrics::handler_timeouts},
+      {"userd_recv_pauses_total", &metrics::ThreadMetrics::recv_pauses},
+      {"userd_alloc_failures_total", &metrics::ThreadMetrics::alloc_failures},
+      {"userd_bad_responses_total", &metrics::ThreadMetrics::bad_responses}};
+  const char* bound_help[] = {"Connections closed because their output made no progress for the send timeout.",
+                              "Requests answered 503 because their handler did not answer in time.",
+                              "Times a connection stopped being read because too much was queued (backpressure).",
+                              "Connections closed because memory could not be allocated.",
+                              "Handler responses refused with 500 (CR, LF or NUL in a header, contradictory framing)."};
+  for (std::size_t k = 0; k < std::size(bounds); ++k) {
+    series(out, bounds[k].first, "counter", bound_help[k]);
+    sample(out, bounds[k].first, sum([&](const server::Worker& w) { return (w.metrics().*bounds[k].second).get(); }));
+  }
 
   series(out, "userd_upstream_requests_total", "counter", "Upstream exchanges, by result.");
   series(out, "userd_upstream_pool_connections", "gauge", "Upstream connections open now (idle or busy).");
@@ -343,6 +363,10 @@ std::string Server::metrics_text() const {
     sample(out, "userd_uring_sqes_total", stat([](const io::BackendStats& b) { return b.sqes.get(); }));
     series(out, "userd_uring_enobufs_total", "counter", "Multishot receives that found no buffer and were re-armed.");
     sample(out, "userd_uring_enobufs_total", stat([](const io::BackendStats& b) { return b.enobufs.get(); }));
+    series(out, "userd_uring_cq_overflows_total", "counter", "Times the completion queue overflowed.");
+    sample(out, "userd_uring_cq_overflows_total", stat([](const io::BackendStats& b) { return b.cq_overflows.get(); }));
+    series(out, "userd_uring_submit_errors_total", "counter", "Submissions the kernel refused (short of memory).");
+    sample(out, "userd_uring_submit_errors_total", stat([](const io::BackendStats& b) { return b.submit_errors.get(); }));
   }
   return out;
 }

@@ -1,6 +1,8 @@
 // server/timers.hpp: the connection deadlines of one loop thread: one FIFO list per kind of timeout. Every entry
 // of a list has the same duration, so appending keeps each list sorted by deadline, and expiry only looks at the
 // fronts. Moving a connection between lists is O(1); nothing here makes a system call or allocates.
+// A node may sit on several TimerLists at once, one per Link member: a connection waits for its socket (idle,
+// header, body, send, linger) and, independently, for its handler.
 // Not here: what an expired connection does (connection.cpp), when the lists are checked (worker.cpp tick).
 #pragma once
 
@@ -9,17 +11,19 @@
 
 namespace userd::server {
 
-enum class Timer : std::uint8_t { None, Idle, Header, Body, Linger, kCount };
+enum class Timer : std::uint8_t { None, Idle, Header, Body, Linger, Send, Handler, kCount };
 
-template <class Node>
+struct TimerLink {
+  void* prev = nullptr;
+  void* next = nullptr;
+  Timer which = Timer::None;
+  std::uint64_t deadline = 0;
+};
+
+template <class Node, TimerLink Node::*L>
 class TimerLists {
  public:
-  struct Link {
-    Node* prev = nullptr;
-    Node* next = nullptr;
-    Timer which = Timer::None;
-    std::uint64_t deadline = 0;
-  };
+  using Link = TimerLink;
 
   void set_duration(Timer t, std::uint64_t ms) noexcept { duration_[std::size_t(t)] = ms; }
 
@@ -27,22 +31,24 @@ class TimerLists {
   void set(Node& n, Timer t, std::uint64_t now) noexcept {
     clear(n);
     if (t == Timer::None) return;
-    Link& l = n.timer_link;
+    Link& l = n.*L;
     List& list = lists_[std::size_t(t)];
     l.which = t;
     l.deadline = now + duration_[std::size_t(t)];
     l.prev = list.tail;
     l.next = nullptr;
-    (list.tail ? list.tail->timer_link.next : list.head) = &n;
+    (list.tail ? link(list.tail).next : list.head) = &n;
     list.tail = &n;
   }
 
   void clear(Node& n) noexcept {
-    Link& l = n.timer_link;
+    Link& l = n.*L;
     if (l.which == Timer::None) return;
     List& list = lists_[std::size_t(l.which)];
-    (l.prev ? l.prev->timer_link.next : list.head) = l.next;
-    (l.next ? l.next->timer_link.prev : list.tail) = l.prev;
+    Node* prev = static_cast<Node*>(l.prev);
+    Node* next = static_cast<Node*>(l.next);
+    (prev ? link(prev).next : list.head) = next;
+    (next ? link(next).prev : list.tail) = prev;
     l = Link{};
   }
 
@@ -50,8 +56,8 @@ class TimerLists {
   template <class F>
   void expire(std::uint64_t now, F&& expired) {
     for (std::size_t t = 1; t < lists_.size(); ++t) {
-      while (Node* n = lists_[t].head) {
-        if (n->timer_link.deadline > now) break;
+      while (Node* n = static_cast<Node*>(lists_[t].head)) {
+        if (link(n).deadline > now) break;
         clear(*n);
         expired(*n, Timer(t));
       }
@@ -59,9 +65,10 @@ class TimerLists {
   }
 
  private:
+  static Link& link(void* n) noexcept { return static_cast<Node*>(n)->*L; }
   struct List {
-    Node* head = nullptr;
-    Node* tail = nullptr;
+    void* head = nullptr;
+    void* tail = nullptr;
   };
   std::array<List, std::size_t(Timer::kCount)> lists_{};
   std::array<std::uint64_t, std::size_t(Timer::kCount)> duration_{};

@@ -1,12 +1,14 @@
 // server/worker.cpp: the loop: wait for a batch of completions, refresh the clock once, route each completion.
 #include "libuserd/server/worker.hpp"
 
+#include <malloc.h>
 #include <unistd.h>
 
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
 #include <ctime>
+#include <new>
 
 #include "libuserd/io/tag.hpp"
 
@@ -17,6 +19,9 @@ constexpr std::size_t kBatch = 256;
 // The loop wakes at least this often to expire connection deadlines and upstream exchanges, and to retry a
 // paused accept: the precision of those deadlines.
 constexpr int kTickMs = 100;
+// Buffer memory given back by closing or idle connections before the worker returns free heap pages to the
+// kernel.
+constexpr std::size_t kTrimAfter = 1 << 20;
 }  // namespace
 
 Worker::Worker(const ServerConfig& cfg, const Router& router, int listen_fd,
@@ -33,6 +38,9 @@ Worker::Worker(const ServerConfig& cfg, const Router& router, int listen_fd,
   ctx_.timers.set_duration(Timer::Header, cfg.header_timeout_ms);
   ctx_.timers.set_duration(Timer::Body, cfg.body_timeout_ms);
   ctx_.timers.set_duration(Timer::Idle, cfg.idle_timeout_ms);
+  ctx_.timers.set_duration(Timer::Send, cfg.send_timeout_ms);
+  ctx_.handler_timers.set_duration(Timer::Handler, cfg.handler_timeout_ms);
+  if (cfg.log) ctx_.log = &cfg.log;
 }
 
 Worker::~Worker() {
@@ -123,11 +131,19 @@ void Worker::tick() noexcept {
   last_tick_ms_ = ctx_.now_ms;
   if (!access_log_.empty()) flush_access_log();
   if (accept_paused_ && !draining_) arm_accept();
-  ctx_.timers.expire(ctx_.now_ms, [this](Connection& c, Timer t) {
+  auto expired = [this](Connection& c, Timer t) {
     c.on_timeout(t);
     after(c);
-  });
+  };
+  ctx_.timers.expire(ctx_.now_ms, expired);
+  ctx_.handler_timers.expire(ctx_.now_ms, expired);
   for (auto& p : pools_) p->tick();
+  // Freed buffers sit in malloc's free lists, so RSS stays up after a burst of connections unless the heap is
+  // trimmed; a tick is off the request path, and only a burst's worth of freeing pays for it.
+  if (ctx_.released_bytes >= kTrimAfter) {
+    ctx_.released_bytes = 0;
+    malloc_trim(0);
+  }
 }
 
 Connection* Worker::find(std::uint32_t slot, std::uint16_t gen) const noexcept {
@@ -191,13 +207,24 @@ void Worker::on_accept(const io::Completion& c) noexcept {
       slot = free_.back();
       free_.pop_back();
     } else {
-      slot = std::uint32_t(conns_.size());
-      conns_.push_back(std::make_unique<Connection>(ctx_));
+      try {  // after() pushes every slot back on free_ without allocating
+        free_.reserve(conns_.size() + 1);
+        conns_.push_back(std::make_unique<Connection>(ctx_));
+      } catch (const std::bad_alloc&) {
+        metrics_.alloc_failures.add();
+        backend_->close(c.res);
+        return arm_accept_after(c);
+      }
+      slot = std::uint32_t(conns_.size() - 1);
     }
     metrics_.connections_accepted.add();
     metrics_.connections_open.add();
     conns_[slot]->open(c.res, slot);
   }
+  arm_accept_after(c);
+}
+
+void Worker::arm_accept_after(const io::Completion& c) noexcept {
   if (accept_armed_ || draining_) return;
   // Out of descriptors or memory: re-arming now would fail again at once and spin. Wait for a close or a tick.
   if (c.res == -EMFILE || c.res == -ENFILE || c.res == -ENOMEM || c.res == -ENOBUFS) {

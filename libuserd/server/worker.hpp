@@ -42,6 +42,7 @@ class Worker final : public ReplyTarget {
   Connection* find(std::uint32_t slot, std::uint16_t gen) const noexcept;
   void on_completion(const io::Completion& c) noexcept;
   void on_accept(const io::Completion& c) noexcept;
+  void arm_accept_after(const io::Completion& c) noexcept;  // the accept ended: re-arm it, or pause
   void after(Connection& conn) noexcept;  // frees the slot once the connection is released
   void arm_accept() noexcept;
   void tick() noexcept;

@@ -180,3 +180,80 @@ def run_tests(module, name, names=()):
     failed = len(result.failures) + len(result.errors)
     print(f"{name}: {result.testsRun - failed - len(result.skipped)} passed, {failed} failed")
     sys.exit(0 if result.wasSuccessful() and result.testsRun > 0 else 1)
+
+
+class Pipeliners:
+    """Clients that pipeline requests and never read the answers: each writes `requests` copies of `request`
+    through a socket whose receive buffer is `rcvbuf` bytes, until all is written, the server closes it, or
+    `seconds` pass. `sent` counts the bytes the kernel took; `closed_at` is when each socket was refused."""
+
+    def __init__(self, port, clients, request, requests, rcvbuf=4096, seconds=30.0, first=None):
+        """first: a request each client sends, and reads the answer to, before it starts."""
+        import threading
+        self.payload = request * requests
+        self.sent = [0] * clients
+        self.closed_at = [None] * clients
+        self.socks = []
+        for _ in range(clients):
+            s = Sock(socket.AF_INET, socket.SOCK_STREAM)
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+            s.connect(("127.0.0.1", port))
+            if first:
+                s.settimeout(10)
+                s.sendall(first)
+                read_response(s)
+            s.setblocking(False)
+            self.socks.append(s)
+        self._deadline = time.monotonic() + seconds
+        self._stop = False
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self):
+        while not self._stop and time.monotonic() < self._deadline:
+            live = [i for i, s in enumerate(self.socks) if self.closed_at[i] is None and self.sent[i] < len(self.payload)]
+            if not live:
+                break
+            _, writable, _ = select.select([], [self.socks[i] for i in live], [], 0.05)
+            for i in live:
+                if self.socks[i] not in writable:
+                    continue
+                try:
+                    self.sent[i] += self.socks[i].send(self.payload[self.sent[i]:self.sent[i] + 65536])
+                except BlockingIOError:
+                    pass
+                except OSError:
+                    self.closed_at[i] = time.monotonic()
+        # Written (or given up): now only notice when the server closes each socket, still reading nothing.
+        while not self._stop and time.monotonic() < self._deadline:
+            for i, s in enumerate(self.socks):
+                if self.closed_at[i] is None and self._server_closed(s):
+                    self.closed_at[i] = time.monotonic()
+            if all(c is not None for c in self.closed_at):
+                break
+            time.sleep(0.05)
+
+    @staticmethod
+    def _server_closed(s):
+        import errno
+        try:
+            s.send(b"")
+            info = s.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 1)  # tcpi_state: 1 = ESTABLISHED
+            return info[0] not in (1,)
+        except OSError as e:
+            return e.errno != errno.EAGAIN
+
+    def wait_written(self, timeout):
+        """Waits until every client wrote everything or was closed."""
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            if all(c is not None or n >= len(self.payload) for c, n in zip(self.closed_at, self.sent)):
+                return True
+            time.sleep(0.05)
+        return False
+
+    def close(self):
+        self._stop = True
+        self._thread.join(timeout=5)
+        for s in self.socks:
+            s.close()

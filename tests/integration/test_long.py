@@ -8,7 +8,9 @@
 - upstream faults: the upstream killed and restarted under load: only 502/504 while it is down, 200 within 1 s of
   its return, no crash, no descriptor leak;
 - descriptor exhaustion: a low RLIMIT_NOFILE and a flood of connections: the open ones keep being served, and
-  it recovers when they close.
+  it recovers when they close;
+- non-reading pipeliners: 100 clients each writing 1.2 MB of pipelined requests and reading nothing raise RSS
+  by at most 16 MB, and within 2 s of their leaving RSS is within 8 MB of where it started.
 """
 import argparse
 import http.client
@@ -24,7 +26,8 @@ import time
 import unittest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from harness import Server, connect, free_port, get, read_response, read_until_eof, run_tests  # noqa: E402
+from harness import (Pipeliners, Server, connect, free_port, get, read_response, read_until_eof,  # noqa: E402
+                     run_tests)
 
 ARGS = None
 DATASET = b""
@@ -233,6 +236,44 @@ class Long(unittest.TestCase):
         finally:
             self.assertEqual(srv.stop(), 0)
         self.assertTrue(any("accept paused" in l for l in srv.stderr_lines), srv.stderr_lines[-5:])
+
+    def pipeliners_memory(self, polite, bound_mb):
+        srv = userd("--threads", "1")
+        try:
+            for _ in range(20):
+                get(srv.port)  # the buffers a normal client uses are not the attack's doing
+            base = rss_kb(srv.pid)
+            # polite: each client is answered one request first (and so meets a multishot receive), then floods.
+            attack = Pipeliners(srv.port, 100, GET, 1_200_000 // len(GET), seconds=20,
+                                first=GET if polite else None)
+            peak = base
+            t0 = time.monotonic()
+            while time.monotonic() - t0 < 4:
+                peak = max(peak, rss_kb(srv.pid))
+                time.sleep(0.02)
+            written = sum(attack.sent)
+            attack.close()
+            gone = time.monotonic()
+            time.sleep(max(0.0, 2 - (time.monotonic() - gone)))
+            after = rss_kb(srv.pid)
+            print(f"pipeliners ({'polite first' if polite else 'from the first byte'}): RSS {base} kB, peak +"
+                  f"{(peak - base) / 1024:.1f} MB, 2 s after they left +{(after - base) / 1024:.1f} MB; "
+                  f"{written / 1e6:.0f} MB written", file=sys.stderr)
+            self.assertGreater(written, 20e6)  # they did flood: the kernel took their bytes, userd did not
+            self.assertLessEqual(peak - base, bound_mb * 1024)
+            self.assertLessEqual(after - base, 8 * 1024)
+            self.assertEqual(get(srv.port)[:2], (200, DATASET))
+        finally:
+            self.assertEqual(srv.stop(), 0)
+
+    def test_a_hundred_non_reading_pipeliners_cost_little_memory_and_give_it_back(self):
+        self.pipeliners_memory(polite=False, bound_mb=16)
+
+    def test_pipeliners_that_behave_for_one_request_first(self):
+        # A connection that was answered once has a multishot receive armed: its flood lands one burst (what the
+        # kernel had queued, up to the thread's receive buffers) before the pause takes effect. Measured
+        # +11 MB (epoll) to +16 MB (io_uring) for 100 of them; still bounded, and given back.
+        self.pipeliners_memory(polite=True, bound_mb=24)
 
 
 def main():

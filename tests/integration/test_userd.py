@@ -17,7 +17,8 @@ import time
 import unittest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from harness import Server, connect, fd_targets, free_port, get, read_response, read_until_eof, run_tests  # noqa: E402
+from harness import (Pipeliners, Server, connect, fd_targets, free_port, get, read_response, read_until_eof,  # noqa: E402
+                     run_tests)
 
 ARGS = None
 DATASET = b""
@@ -390,6 +391,70 @@ class Bounds(unittest.TestCase):
             h.close()
         time.sleep(0.2)
         self.assertTrue(self.served())
+
+
+class Backpressure(unittest.TestCase):
+    """Clients that send without reading hold nothing for long and grow nothing without bound."""
+
+    def test_non_reading_pipeliners_keep_a_normal_client_out_only_until_the_send_timeout(self):
+        with userd("--threads", "1", "--max-conns", "5", "--send-timeout", "2") as srv:
+            attack = Pipeliners(srv.port, 5, GET, 20000, seconds=20)
+            try:
+                time.sleep(0.5)  # they hold all five slots, their output stuck in full socket buffers
+                t0 = time.monotonic()
+                served = None
+                while time.monotonic() - t0 < 10:
+                    try:
+                        if get(srv.port)[0] == 200:
+                            served = time.monotonic() - t0
+                            break
+                    except (OSError, http.client.HTTPException):
+                        time.sleep(0.1)
+                self.assertIsNotNone(served, "a normal client was kept out for 10 s")
+                self.assertLess(served, 4.0)  # the 2 s send timeout, the 100 ms tick, and the retry loop
+                self.assertTrue(all(c is not None for c in attack.closed_at[:5]) or attack.wait_written(3))
+            finally:
+                attack.close()
+            text = get(srv.port, "/metrics")[1].decode()
+            self.assertRegex(text, r"(?m)^userd_send_timeouts_total [1-9]")
+            self.assertRegex(text, r"(?m)^userd_recv_pauses_total [1-9]")
+
+    def test_a_slow_reader_of_a_large_pipeline_is_served_in_full(self):
+        # Progress, however slow, is not a stall: 2,000 answers (7.6 MB) read 64 KiB at a time with pauses.
+        with userd("--threads", "1", "--send-timeout", "1") as srv:
+            s = connect(srv.port, timeout=20)
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16384)
+            s.sendall(GET * 2000)
+            s.settimeout(3)
+            chunks = []
+            t0 = time.monotonic()
+            while time.monotonic() - t0 < 30:
+                try:
+                    chunk = s.recv(65536)
+                except socket.timeout:
+                    break  # everything came, or the server stopped sending: the count tells which
+                if not chunk:
+                    break
+                chunks.append(chunk)
+                time.sleep(0.02)  # about 3 MB/s
+            buf = b"".join(chunks)
+            s.close()
+            self.assertEqual(buf.count(b"HTTP/1.1 200 OK"), 2000)
+            self.assertEqual(srv.stop(), 0)
+
+    def test_a_handler_that_never_answers_gets_503_at_the_handler_timeout(self):
+        with Server([ARGS.hello, "127.0.0.1:0", ARGS.backend, "0.5"]) as srv:
+            s = connect(srv.port)
+            t0 = time.monotonic()
+            s.sendall(b"GET /wait HTTP/1.1\r\nHost: t\r\n\r\nGET /hello HTTP/1.1\r\nHost: t\r\n\r\n")
+            status, _, body = read_response(s)
+            took = time.monotonic() - t0
+            self.assertEqual(status, 503)
+            self.assertEqual(json.loads(body), {"error": "handler timed out"})
+            self.assertGreater(took, 0.4)
+            self.assertLess(took, 2.0)
+            self.assertEqual(read_response(s)[2], b"hello\n")  # the connection goes on
+            s.close()
 
 
 class Lifecycle(unittest.TestCase):

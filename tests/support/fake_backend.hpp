@@ -15,13 +15,23 @@ struct FakeBackend final : io::Backend {
   int sends = 0;          // send operations submitted
   int pending_send = -1;  // bytes of the send in flight, -1 if none
   int recv_arms = 0;
+  bool recv_multishot = true;       // of the last receive armed
+  std::vector<std::uint64_t> cancels;  // tags of operations asked to stop
   std::vector<int> shutdowns;
   int closes = 0;
   io::BackendStats st;
 
+  FakeBackend() {  // so that recording never allocates under a test that makes allocation fail
+    shutdowns.reserve(16);
+    cancels.reserve(16);
+  }
+
   std::string_view name() const noexcept override { return "fake"; }
   void accept(int, std::uint64_t) noexcept override {}
-  void recv(int, std::uint64_t) noexcept override { ++recv_arms; }
+  void recv(int, std::uint64_t, bool multishot) noexcept override {
+    ++recv_arms;
+    recv_multishot = multishot;
+  }
   void send(int, std::uint64_t, const iovec* iov, unsigned n, msghdr*) noexcept override {
     if (pending_send != -1) std::abort();  // two sends in flight on one socket would interleave bytes
     ++sends;
@@ -33,7 +43,7 @@ struct FakeBackend final : io::Backend {
     pending_send = total;
   }
   void connect(int, const sockaddr*, socklen_t, std::uint64_t) noexcept override {}
-  void cancel(int, std::uint64_t) noexcept override {}
+  void cancel(int, std::uint64_t t) noexcept override { cancels.push_back(t); }
   void recycle(std::uint16_t) noexcept override {}
   void shutdown(int, int how) noexcept override { shutdowns.push_back(how); }
   void close(int) noexcept override { ++closes; }

@@ -3,13 +3,17 @@
 #include <doctest/doctest.h>
 #include <sys/socket.h>
 
+#include <algorithm>
+#include <cerrno>
 #include <optional>
 #include <stdexcept>
 #include <string>
 #include <vector>
 
+#include "libuserd/io/tag.hpp"
 #include "libuserd/server/connection.hpp"
 #include "libuserd/server/reply_target.hpp"
+#include "tests/support/failing_new.hpp"
 #include "tests/support/fake_backend.hpp"
 #include "tests/support/one_connection.hpp"
 
@@ -255,4 +259,173 @@ TEST_CASE("a receive that ran out of buffers is re-armed") {
   f.conn->on_recv_end(-105);  // ENOBUFS
   CHECK(f.kernel.recv_arms == arms + 1);
   CHECK(f.conn->state() == Connection::State::Open);
+}
+
+// --- deadlines and bounds -------------------------------------------------------------------------------------
+
+namespace {
+// A fixture whose clock the test moves, with the worker's tick done by hand.
+struct Timed : Fixture {
+  Timed() {
+    ctx.timers.set_duration(Timer::Send, 2000);
+    ctx.timers.set_duration(Timer::Idle, 60000);
+    ctx.handler_timers.set_duration(Timer::Handler, 3000);
+    router.get("/big", [](const Request&, Responder res) {
+      static const std::string body(40 * 1024, 'x');
+      Response r;
+      r.body = body;  // copied into the connection's output: counts against the high-water mark
+      res.send(r);
+    });
+  }
+  void advance(std::uint64_t ms) {
+    ctx.now_ms += ms;
+    auto expired = [](Connection& c, Timer t) { c.on_timeout(t); };
+    ctx.timers.expire(ctx.now_ms, expired);
+    ctx.handler_timers.expire(ctx.now_ms, expired);
+  }
+  // Completes the send in flight with only part of its bytes, as a kernel whose socket buffer filled would.
+  void sent_part(int n) {
+    REQUIRE(kernel.pending_send > n);
+    kernel.pending_send = -1;
+    conn->on_send(n);
+  }
+  bool aborted() const {
+    return std::find(kernel.shutdowns.begin(), kernel.shutdowns.end(), SHUT_RDWR) != kernel.shutdowns.end();
+  }
+};
+constexpr std::string_view kBig = "GET /big HTTP/1.1\r\nHost: t\r\n\r\n";
+}  // namespace
+
+TEST_CASE("output that makes no progress for the send timeout closes the connection") {
+  Timed f;
+  f.feed(std::string(kGet));
+  REQUIRE(f.kernel.pending_send > 0);
+  f.advance(1900);
+  CHECK_FALSE(f.aborted());
+  f.advance(200);
+  CHECK(f.aborted());
+}
+
+TEST_CASE("every send completion that moves bytes starts the send deadline again") {
+  Timed f;
+  f.feed(std::string(kBig));
+  REQUIRE(f.kernel.pending_send > 4000);
+  for (int i = 0; i < 5; ++i) {  // 5 x 1.5 s of slow progress: longer than the timeout, never stalled that long
+    f.advance(1500);
+    f.sent_part(1000);
+    REQUIRE(f.kernel.pending_send > 0);  // the rest goes out at once
+  }
+  CHECK_FALSE(f.aborted());
+  f.sent();
+  f.advance(2500);  // nothing to send: the idle deadline applies, not the send one
+  CHECK_FALSE(f.aborted());
+  CHECK(f.conn->state() == Connection::State::Open);
+}
+
+TEST_CASE("a handler that does not answer in time gets its client a 503, and its Responder becomes a no-op") {
+  Timed f;
+  f.feed("GET /later HTTP/1.1\r\nHost: t\r\n\r\nGET /now?next HTTP/1.1\r\nHost: t\r\n\r\n");
+  REQUIRE(f.held);
+  f.advance(2900);
+  CHECK(f.kernel.sends == 0);
+  f.advance(200);
+  CHECK(f.kernel.wire.find("HTTP/1.1 503 Service Unavailable\r\n") == 0);
+  CHECK(f.kernel.wire.find("{\"error\":\"handler timed out\"}") != std::string::npos);
+  CHECK(f.kernel.wire.find("\r\n\r\nnext") != std::string::npos);  // the request behind it is answered
+  CHECK_FALSE(f.held->alive());
+  Response r;
+  r.body = "too late";
+  CHECK_FALSE(f.held->send(r));
+  CHECK(f.kernel.wire.find("too late") == std::string::npos);
+  f.sent();
+  CHECK(f.conn->state() == Connection::State::Open);
+}
+
+TEST_CASE("a handler that answers in time leaves no deadline behind") {
+  Timed f;
+  f.feed("GET /later HTTP/1.1\r\nHost: t\r\n\r\n");
+  f.advance(1000);
+  Response r;
+  r.body = "in time";
+  REQUIRE(f.held->send(r));
+  f.sent();
+  f.advance(5000);
+  CHECK(f.count("HTTP/1.1 ") == 1);
+  CHECK(f.conn->state() == Connection::State::Open);
+}
+
+TEST_CASE("queued output past the high-water mark ends the receive; it comes back, one buffer first, once drained") {
+  Timed f;
+  std::string three;
+  for (int i = 0; i < 3; ++i) three += kBig;
+  f.feed(three);
+  // One 40 KiB response in flight, the second queued: 80 KiB is over the mark, the third is not parsed yet.
+  CHECK(f.count("HTTP/1.1 200") == 2);
+  REQUIRE(f.kernel.cancels.size() == 1);
+  CHECK(io::tag_op(f.kernel.cancels[0]) == io::Op::Recv);
+  const int arms = f.kernel.recv_arms;
+  f.conn->on_recv_end(-ECANCELED);
+  CHECK(f.kernel.recv_arms == arms);  // not armed again while over the mark
+  CHECK(f.conn->state() == Connection::State::Open);
+  f.sent();  // the second goes out, the third is parsed: 40 KiB still over the low-water mark
+  CHECK(f.count("HTTP/1.1 200") == 3);
+  CHECK(f.kernel.recv_arms == arms);
+  f.sent();
+  REQUIRE(f.kernel.recv_arms == arms + 1);
+  CHECK_FALSE(f.kernel.recv_multishot);  // one buffer first: a flood queued in the kernel cannot land at once
+  f.feed(std::string(kGet));
+  f.conn->on_recv_end(int(kGet.size()));  // the single-buffer receive ends with its buffer
+  CHECK(f.kernel.recv_arms == arms + 2);
+  CHECK(f.kernel.recv_multishot);
+}
+
+TEST_CASE("pipelined input behind a request its handler holds is bounded, and read again once it is answered") {
+  Timed f;
+  f.feed("GET /later HTTP/1.1\r\nHost: t\r\n\r\n");
+  REQUIRE(f.held);
+  std::string burst;
+  while (burst.size() <= 64 * 1024) burst += kGet;
+  f.feed(burst);
+  REQUIRE(f.kernel.cancels.size() == 1);
+  f.conn->on_recv_end(-ECANCELED);
+  const int arms = f.kernel.recv_arms;
+  Response r;
+  r.body = "held";
+  REQUIRE(f.held->send(r));
+  while (f.kernel.pending_send >= 0) f.sent();
+  CHECK(f.count("HTTP/1.1 200") == int(burst.size() / kGet.size()) + 1);
+  CHECK(f.kernel.recv_arms == arms + 1);
+  CHECK(f.conn->state() == Connection::State::Open);
+}
+
+TEST_CASE("a receive ended by backpressure does not stop a connection from lingering after its last answer") {
+  Timed f;
+  std::string req;
+  for (int i = 0; i < 2; ++i) req += kBig;
+  req += "GET /now HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n";
+  f.feed(req);
+  REQUIRE(f.kernel.cancels.size() == 1);
+  f.conn->on_recv_end(-ECANCELED);
+  while (f.kernel.pending_send >= 0) f.sent();
+  CHECK(f.count("Connection: close") == 1);
+  CHECK(f.conn->state() == Connection::State::Lingering);
+  CHECK(f.kernel.shutdowns == std::vector<int>{SHUT_WR});
+}
+
+TEST_CASE("a failed allocation closes the one connection that needed it, and the process goes on") {
+  Timed f;
+  Timed other;
+  // The head waits for its body in the connection's buffer, which starts at 256 bytes.
+  f.feed("POST /now HTTP/1.1\r\nHost: t\r\nContent-Length: 60\r\nX-Pad: " + std::string(180, 'p') + "\r\n\r\n");
+  char more[300] = {};
+  const std::size_t before = userd::testing::FailAllocations::failures();
+  {
+    userd::testing::FailAllocations fail(1);  // every allocation from here fails
+    f.conn->on_recv(more, 40);  // in_ must grow past its first 256 bytes: it cannot
+  }
+  CHECK(userd::testing::FailAllocations::failures() > before);
+  CHECK(f.conn->state() != Connection::State::Open);
+  CHECK(f.aborted());
+  other.feed(std::string(kGet));
+  CHECK(other.count("HTTP/1.1 200 OK") == 1);
 }

@@ -9,7 +9,7 @@
 
 namespace userd {
 
-enum class Errc : std::uint8_t { WouldBlock, Closed, Timeout, Io, NoMemory, Unsupported, BadInput };
+enum class Errc : std::uint8_t { Io, NoMemory, Unsupported, BadInput };  // only the kinds someone handles
 
 // `what` names the step that failed ("bind", "io_uring_queue_init"): a static string, never owned.
 struct Error {

@@ -39,6 +39,11 @@ struct ServerConfig {
   unsigned header_timeout_ms = 10'000;
   unsigned body_timeout_ms = 30'000;
   unsigned idle_timeout_ms = 60'000;
+  // Output that makes no progress for send_timeout_ms closes the connection (a client that stopped reading;
+  // nginx's send_timeout). A request whose handler has not answered within handler_timeout_ms is answered 503
+  // with a JSON body, and its Responder becomes a no-op.
+  unsigned send_timeout_ms = 30'000;
+  unsigned handler_timeout_ms = 30'000;
   // Connections per thread; beyond it new ones are accepted and closed at once, so existing ones keep their
   // descriptors and buffers.
   unsigned max_conns = 10'000;

@@ -18,6 +18,7 @@ struct UpstreamConfig {
   std::string host = "127.0.0.1";  // numeric address or a name resolved once at start
   std::uint16_t port = 80;
   unsigned max_conns = 64;     // per loop thread; further requests queue until one is free
+  unsigned max_queue = 1024;   // per loop thread: requests waiting for a connection; beyond it Overloaded at once
   unsigned timeout_ms = 2000;  // the whole exchange: connect, send, the complete response
   std::size_t max_body = 1 << 20;
 };

@@ -76,3 +76,25 @@ TEST_CASE("chunked decoder bounds extensions and trailers") {
   CHECK(whole("1;" + std::string(9000, 'e') + "\r\nx\r\n0\r\n\r\n").status == ChunkStatus::Bad);
   CHECK(whole("0\r\nT: " + std::string(9000, 't') + "\r\n\r\n").status == ChunkStatus::Bad);
 }
+
+TEST_CASE("chunked decoder caps each extension or trailer line, not their sum over a message") {
+  // 1000 one-byte chunks, each with a 9-byte extension: 9,000 extension bytes in all, none of them long.
+  std::string many;
+  for (int i = 0; i < 1000; ++i) many += "1;ext=abcd\r\nx\r\n";
+  many += "0\r\n";
+  for (int i = 0; i < 1000; ++i) many += "T: 12345\r\n";  // and as many short trailer lines
+  many += "\r\n";
+  for (auto d : {whole(many, 1 << 20), bytewise(many)}) {
+    CHECK(d.status == ChunkStatus::Done);
+    CHECK(d.body == std::string(1000, 'x'));
+  }
+}
+
+TEST_CASE("chunked decoder takes leading zeros in a chunk size: 1*HEXDIG, only significant digits count") {
+  for (auto d : {whole("00000000000000000003\r\nabc\r\n0000\r\n\r\n"), bytewise("00000000000000000003\r\nabc\r\n0000\r\n\r\n")}) {
+    CHECK(d.status == ChunkStatus::Done);
+    CHECK(d.body == "abc");
+  }
+  CHECK(whole("0000000000000000" "1234567890abcdef\r\n").status == ChunkStatus::Bad);  // 16 significant digits
+  CHECK(whole("00\r\n\r\n").status == ChunkStatus::Done);
+}

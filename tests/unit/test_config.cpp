@@ -109,3 +109,22 @@ TEST_CASE("upstream URLs are checked") {
   CHECK(run({"--upstream-timeout", "0"}).error.find("invalid --upstream-timeout") == 0);
   CHECK(run({"--upstream-conns", "0"}).error.find("invalid --upstream-conns") == 0);
 }
+
+TEST_CASE("--send-timeout, --handler-timeout and --upstream-queue set their bounds") {
+  Run r = run({"--send-timeout", "2.5", "--handler-timeout", "1", "--upstream", "http://127.0.0.1:3000/x",
+               "--upstream-queue", "7"});
+  REQUIRE(r.error.empty());
+  CHECK(r.cfg.server.send_timeout_ms == 2500);
+  CHECK(r.cfg.server.handler_timeout_ms == 1000);
+  REQUIRE(r.cfg.server.upstreams.size() == 1);
+  CHECK(r.cfg.server.upstreams[0].max_queue == 7);
+  Run d = run({"--upstream", "http://127.0.0.1:3000/x"});
+  CHECK(d.cfg.server.send_timeout_ms == 30000);
+  CHECK(d.cfg.server.handler_timeout_ms == 30000);
+  CHECK(d.cfg.server.upstreams[0].max_queue == 1024);
+  for (const char* bad : {"0", "-1", "x"}) {
+    CHECK(run({"--send-timeout", bad}).error.find("invalid --send-timeout") == 0);
+    CHECK(run({"--handler-timeout", bad}).error.find("invalid --handler-timeout") == 0);
+    CHECK(run({"--upstream-queue", bad}).error.find("invalid --upstream-queue") == 0);
+  }
+}

@@ -26,6 +26,7 @@ class ByteBuffer {
   }
   void commit(std::size_t n) noexcept { size_ += n; }
   void append(const char* p, std::size_t n) {
+    if (n == 0) return;  // an empty buffer has no memory to copy to, and memcpy must not see null
     std::memcpy(prepare(n), p, n);
     size_ += n;
   }

@@ -320,7 +320,8 @@ ParseResult parse_response(std::span<const char> buf, std::size_t prev_len, Pars
   ParseResult r = parse_fields(p, n, i, h.headers, h.header_count, limits);
   if (r.status != ParseStatus::Done) return r;
 
-  bool te = false, conn_close = false, conn_keep_alive = false;
+  bool te = false, conn_close = false, conn_keep_alive = false, chunked_only = true;
+  unsigned codings = 0;
   for (std::size_t k = 0; k < h.header_count; ++k) {
     const Header& f = h.headers[k];
     if (iequals(f.name, "content-length")) {
@@ -331,9 +332,10 @@ ParseResult parse_response(std::span<const char> buf, std::size_t prev_len, Pars
       h.has_content_length = true;
     } else if (iequals(f.name, "transfer-encoding")) {
       te = true;
-      bool last_chunked = false;
-      for_each_token(f.value, [&](std::string_view t) { last_chunked = iequals(t, "chunked"); });
-      h.chunked = last_chunked;
+      for_each_token(f.value, [&](std::string_view t) {
+        ++codings;
+        chunked_only = chunked_only && iequals(t, "chunked");
+      });
     } else if (iequals(f.name, "connection")) {
       for_each_token(f.value, [&](std::string_view t) {
         if (iequals(t, "close")) conn_close = true;
@@ -341,11 +343,13 @@ ParseResult parse_response(std::span<const char> buf, std::size_t prev_len, Pars
       });
     }
   }
-  // RFC 9112 6.3: with Transfer-Encoding, Content-Length is ignored; a coding that does not end in chunked
-  // means the body runs to the close.
+  // A client may refuse what it cannot frame or decode, and a proxy must not forward it as if it could:
+  // Transfer-Encoding with Content-Length is an error (RFC 9112 6.3 point 3, a smuggling shape), and a coding
+  // other than a single chunked (gzip, "gzip, chunked") would hand over encoded bytes as the body.
+  if (te && h.has_content_length) return bad(HttpError::LengthAndChunked);
+  if (te && (codings != 1 || !chunked_only)) return bad(HttpError::UnsupportedCoding);
   if (te) {
-    h.has_content_length = false;
-    if (!h.chunked) h.until_close = true;
+    h.chunked = true;
   } else if (!h.has_content_length) {
     h.until_close = status >= 200 && status != 204 && status != 304;
   }

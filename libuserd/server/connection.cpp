@@ -72,14 +72,14 @@ void Connection::OutQueue::note_bytes(std::size_t from) noexcept {
 }
 
 void Connection::open(int fd, std::uint32_t slot) noexcept {
-  fd_ = fd;
+  sock_.fd = fd;
   slot_ = slot;
   state_ = State::Open;
   peer_eof_ = close_after_flush_ = awaiting_ = in_dispatch_ = draining_ = false;
-  head_done_ = head_stale_ = false;
-  head_prev_len_ = 0;
-  send_inflight_ = send_progress_ = false;
-  recv_armed_ = recv_stopping_ = recv_paused_ = false;
+  reader_.reset(ctx_->max_body);
+  continue_sent_ = false;
+  sock_.send_inflight = send_progress_ = false;
+  sock_.recv_armed = recv_stopping_ = recv_paused_ = false;
   recv_probe_ = true;  // a client that opens with a flood is met like one resuming after a pause
   arm_recv();
   if (ctx_->access_log) describe_peer(fd, peer_, sizeof peer_);
@@ -90,9 +90,9 @@ void Connection::open(int fd, std::uint32_t slot) noexcept {
 // otherwise land a multishot burst (32 buffers and more) in in_ before the next pause could stop it. If that
 // buffer is parsed without pausing again, the multishot receive comes back.
 void Connection::arm_recv() noexcept {
-  ctx_->backend->recv(fd_, io::tag(io::Op::Recv, slot_, gen_), !recv_probe_);
+  ctx_->backend->recv(sock_.fd, io::tag(io::Op::Recv, slot_, sock_.gen), !recv_probe_);
   recv_probe_ = false;
-  recv_armed_ = true;
+  sock_.recv_armed = true;
 }
 
 // Allocation fails only when the process is out of memory: that costs this connection, not the process.
@@ -124,13 +124,13 @@ void Connection::update_recv() noexcept {
   } else {
     recv_paused_ = false;
   }
-  if (want && !recv_armed_) {
+  if (want && !sock_.recv_armed) {
     arm_recv();
-  } else if (!want && recv_armed_ && !recv_stopping_) {
+  } else if (!want && sock_.recv_armed && !recv_stopping_) {
     recv_stopping_ = true;
     recv_probe_ = true;
     if (ctx_->metrics) ctx_->metrics->recv_pauses.add();
-    ctx_->backend->cancel(fd_, io::tag(io::Op::Recv, slot_, gen_));
+    ctx_->backend->cancel(sock_.fd, io::tag(io::Op::Recv, slot_, sock_.gen));
   }
 }
 
@@ -142,9 +142,9 @@ void Connection::update_timer() noexcept {
   Timer want = Timer::None;
   if (state_ == State::Lingering) want = Timer::Linger;
   else if (state_ != State::Open) want = Timer::None;
-  else if (send_inflight_) want = Timer::Send;
+  else if (sock_.send_inflight) want = Timer::Send;
   else if (awaiting_ || out_[0].total || out_[1].total) want = Timer::None;
-  else if (head_done_) want = Timer::Body;
+  else if (reader_.head_done()) want = Timer::Body;
   else if (!in_.empty()) want = Timer::Header;
   else want = Timer::Idle;
   if (want == Timer::Idle && timer_link.which != Timer::Idle) release_buffers(kKeepCapacity);
@@ -171,14 +171,14 @@ void Connection::release_buffers(std::size_t keep) noexcept {
 
 void Connection::drain() noexcept {
   if (state_ != State::Open) return;  // lingering or closing: ends by itself
-  const bool idle = !awaiting_ && !send_inflight_ && !out_[0].total && !out_[1].total && in_.empty() && !head_done_;
+  const bool idle = !awaiting_ && !sock_.send_inflight && !out_[0].total && !out_[1].total && in_.empty() && !reader_.head_done();
   if (idle) {
     abort();
     return;
   }
   draining_ = true;
   if (awaiting_) req_keep_alive_ = false;  // its answer says Connection: close
-  else if (!head_done_ && in_.empty()) close_after_flush_ = true;  // only output left
+  else if (!reader_.head_done() && in_.empty()) close_after_flush_ = true;  // only output left
   guarded([&] {
     flush();
     update_waits();
@@ -248,8 +248,8 @@ void Connection::resume() noexcept {
 // Moves the unfinished request at req into in_: the head, the body decoded so far, then the undecoded rest.
 // req may point into in_ itself.
 void Connection::keep_unfinished(char* req, std::size_t avail) noexcept {
-  const std::size_t live = head_done_ ? head_len_ + body_have_ : avail;
-  const std::size_t raw = head_done_ ? raw_off_ : avail;
+  const std::size_t live = reader_.live();
+  const std::size_t raw = reader_.raw_off();
   if (in_.size() && req >= in_.data() && req <= in_.data() + in_.size()) {
     std::memmove(in_.data(), req, live);
     std::memmove(in_.data() + live, req + raw, avail - raw);
@@ -259,69 +259,25 @@ void Connection::keep_unfinished(char* req, std::size_t avail) noexcept {
     in_.append(req, live);
     in_.append(req + raw, avail - raw);
   }
-  if (head_done_) {
-    raw_off_ = live;
-    head_stale_ = true;
-  }
+  reader_.compacted();
 }
 
 std::size_t Connection::process(char* buf, std::size_t len) noexcept {
   std::size_t pos = 0;
   while (pos < len && reading()) {
     char* req = buf + pos;
-    const std::size_t avail = len - pos;
-    if (head_done_ && head_stale_) {  // the same bytes parsed before, now elsewhere: cannot fail
-      (void)http::parse_request({req, head_len_}, 0, head_, ctx_->limits);
-      head_stale_ = false;
+    const http::ReadStep step = reader_.read(req, len - pos, ctx_->limits);
+    if (step.status == http::ReadStatus::Bad) {
+      write_error(step.error);
+      return len;
     }
-    if (!head_done_) {
-      http::ParseResult r = http::parse_request({req, avail}, head_prev_len_, head_, ctx_->limits);
-      if (r.status == http::ParseStatus::NeedMore) {
-        head_prev_len_ = avail;
-        break;
-      }
-      head_prev_len_ = 0;
-      if (r.status == http::ParseStatus::Bad) {
-        write_error(r.error);
-        return len;
-      }
-      head_done_ = true;
-      head_len_ = r.consumed;
-      body_have_ = 0;
-      raw_off_ = head_len_;
-      continue_sent_ = false;
-      if (head_.chunked) {
-        chunked_.reset(ctx_->max_body);
-      } else if (head_.content_length > ctx_->max_body) {
-        write_error(http::HttpError::BodyTooLarge);
-        return len;
-      }
+    if (step.status != http::ReadStatus::Done) {
+      write_continue();
+      break;
     }
-    std::size_t total;
-    if (head_.chunked) {
-      http::ChunkStep s = chunked_.decode(req + raw_off_, avail - raw_off_, req + head_len_ + body_have_);
-      body_have_ += s.produced;
-      raw_off_ += s.consumed;
-      if (s.status == http::ChunkStatus::Bad || s.status == http::ChunkStatus::TooLarge) {
-        write_error(s.status == http::ChunkStatus::Bad ? http::HttpError::BadChunk : http::HttpError::BodyTooLarge);
-        return len;
-      }
-      if (s.status == http::ChunkStatus::NeedMore) {
-        write_continue();
-        break;
-      }
-      total = raw_off_;
-    } else {
-      total = head_len_ + std::size_t(head_.content_length);
-      if (avail < total) {
-        write_continue();
-        break;
-      }
-      body_have_ = std::size_t(head_.content_length);
-    }
-    head_done_ = false;
-    dispatch({req + head_len_, body_have_});
-    pos += total;
+    continue_sent_ = false;
+    dispatch(reader_.head(), reader_.body(req));
+    pos += step.total;
   }
   return pos;
 }
@@ -350,19 +306,19 @@ void Connection::count(int status, std::size_t body_bytes) noexcept {
   req_started_us_ = 0;
 }
 
-void Connection::dispatch(std::string_view body) noexcept {
+void Connection::dispatch(const http::RequestHead& head, std::string_view body) noexcept {
   ++seq_;
-  req_keep_alive_ = head_.keep_alive && !draining_;
-  req_minor_ = head_.minor;
-  req_head_only_ = head_.method == "HEAD";
-  Router::Match m = ctx_->router->find(head_.method, head_.path);
+  req_keep_alive_ = head.keep_alive && !draining_;
+  req_minor_ = head.minor;
+  req_head_only_ = head.method == "HEAD";
+  Router::Match m = ctx_->router->find(head.method, head.path);
   req_route_ = m.route;
   if (ctx_->metrics || ctx_->access_log) req_started_us_ = monotonic_us();
   if (ctx_->access_log) {
     log_request_.clear();
-    log_request_.append(head_.method);
+    log_request_.append(head.method);
     log_request_.append(" ", 1);
-    log_request_.append(head_.target);
+    log_request_.append(head.target);
   }
   if (!m.handler) {
     if (m.allow.empty()) {
@@ -375,9 +331,9 @@ void Connection::dispatch(std::string_view body) noexcept {
   }
   awaiting_ = true;
   in_dispatch_ = true;
-  const Request request(head_, body, ctx_->backend_name, ctx_->replies);
+  const Request request(head, body, ctx_->backend_name, ctx_->replies);
   try {
-    (*m.handler)(request, Responder(ctx_->replies, slot_, gen_, seq_));
+    (*m.handler)(request, Responder(ctx_->replies, slot_, sock_.gen, seq_));
   } catch (...) {
     if (awaiting_) {
       awaiting_ = false;
@@ -448,7 +404,7 @@ void Connection::write_error(http::HttpError e) noexcept { refuse(http::status_f
 // The answer to something that never became a routed request (bad framing, a deadline): an HTTP/1.1 error that
 // closes the connection, whatever the request being read had asked for.
 void Connection::refuse(int status, std::string_view message) noexcept {
-  head_done_ = false;
+  reader_.reset(ctx_->max_body);
   req_route_ = ctx_->router->route_count();
   req_keep_alive_ = false;
   req_head_only_ = false;
@@ -458,7 +414,7 @@ void Connection::refuse(int status, std::string_view message) noexcept {
 
 // RFC 9110 10.1.1: a client that sent "Expect: 100-continue" may wait for this before sending the body.
 void Connection::write_continue() noexcept {
-  if (!head_done_ || !head_.expect_continue || continue_sent_ || head_.minor == 0) return;
+  if (!reader_.head_done() || !reader_.head().expect_continue || continue_sent_ || reader_.head().minor == 0) return;
   continue_sent_ = true;
   OutQueue& q = out_[filling_];
   const std::size_t from = q.bytes.size();
@@ -467,7 +423,7 @@ void Connection::write_continue() noexcept {
 }
 
 void Connection::flush() noexcept {
-  if (send_inflight_ || (state_ != State::Open)) return;
+  if (sock_.send_inflight || (state_ != State::Open)) return;
   OutQueue& q = out_[filling_];
   if (q.total == 0) {
     if (awaiting_) return;
@@ -486,12 +442,12 @@ void Connection::flush() noexcept {
 
 void Connection::submit_send() noexcept {
   const std::size_t n = std::min(iov_.size() - iov_next_, kMaxIov);
-  send_inflight_ = true;
-  ctx_->backend->send(fd_, io::tag(io::Op::Send, slot_, gen_), iov_.data() + iov_next_, unsigned(n), &msg_);
+  sock_.send_inflight = true;
+  ctx_->backend->send(sock_.fd, io::tag(io::Op::Send, slot_, sock_.gen), iov_.data() + iov_next_, unsigned(n), &msg_);
 }
 
 void Connection::on_send(int res) noexcept {
-  send_inflight_ = false;
+  sock_.send_inflight = false;
   if (state_ != State::Open) {
     maybe_release();
     return;
@@ -528,7 +484,7 @@ void Connection::on_send(int res) noexcept {
 }
 
 void Connection::on_recv_end(int res) noexcept {
-  recv_armed_ = false;
+  sock_.recv_armed = false;
   const bool stopped = recv_stopping_;
   recv_stopping_ = false;
   if (state_ == State::Closing) {
@@ -559,7 +515,7 @@ void Connection::finish() noexcept {
   // Lingering close: half-close so the client sees our last response and EOF, and keep reading (dropping it)
   // until it closes or the deadline passes, so unread input does not turn into a reset that destroys the response.
   state_ = State::Lingering;
-  ctx_->backend->shutdown(fd_, SHUT_WR);
+  ctx_->backend->shutdown(sock_.fd, SHUT_WR);
   update_waits();  // a receive ended by backpressure is armed again, to read and drop
 }
 
@@ -568,26 +524,23 @@ void Connection::abort() noexcept {
   state_ = State::Closing;
   ctx_->timers.clear(*this);
   ctx_->handler_timers.clear(*this);
-  if (recv_armed_ || send_inflight_) ctx_->backend->shutdown(fd_, SHUT_RDWR);
+  sock_.end(*ctx_->backend);
   maybe_release();
 }
 
 void Connection::teardown() noexcept {
   ctx_->timers.clear(*this);
   ctx_->handler_timers.clear(*this);
-  if (fd_ >= 0) ::close(fd_);
-  fd_ = -1;
+  if (sock_.fd >= 0) ::close(sock_.fd);
+  sock_.fd = -1;
   state_ = State::Free;
 }
 
 void Connection::maybe_release() noexcept {
-  if (state_ != State::Closing || recv_armed_ || send_inflight_) return;
-  ctx_->backend->close(fd_);
-  fd_ = -1;
+  if (state_ != State::Closing || !sock_.release(*ctx_->backend)) return;
   state_ = State::Free;
-  ++gen_;  // completions still carrying the old generation are dropped by the worker
   awaiting_ = false;
-  head_done_ = false;
+  reader_.reset(ctx_->max_body);
   in_.clear();
   out_[0].clear();
   out_[1].clear();

@@ -14,11 +14,12 @@
 #include <vector>
 
 #include "libuserd/core/byte_buffer.hpp"
-#include "libuserd/http/chunked.hpp"
 #include "libuserd/http/date.hpp"
+#include "libuserd/http/message_reader.hpp"
 #include "libuserd/http/parser.hpp"
 #include "libuserd/http/response_writer.hpp"
 #include "libuserd/io/backend.hpp"
+#include "libuserd/io/socket.hpp"
 #include "libuserd/metrics/metrics.hpp"
 #include "libuserd/server/timers.hpp"
 #include "userd/responder.hpp"
@@ -55,7 +56,7 @@ class Connection {
   void teardown() noexcept;
 
   State state() const noexcept { return state_; }
-  std::uint16_t gen() const noexcept { return gen_; }
+  std::uint16_t gen() const noexcept { return sock_.gen; }
   std::uint32_t slot() const noexcept { return slot_; }
   bool awaiting_reply() const noexcept { return awaiting_; }
   std::uint32_t seq() const noexcept { return seq_; }
@@ -87,7 +88,7 @@ class Connection {
   std::size_t process(char* buf, std::size_t len) noexcept;
   void keep_unfinished(char* req, std::size_t avail) noexcept;
   void resume() noexcept;
-  void dispatch(std::string_view body) noexcept;
+  void dispatch(const http::RequestHead& head, std::string_view body) noexcept;
   void write_response(const Response& r) noexcept;
   void write_error(http::HttpError e) noexcept;
   void refuse(int status, std::string_view message) noexcept;
@@ -108,15 +109,12 @@ class Connection {
   void count(int status, std::size_t body_bytes) noexcept;
 
   LoopContext* ctx_;
-  int fd_ = -1;
+  io::Socket sock_;  // its generation drops completions meant for this slot's previous connection
   std::uint32_t slot_ = 0;
-  std::uint16_t gen_ = 0;
   State state_ = State::Free;
-  bool recv_armed_ = false;
   bool recv_stopping_ = false;  // asked the backend to end the receive (backpressure); its end is due
   bool recv_paused_ = false;    // too much output queued or input unparsed: the socket is not read
   bool recv_probe_ = false;     // the next receive takes one buffer (see arm_recv)
-  bool send_inflight_ = false;
   bool send_progress_ = false;  // a send completion moved bytes: the send deadline starts again
   bool peer_eof_ = false;
   bool close_after_flush_ = false;  // the last response is queued: read no further requests
@@ -124,16 +122,9 @@ class Connection {
   bool in_dispatch_ = false;        // inside process(): the loop there continues after a synchronous reply
   bool draining_ = false;           // the server is stopping: the request being read is the last one
 
-  // The request being read. Offsets are from its first byte, in whichever buffer holds it.
-  http::RequestHead head_;
-  http::ChunkedDecoder chunked_;
-  bool head_done_ = false;
-  bool head_stale_ = false;        // head_ points into bytes that have moved: parse again before use
+  // The request being read, from its first byte in whichever buffer holds it.
+  http::MessageReader<http::RequestHead> reader_;
   bool continue_sent_ = false;
-  std::size_t head_prev_len_ = 0;  // bytes the parser already saw without finding the head's end
-  std::size_t head_len_ = 0;
-  std::size_t body_have_ = 0;  // decoded body bytes, right after the head
-  std::size_t raw_off_ = 0;    // next undecoded body byte
 
   // What the awaited response needs to know once the request's bytes are gone.
   std::uint32_t seq_ = 0;

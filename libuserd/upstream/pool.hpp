@@ -1,8 +1,9 @@
 // upstream/pool.hpp: one loop thread's HTTP/1.1 client for one upstream: a bounded set of keep-alive
-// connections on the thread's own Backend, and a queue for requests that find them all busy.
+// connections on the thread's own Backend, and a bounded queue for requests that find them all busy.
 // Every connection keeps a receive armed, so an idle one the upstream closed is noticed at once. A request
 // whose reused connection dies before any response byte is retried once on a fresh connection (GET is
-// idempotent). Nothing here allocates per request once the connections' buffers have grown.
+// idempotent). A connection is reused only once both its response and its send have completed. Nothing here
+// allocates per request once the connections' buffers and the queue's path slots have grown.
 // Not here: what the caller does with the answer (the handler's UpstreamDone).
 #pragma once
 
@@ -14,9 +15,9 @@
 #include <vector>
 
 #include "libuserd/core/byte_buffer.hpp"
-#include "libuserd/http/chunked.hpp"
-#include "libuserd/http/parser.hpp"
+#include "libuserd/http/message_reader.hpp"
 #include "libuserd/io/backend.hpp"
+#include "libuserd/io/socket.hpp"
 #include "libuserd/io/tag.hpp"
 #include "libuserd/metrics/metrics.hpp"
 #include "userd/upstream.hpp"
@@ -48,7 +49,8 @@ class Pool {
   Pool(const Pool&) = delete;
   Pool& operator=(const Pool&) = delete;
 
-  // False when the request cannot even be queued: the caller answers the client itself.
+  // False when the request cannot even be queued (the queue holds cfg.max_queue): counted as Overloaded, and
+  // the caller answers the client itself.
   bool fetch(std::string_view path, Responder res, UpstreamDone done, void* user) noexcept;
   void on_completion(const io::Completion& c) noexcept;
   // Expires exchanges and queued requests past their deadline.
@@ -57,49 +59,49 @@ class Pool {
   void teardown() noexcept;
 
   const PoolStats& stats() const noexcept { return stats_; }
+  std::size_t queued() const noexcept { return count_; }
 
  private:
-  struct Job {
+  struct Job {  // trivially copyable: the path lives beside it (queue_paths_) or in the connection's request
     Responder res{nullptr, 0, 0, 0};
-    UpstreamDone done = nullptr;
+    UpstreamDone done = nullptr;  // null: no job
     void* user = nullptr;
-    std::size_t path_off = 0, path_len = 0;  // in paths_ while queued
     std::uint64_t deadline = 0;
     bool retried = false;
   };
-  enum class State : std::uint8_t { Free, Connecting, Idle, Busy, Closing };
+  // Connecting -> Busy -> (response complete) Settling until the send completes -> Idle -> Busy ...
+  enum class State : std::uint8_t { Free, Connecting, Busy, Settling, Idle, Closing };
   struct Conn {
-    int fd = -1;
-    std::uint16_t gen = 0;
+    io::Socket sock;
     State state = State::Free;
-    bool connect_inflight = false, recv_armed = false, send_inflight = false;
     bool reused = false;     // finished an exchange before: its death on first use earns a retry
     bool got_bytes = false;  // this exchange has received something
     Job job;
     std::size_t path_len = 0;  // the path sits at out[4, 4 + path_len)
     core::ByteBuffer out;
+    std::size_t out_sent = 0;
     iovec iov{};
     msghdr msg{};
     core::ByteBuffer in;  // the response; capacity always leaves kUpstreamBodyPadding after the bytes
-    http::ParsedResponse head;
-    http::ChunkedDecoder chunked;
-    bool head_done = false;
-    std::size_t head_prev = 0, head_len = 0, body_have = 0, raw_off = 0;
+    http::MessageReader<http::ParsedResponse> reader;
   };
 
   std::uint64_t tag_for(io::Op op, std::uint32_t i) const noexcept;
-  void start(std::uint32_t i, const Job& job, std::string_view path) noexcept;
-  void open(std::uint32_t i, const Job& job, std::string_view path) noexcept;
-  void dispatch(const Job& job, std::string_view path) noexcept;
-  void pump() noexcept;
-  bool enqueue(const Job& job, std::string_view path, bool front) noexcept;
-  void parse(std::uint32_t i) noexcept;
-  void complete(std::uint32_t i, std::size_t total) noexcept;
-  void fail(std::uint32_t i, UpstreamError e) noexcept;
+  void on_conn_completion(std::uint32_t i, const io::Completion& c);
+  void start(std::uint32_t i, const Job& job, std::string_view path);
+  void open(std::uint32_t i, const Job& job, std::string_view path);
+  void dispatch(const Job& job, std::string_view path);
+  void pump();
+  bool enqueue(const Job& job, std::string_view path, bool front);
+  void submit_send(std::uint32_t i) noexcept;
+  void parse(std::uint32_t i);
+  void complete(std::uint32_t i, std::size_t total);
+  void make_idle(std::uint32_t i);
+  void fail(std::uint32_t i, UpstreamError e);
   void deliver(const Job& job, const UpstreamReply& r) noexcept;
-  void retry_or_fail(std::uint32_t i, UpstreamError e) noexcept;
+  void retry_or_fail(std::uint32_t i, UpstreamError e);
   void close(std::uint32_t i) noexcept;
-  void maybe_release(std::uint32_t i) noexcept;
+  void maybe_release(std::uint32_t i);
 
   const Target& target_;
   std::uint16_t index_;
@@ -107,9 +109,13 @@ class Pool {
   const std::uint64_t& now_ms_;
   std::vector<Conn> conns_;
   std::vector<std::uint32_t> free_, idle_;
-  std::vector<Job> queue_;  // a ring: head_, count_
+  // Requests waiting for a connection: a ring of cfg.max_queue jobs (head_, count_), each with its path in the
+  // string of the same index, whose capacity is kept: no growth for as long as overload lasts.
+  std::vector<Job> queue_;
+  std::vector<std::string> queue_paths_;
   std::size_t head_ = 0, count_ = 0;
-  core::ByteBuffer paths_;  // queued requests' paths; emptied whenever the queue is
+  std::string pumping_path_;  // the path of the job pump() is handing out: never a view into the queue
+  bool pumping_ = false;      // pump() re-entered from a callback or a release returns at once
   PoolStats stats_;
 };
 

@@ -3,10 +3,14 @@
 parent dies or after --lifetime seconds.
 
 usage: fake_upstream.py MODE DATASET [--port P]
-modes: ok, chunked, slow, invalid, status500, cut, stall, close (answers, then closes the connection)
+modes: ok, chunked, slow, invalid, status500, cut, stall, close (answers, then closes the connection),
+       upgrade (an unrequested 101, then a 200), te_and_cl (chunked with a Content-Length), gzip (Transfer-Encoding:
+       gzip), flaky (answers, but drops keep-alive connections at random: after an answer, or instead of one)
+Prints "accepted" on stderr for each connection.
 """
 import argparse
 import ctypes
+import random
 import signal
 import socket
 import sys
@@ -28,6 +32,7 @@ def read_head(conn, buf):
 
 def serve(conn, mode, body):
     buf = b""
+    served = 0  # answers given on this connection
     try:
         while True:
             head, buf = read_head(conn, buf)
@@ -62,6 +67,24 @@ def serve(conn, mode, body):
                 while conn.recv(65536):
                     pass
                 return
+            elif mode == "upgrade":
+                conn.sendall(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n" +
+                             ok_head % len(body) + body)
+            elif mode == "te_and_cl":
+                conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n"
+                             b"Content-Length: %d\r\n\r\n%x\r\n%s\r\n0\r\n\r\n" % (len(body), len(body), body))
+            elif mode == "gzip":
+                import gzip
+                packed = gzip.compress(body)
+                conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: gzip\r\n\r\n" + packed)
+                return
+            elif mode == "flaky":
+                if served and random.random() < 0.2:
+                    return  # a reused connection dropped instead of answered: the client retries
+                conn.sendall(ok_head % len(body) + body)
+                if random.random() < 0.2:
+                    return  # dropped after the answer: the client notices while idle
+                served += 1
     except OSError:
         return
     finally:
@@ -84,6 +107,7 @@ def main():
     threading.Timer(a.lifetime, lambda: ctypes.CDLL(None).exit(0)).start()
     while True:
         conn, _ = ls.accept()
+        print("accepted", file=sys.stderr, flush=True)
         threading.Thread(target=serve, args=(conn, a.mode, body), daemon=True).start()
 
 

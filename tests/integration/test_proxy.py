@@ -201,6 +201,61 @@ class Misbehaving(unittest.TestCase):
         for _ in range(20):
             self.assertEqual(get(m1.port, conn=c)[:2], (200, DATASET))
 
+    def assert_framing_refused(self, mode):
+        up = fake(mode)
+        m1 = userd("--upstream", f"http://127.0.0.1:{up.port}/v1/avatar", "--threads", "1")
+        self.addCleanup(stop_ok, self, m1)
+        c = http.client.HTTPConnection("127.0.0.1", m1.port, timeout=10)
+        for _ in range(3):
+            self.assert_error(m1.port, 502, 1.0, conn=c)
+        self.assert_keeps_serving(m1.port, c)
+        up.stop()
+        # Each answer closed its upstream connection: three requests, three connections.
+        self.assertEqual(sum(l == "accepted" for l in up.stderr_lines), 3, up.stderr_lines)
+        text = get(m1.port, "/metrics")[1].decode()
+        self.assertRegex(text, r'userd_upstream_requests_total\{[^}]*result="bad_response"\} 3')
+
+    def test_an_unrequested_101_is_502_and_its_connection_closed(self):
+        self.assert_framing_refused("upgrade")
+
+    def test_transfer_encoding_with_content_length_is_502_and_its_connection_closed(self):
+        self.assert_framing_refused("te_and_cl")
+
+    def test_a_transfer_encoding_other_than_chunked_is_502_not_forwarded(self):
+        self.assert_framing_refused("gzip")
+
+    def test_the_upstream_queue_is_bounded_and_overflow_is_503_at_once(self):
+        m1 = self.through("stall", "--threads", "1", "--upstream-conns", "1", "--upstream-queue", "2",
+                          "--upstream-timeout", "2")
+        socks = []
+        for _ in range(6):
+            s = connect(m1.port)
+            s.sendall(GET)
+            socks.append(s)
+        results = []
+        for s in socks:
+            t0 = time.monotonic()
+            status, _, body = read_response(s)
+            results.append((status, time.monotonic() - t0, json.loads(body)["error"]))
+            s.close()
+        fast = [r for r in results if r[0] == 503]
+        self.assertEqual(len(fast), 3, results)  # one in flight, two queued, three refused
+        for _, took, error in fast:
+            self.assertLess(took, 0.5)
+            self.assertEqual(error, "too many upstream requests queued")
+        self.assertEqual(sorted(r[0] for r in results), [503, 503, 503, 504, 504, 504])
+        text = get(m1.port, "/metrics")[1].decode()
+        self.assertRegex(text, r'userd_upstream_requests_total\{[^}]*result="overloaded"\} 3')
+
+    def test_the_handler_timeout_answers_503_before_a_longer_upstream_timeout(self):
+        m1 = self.through("stall", "--upstream-timeout", "10", "--handler-timeout", "0.5")
+        c = http.client.HTTPConnection("127.0.0.1", m1.port, timeout=10)
+        status, body, took, _ = get(m1.port, conn=c)
+        self.assertEqual((status, json.loads(body)), (503, {"error": "handler timed out"}))
+        self.assertGreater(took, 0.4)
+        self.assertLess(took, 1.5)
+        self.assert_keeps_serving(m1.port, c)
+
     def test_failures_are_logged_at_most_once_a_second_per_cause(self):
         m1 = userd("--upstream", f"http://127.0.0.1:{free_port()}/v1/avatar", "--threads", "1")
         c = http.client.HTTPConnection("127.0.0.1", m1.port, timeout=10)

@@ -2,6 +2,7 @@
 #include <doctest/doctest.h>
 
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "libuserd/http/parser.hpp"
@@ -196,9 +197,10 @@ TEST_CASE("response parser resolves framing: length, chunked, until close, no bo
   auto parse_resp = [&](std::string_view s) { return parse_response({s.data(), s.size()}, 0, r); };
   REQUIRE(parse_resp("HTTP/1.1 200 OK\r\nContent-Length: 12\r\n\r\n").status == ParseStatus::Done);
   CHECK((r.status == 200 && r.has_content_length && r.content_length == 12 && r.keep_alive && !r.until_close));
-  REQUIRE(parse_resp("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 5\r\n\r\n").status ==
-          ParseStatus::Done);
-  CHECK((r.chunked && !r.has_content_length));  // RFC 9112 6.3: TE overrides CL
+  REQUIRE(parse_resp("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n").status == ParseStatus::Done);
+  CHECK((r.chunked && !r.has_content_length && r.keep_alive));
+  REQUIRE(parse_resp("HTTP/1.1 200 OK\r\nTransfer-Encoding: Chunked\r\n\r\n").status == ParseStatus::Done);
+  CHECK(r.chunked);
   REQUIRE(parse_resp("HTTP/1.1 200 OK\r\nServer: x\r\n\r\n").status == ParseStatus::Done);
   CHECK((r.until_close && !r.keep_alive));
   REQUIRE(parse_resp("HTTP/1.1 204 No Content\r\n\r\n").status == ParseStatus::Done);
@@ -218,6 +220,19 @@ TEST_CASE("response parser rejects what is not an HTTP/1.x response") {
                                "HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n",
                                "HTTP/1.1 200 OK\r\nBad Header\r\n\r\n"})
     CHECK_MESSAGE(parse_response({bad.data(), bad.size()}, 0, r).status == ParseStatus::Bad, bad);
+  // Framing a client cannot trust or a proxy must not forward (RFC 9112 6.3): each refused with its reason.
+  const std::pair<std::string_view, HttpError> framing[] = {
+      {"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 5\r\n\r\n", HttpError::LengthAndChunked},
+      {"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n", HttpError::LengthAndChunked},
+      {"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\n", HttpError::UnsupportedCoding},
+      {"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n", HttpError::UnsupportedCoding},
+      {"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n", HttpError::UnsupportedCoding},
+      {"HTTP/1.1 200 OK\r\nTransfer-Encoding: identity\r\n\r\n", HttpError::UnsupportedCoding}};
+  for (auto [bad, why] : framing) {
+    ParseResult pr = parse_response({bad.data(), bad.size()}, 0, r);
+    CHECK_MESSAGE(pr.status == ParseStatus::Bad, bad);
+    CHECK_MESSAGE(pr.error == why, bad);
+  }
   constexpr std::string_view ok = "HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\n";
   for (std::size_t n = 0; n < ok.size(); ++n)
     CHECK(parse_response({ok.data(), n}, 0, r).status == ParseStatus::NeedMore);

@@ -94,24 +94,6 @@ bool parse_length(std::string_view v, std::uint64_t& out) noexcept {
   return true;
 }
 
-std::string_view trim_ows(std::string_view v) noexcept {
-  while (!v.empty() && (v.front() == ' ' || v.front() == '\t')) v.remove_prefix(1);
-  while (!v.empty() && (v.back() == ' ' || v.back() == '\t')) v.remove_suffix(1);
-  return v;
-}
-
-// Calls f on each element of a comma-separated list (RFC 9110 5.6.1), trimmed, empty elements skipped.
-template <class F>
-void for_each_token(std::string_view v, F&& f) {
-  while (!v.empty()) {
-    std::size_t comma = v.find(',');
-    std::string_view item = trim_ows(v.substr(0, comma));
-    if (!item.empty()) f(item);
-    if (comma == std::string_view::npos) break;
-    v.remove_prefix(comma + 1);
-  }
-}
-
 void split_target(RequestHead& h) noexcept {
   std::string_view t = h.target;
   if (!t.empty() && t.front() != '/' && t != "*") {

@@ -3,7 +3,76 @@
 
 #include <charconv>
 
+#include "libuserd/http/parser.hpp"
+
 namespace userd::http {
+namespace {
+
+// RFC 9110 5.6.2 token characters.
+bool is_tchar(unsigned char c) noexcept {
+  if ((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9')) return true;
+  switch (c) {
+    case '!': case '#': case '$': case '%': case '&': case '\'': case '*': case '+': case '-': case '.':
+    case '^': case '_': case '`': case '|': case '~':
+      return true;
+    default:
+      return false;
+  }
+}
+// RFC 9110 5.5: field-vchar, SP and HTAB; no other control byte.
+bool is_value(std::string_view v) noexcept {
+  for (unsigned char c : v)
+    if ((c < 0x20 && c != '\t') || c == 0x7f) return false;
+  return true;
+}
+bool is_token(std::string_view v) noexcept {
+  if (v.empty()) return false;
+  for (unsigned char c : v)
+    if (!is_tchar(c)) return false;
+  return true;
+}
+// Headers the writer owns: never copied from the extra headers.
+bool server_owned(std::string_view name) noexcept {
+  if (name.size() < 4) return false;
+  switch (name[0] | 0x20) {
+    case 'c': return iequals(name, "content-length") || iequals(name, "connection");
+    case 'd': return iequals(name, "date");
+    case 't': return iequals(name, "transfer-encoding");
+    default: return false;
+  }
+}
+
+}  // namespace
+
+HeaderCheck check_headers(std::span<const Header> headers, std::string_view content_type,
+                          std::uint64_t body_length) noexcept {
+  HeaderCheck out;
+  auto refuse = [&](std::string_view why) {
+    out.ok = false;
+    out.why = why;
+    return out;
+  };
+  if (!is_value(content_type)) return refuse("control byte in content_type");
+  for (const Header& h : headers) {
+    if (!is_token(h.name)) return refuse("header name is not a token");
+    if (!is_value(h.value)) return refuse("control byte in a header value");
+    if (h.name.size() < 4) continue;
+    const char first = char(h.name[0] | 0x20);
+    if (first == 'c' && iequals(h.name, "content-length")) {
+      std::uint64_t n = 0;
+      auto [end, ec] = std::from_chars(h.value.data(), h.value.data() + h.value.size(), n);
+      if (ec != std::errc() || end != h.value.data() + h.value.size() || n != body_length)
+        return refuse("content-length differs from the body");
+    } else if (first == 't' && iequals(h.name, "transfer-encoding")) {
+      return refuse("transfer-encoding is the server's to choose");
+    } else if (first == 'c' && iequals(h.name, "connection")) {
+      for_each_token(h.value, [&](std::string_view t) { out.close = out.close || iequals(t, "close"); });
+    } else if (first == 'c' && iequals(h.name, "content-type")) {
+      out.has_content_type = true;
+    }
+  }
+  return out;
+}
 
 std::string_view reason_phrase(int status) noexcept {
   switch (status) {
@@ -49,6 +118,7 @@ void write_response_head(core::ByteBuffer& out, const ResponseHead& r) {
     out.append("\r\n");
   }
   for (const Header& h : r.headers) {
+    if (server_owned(h.name)) continue;
     out.append(h.name);
     out.append(": ");
     out.append(h.value);

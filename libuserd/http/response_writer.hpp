@@ -1,6 +1,7 @@
 // http/response_writer.hpp: status line and headers of an HTTP/1.1 response into a byte buffer.
 // Date and Content-Length are always written (but for 1xx/204/304, which carry no body); the connection header
-// says close, or keep-alive for an HTTP/1.0 client that asked for it.
+// says close, or keep-alive for an HTTP/1.0 client that asked for it. Those headers are the server's: extra
+// headers of the same names are never written (check_headers says what a handler's ones mean).
 // Not here: sending, or deciding whether to close (server/connection.cpp).
 #pragma once
 
@@ -25,6 +26,21 @@ struct ResponseHead {
 };
 
 std::string_view reason_phrase(int status) noexcept;
+
+// What a handler's headers and content type ask for, and whether they can be sent at all. Refused (ok false,
+// why set): a name that is not a token, CR, LF, NUL or another control byte in a name, value or content type
+// (they would split the response), Transfer-Encoding (the server frames bodies with Content-Length), and a
+// Content-Length other than the body's. Honoured: a Content-Length equal to the body's (the server writes its
+// own), "Connection: close" (the connection closes after this response), a Content-Type header (it replaces
+// content_type). Dropped: other Connection values and Date (the server's own are written).
+struct HeaderCheck {
+  bool ok = true;
+  bool close = false;
+  bool has_content_type = false;
+  std::string_view why;
+};
+HeaderCheck check_headers(std::span<const Header> headers, std::string_view content_type,
+                          std::uint64_t body_length) noexcept;
 // Whether a response with this status may carry a body (RFC 9110 6.4.1).
 constexpr bool status_has_body(int status) noexcept { return status >= 200 && status != 204 && status != 304; }
 void write_response_head(core::ByteBuffer& out, const ResponseHead& r);

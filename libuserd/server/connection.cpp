@@ -364,12 +364,30 @@ static http::ConnectionHeader connection_header(bool keep_alive, std::uint8_t mi
   return minor == 0 ? http::ConnectionHeader::KeepAlive : http::ConnectionHeader::None;
 }
 
+// A response that would corrupt the stream (CR/LF in a header) or contradict the server's framing is not sent;
+// the client gets a 500 and the embedder one log line a second at most.
+void Connection::refuse_response(std::string_view why) noexcept {
+  if (ctx_->metrics) ctx_->metrics->bad_responses.add();
+  const std::uint64_t second = ctx_->now_ms / 1000;
+  if (second != ctx_->last_bad_response_log_s) {
+    ctx_->last_bad_response_log_s = second;
+    char line[160];
+    std::snprintf(line, sizeof line, "handler response refused with 500: %.*s", int(why.size()), why.data());
+    if (ctx_->log) (*ctx_->log)(line);
+    else std::fprintf(stderr, "userd: %s\n", line);
+  }
+  write_error_status(500, "invalid response from handler");
+}
+
 void Connection::write_response(const Response& r) noexcept {
+  const http::HeaderCheck check = http::check_headers(r.headers, r.content_type, r.body.size());
+  if (!check.ok) return refuse_response(check.why);
+  if (check.close) req_keep_alive_ = false;
   OutQueue& q = out_[filling_];
   const std::size_t from = q.bytes.size();
   http::ResponseHead h;
   h.status = r.status;
-  h.content_type = r.content_type;
+  h.content_type = check.has_content_type ? std::string_view() : r.content_type;
   h.content_length = r.body.size();
   h.headers = r.headers;
   h.date = ctx_->date.value();

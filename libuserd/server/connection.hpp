@@ -90,6 +90,7 @@ class Connection {
   void resume() noexcept;
   void dispatch(const http::RequestHead& head, std::string_view body) noexcept;
   void write_response(const Response& r) noexcept;
+  void refuse_response(std::string_view why) noexcept;
   void write_error(http::HttpError e) noexcept;
   void refuse(int status, std::string_view message) noexcept;
   void write_error_status(int status, std::string_view message, std::span<const Header> extra = {}) noexcept;
@@ -161,7 +162,7 @@ struct LoopContext {
   core::ByteBuffer* access_log = nullptr;     // null: off; the worker writes it out on its tick
   char log_time[24] = {};                     // "2026-11-28T15:03:00Z", refreshed once a second
   const std::function<void(std::string_view)>* log = nullptr;  // ServerConfig::log; null: stderr
-  std::uint64_t last_bad_response_log_s = 0;  // a refused handler response is logged at most once a second
+  std::uint64_t last_bad_response_log_s = UINT64_MAX;  // a refused handler response: one log line a second
   std::size_t released_bytes = 0;             // buffer memory freed since the worker last trimmed the heap
 };
 

@@ -4,6 +4,7 @@
 #include <sys/socket.h>
 
 #include <algorithm>
+#include <functional>
 #include <cerrno>
 #include <optional>
 #include <stdexcept>
@@ -428,4 +429,115 @@ TEST_CASE("a failed allocation closes the one connection that needed it, and the
   CHECK(f.aborted());
   other.feed(std::string(kGet));
   CHECK(other.count("HTTP/1.1 200 OK") == 1);
+}
+
+// --- what a handler may put in a response ---------------------------------------------------------------------
+
+namespace {
+struct Custom : Fixture {
+  std::vector<Header> headers;
+  std::string_view type = "application/json";
+  std::vector<std::string> logged;
+  std::function<void(std::string_view)> log = [this](std::string_view l) { logged.emplace_back(l); };
+  Custom() {
+    ctx.log = &log;
+    router.get("/custom", [this](const Request&, Responder res) {
+      Response r;
+      r.content_type = type;
+      r.body = "body";
+      r.headers = headers;
+      res.send(r);
+    });
+  }
+};
+constexpr std::string_view kCustom = "GET /custom HTTP/1.1\r\nHost: t\r\n\r\n";
+}  // namespace
+
+TEST_CASE("a handler's header with CR, LF or NUL, or a name that is not a token, is refused with 500") {
+  const std::vector<std::vector<Header>> bad = {
+      {{"X-Evil", "a\r\nSet-Cookie: stolen=1"}},
+      {{"X-Evil", "a\nb"}},
+      {{"X-Evil", std::string_view("a\0b", 3)}},
+      {{"X-Evil\r\nInjected", "1"}},
+      {{"Bad Name", "1"}},
+      {{"", "empty name"}},
+  };
+  for (const auto& headers : bad) {
+    Custom f;
+    f.headers = headers;
+    f.feed(std::string(kCustom) + std::string(kGet));
+    CHECK(f.kernel.wire.find("HTTP/1.1 500 Internal Server Error\r\n") == 0);
+    CHECK(f.kernel.wire.find("{\"error\":\"invalid response from handler\"}") != std::string::npos);
+    CHECK(f.kernel.wire.find("stolen") == std::string::npos);
+    CHECK(f.kernel.wire.find("Injected") == std::string::npos);
+    CHECK(f.count("HTTP/1.1 200 OK") == 1);  // the request behind it is answered: the stream stayed intact
+    CHECK(f.logged.size() == 1);
+  }
+  Custom g;
+  g.type = "text/html\r\nX-Injected: 1";
+  g.feed(std::string(kCustom));
+  CHECK(g.kernel.wire.find("HTTP/1.1 500") == 0);
+  CHECK(g.kernel.wire.find("X-Injected") == std::string::npos);
+}
+
+TEST_CASE("refused handler responses are logged at most once a second") {
+  Custom f;
+  f.headers = {{"X-Evil", "a\r\nb"}};
+  std::string three;
+  for (int i = 0; i < 3; ++i) three += kCustom;
+  f.feed(three);
+  CHECK(f.count("HTTP/1.1 500") == 3);
+  CHECK(f.logged.size() == 1);
+  f.ctx.now_ms += 1000;
+  f.sent();
+  f.feed(std::string(kCustom));
+  CHECK(f.logged.size() == 2);
+}
+
+TEST_CASE("a handler's Content-Length, Transfer-Encoding and Connection cannot contradict the server's framing") {
+  SUBCASE("Content-Length equal to the body: honoured, written once") {
+    Custom f;
+    f.headers = {{"Content-Length", "4"}};
+    f.feed(std::string(kCustom));
+    CHECK(f.kernel.wire.find("HTTP/1.1 200 OK") == 0);
+    CHECK(f.count("Content-Length") == 1);
+  }
+  SUBCASE("Content-Length that differs: refused") {
+    Custom f;
+    f.headers = {{"content-length", "40"}};
+    f.feed(std::string(kCustom));
+    CHECK(f.kernel.wire.find("HTTP/1.1 500") == 0);
+    CHECK(f.count("Content-Length: 40") == 0);
+  }
+  SUBCASE("Transfer-Encoding: refused") {
+    Custom f;
+    f.headers = {{"Transfer-Encoding", "chunked"}};
+    f.feed(std::string(kCustom));
+    CHECK(f.kernel.wire.find("HTTP/1.1 500") == 0);
+    CHECK(f.count("chunked") == 0);
+  }
+  SUBCASE("Connection: close is honoured, once; other values are the server's to say") {
+    Custom f;
+    f.headers = {{"Connection", "close"}};
+    f.feed(std::string(kCustom) + std::string(kGet));
+    CHECK(f.count("Connection: close") == 1);
+    CHECK(f.count("HTTP/1.1 ") == 1);  // nothing after it is answered
+    f.sent();
+    CHECK(f.conn->state() == Connection::State::Lingering);
+    Custom g;
+    g.headers = {{"Connection", "keep-alive, Upgrade"}};
+    g.feed(std::string(kCustom));
+    CHECK(g.count("Connection") == 0);
+    g.sent();
+    CHECK(g.conn->state() == Connection::State::Open);
+  }
+  SUBCASE("Content-Type among the headers replaces content_type; Date is the server's") {
+    Custom f;
+    f.headers = {{"Content-Type", "text/plain"}, {"Date", "yesterday"}};
+    f.feed(std::string(kCustom));
+    CHECK(f.count("Content-Type") == 1);
+    CHECK(f.count("Content-Type: text/plain") == 1);
+    CHECK(f.count("Date: ") == 1);
+    CHECK(f.count("yesterday") == 0);
+  }
 }

@@ -374,7 +374,10 @@ class EpollBackend final : public Backend {
     epoll_event ev{};
     ev.events = EPOLLIN | EPOLLRDHUP | EPOLLET | (on ? std::uint32_t(EPOLLOUT) : 0u);
     ev.data.fd = fd;
-    epoll_ctl(ep_, EPOLL_CTL_MOD, fd, &ev);
+    // A socket sent to before any receive was armed is not in the set yet (found by the conformance suite).
+    epoll_ctl(ep_, s.registered ? EPOLL_CTL_MOD : EPOLL_CTL_ADD, fd, &ev);
+    s.registered = true;
+    s.role = Role::Conn;
     s.out_armed = on;
   }
 

@@ -329,7 +329,7 @@ std::string Server::metrics_text() const {
 
   series(out, "userd_upstream_requests_total", "counter", "Upstream exchanges, by result.");
   series(out, "userd_upstream_pool_connections", "gauge", "Upstream connections open now (idle or busy).");
-  std::string pools;
+  std::string pools, retries;
   for (std::size_t u = 0; u < s.upstreams.size(); ++u) {
     auto pool_sum = [&](auto&& get) {
       std::uint64_t v = 0;
@@ -345,8 +345,13 @@ std::string Server::metrics_text() const {
     }
     sample(pools, "userd_upstream_pool_connections{" + up + "}",
            pool_sum([](const upstream::PoolStats& p) { return p.open.get(); }));
+    sample(retries, "userd_upstream_retries_total{" + up + "}",
+           pool_sum([](const upstream::PoolStats& p) { return p.retries.get(); }));
   }
   out += pools;
+  series(out, "userd_upstream_retries_total", "counter",
+         "Requests sent again on a fresh connection after a reused one died before answering.");
+  out += retries;
 
   series(out, "userd_backend_info", "gauge", "The I/O backend serving (1).");
   sample(out, std::string("userd_backend_info{backend=\"") + std::string(s.backend) + "\"}", 1);

@@ -105,6 +105,12 @@ void Pool::pump() {
     pumping_path_.swap(queue_paths_[head_]);  // both keep their capacity: no allocation
     head_ = (head_ + 1) % queue_.size();
     --count_;
+    // A client that left while its request waited is not asked for: after a burst, the queue would otherwise
+    // keep the upstream busy with answers nobody reads, and make new requests wait behind them.
+    if (!j.res.alive()) {
+      deliver(j, UpstreamReply{UpstreamError::Overloaded, 0, {}, {}});
+      continue;
+    }
     dispatch(j, pumping_path_);
   }
 }

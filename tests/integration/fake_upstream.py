@@ -6,7 +6,8 @@ usage: fake_upstream.py MODE DATASET [--port P]
 modes: ok, chunked, slow, invalid, status500, cut, stall, close (answers, then closes the connection),
        upgrade (an unrequested 101, then a 200), te_and_cl (chunked with a Content-Length), gzip (Transfer-Encoding:
        gzip), flaky (answers, but drops keep-alive connections at random: after an answer, or instead of one)
-Prints "accepted" on stderr for each connection.
+With --log-accepts it prints "accepted" on stderr for each connection (only for tests that read it all: under
+load a pipe nobody reads fills, and the accept loop would block on it).
 """
 import argparse
 import ctypes
@@ -97,6 +98,7 @@ def main():
     ap.add_argument("dataset")
     ap.add_argument("--port", type=int, default=0)
     ap.add_argument("--lifetime", type=float, default=300)
+    ap.add_argument("--log-accepts", action="store_true")
     a = ap.parse_args()
     body = open(a.dataset, "rb").read()
     ls = socket.socket()
@@ -107,7 +109,8 @@ def main():
     threading.Timer(a.lifetime, lambda: ctypes.CDLL(None).exit(0)).start()
     while True:
         conn, _ = ls.accept()
-        print("accepted", file=sys.stderr, flush=True)
+        if a.log_accepts:
+            print("accepted", file=sys.stderr, flush=True)
         threading.Thread(target=serve, args=(conn, a.mode, body), daemon=True).start()
 
 

@@ -7,7 +7,9 @@ import http.client
 import json
 import os
 import signal
+import re
 import socket
+import subprocess
 import sys
 import time
 import unittest
@@ -25,8 +27,9 @@ def userd(*flags):
     return Server([ARGS.userd, "--listen", "127.0.0.1:0", "--backend", ARGS.backend, "--threads", "2", *flags])
 
 
-def fake(mode, port=0):
-    return Server([sys.executable, os.path.join(HERE, "fake_upstream.py"), mode, ARGS.dataset, "--port", str(port)])
+def fake(mode, port=0, *flags):
+    return Server([sys.executable, os.path.join(HERE, "fake_upstream.py"), mode, ARGS.dataset, "--port", str(port),
+                   *flags])
 
 
 def stop_ok(test, server):
@@ -202,7 +205,7 @@ class Misbehaving(unittest.TestCase):
             self.assertEqual(get(m1.port, conn=c)[:2], (200, DATASET))
 
     def assert_framing_refused(self, mode):
-        up = fake(mode)
+        up = fake(mode, 0, "--log-accepts")
         m1 = userd("--upstream", f"http://127.0.0.1:{up.port}/v1/avatar", "--threads", "1")
         self.addCleanup(stop_ok, self, m1)
         c = http.client.HTTPConnection("127.0.0.1", m1.port, timeout=10)
@@ -325,6 +328,34 @@ class Environment(unittest.TestCase):
         self.addCleanup(stop_ok, self, m1)
         self.assertTrue(any("proxies to http://127.0.0.1:%d/v1/avatar" % m2.port in l for l in m1.stderr_lines))
         self.assertEqual(get(m1.port)[:2], (200, DATASET))
+
+
+class Overload(unittest.TestCase):
+    """200 clients through a small pool to an upstream that drops keep-alive connections at random: retries,
+    a queue that never empties, connections settling and closing. Runs in the sanitizer build too, where a
+    use-after-free or a leak ends userd with a report, and the exit code check fails the test."""
+
+    def test_two_hundred_clients_through_a_flaky_upstream(self):
+        up = fake("flaky")
+        self.addCleanup(up.stop)
+        m1 = userd("--upstream", f"http://127.0.0.1:{up.port}/v1/avatar", "--upstream-conns", "8",
+                   "--upstream-timeout", "5")
+        out = subprocess.run(["wrk", "-t2", "-c200", "-d8s", "--timeout", "10s", f"http://127.0.0.1:{m1.port}/v1/user"],
+                             capture_output=True, text=True, timeout=60).stdout
+        after = get(m1.port)
+        self.assertIn(after[0], (200, 502), after[1])
+        text = get(m1.port, "/metrics")[1].decode()
+        stop_ok(self, m1)
+        codes = {}
+        for m in re.finditer(r'(?m)^userd_requests_total\{route="/v1/user",code="(\w+)"\} (\d+)', text):
+            codes[m.group(1)] = codes.get(m.group(1), 0) + int(m.group(2))
+        answered = sum(codes.values())
+        self.assertGreater(answered, 500, out)
+        self.assertEqual(set(k for k, v in codes.items() if v) - {"200", "502", "503", "504"}, set(), codes)
+        self.assertGreater(codes.get("200", 0), answered * 0.8, codes)  # retries hide most of the drops
+        retries = re.search(r"(?m)^userd_upstream_retries_total\{[^}]*\} (\d+)", text)
+        self.assertIsNotNone(retries, text)
+        self.assertGreater(int(retries.group(1)), 0)  # the drops did happen, and were retried
 
 
 def main():

@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "libuserd/io/tag.hpp"
+#include "libuserd/server/reply_target.hpp"
 #include "libuserd/upstream/pool.hpp"
 #include "tests/support/failing_new.hpp"
 
@@ -74,6 +75,14 @@ struct PoolKernel final : io::Backend {
   const io::BackendStats& stats() const noexcept override { return st; }
 };
 
+// The clients behind the requests: each one is there (awaiting its answer) unless the test says it left.
+struct Clients final : server::ReplyTarget {
+  std::array<bool, 64> gone{};
+  bool reply(std::uint32_t, std::uint16_t, std::uint32_t, const Response&) noexcept override { return false; }
+  bool awaiting(std::uint32_t slot, std::uint16_t, std::uint32_t) const noexcept override { return !gone[slot]; }
+  bool fetch(std::size_t, std::string_view, Responder, UpstreamDone, void*) noexcept override { return false; }
+};
+
 struct Answer {
   UpstreamError error;
   int status;
@@ -83,6 +92,7 @@ struct Answer {
 
 struct Fixture {
   PoolKernel kernel;
+  Clients clients;
   Target target;
   std::uint64_t now = 1000;
   std::optional<Pool> pool;
@@ -115,7 +125,9 @@ struct Fixture {
     }
     self->answers.push_back(std::move(a));
   }
-  bool fetch(std::string_view path) { return pool->fetch(path, Responder(nullptr, 0, 0, 0), &done, this); }
+  bool fetch(std::string_view path, std::uint32_t client = 0) {
+    return pool->fetch(path, Responder(&clients, client, 0, 0), &done, this);
+  }
   void complete(std::uint64_t tag, int res, bool more = false, char* data = nullptr) {
     pool->on_completion(io::Completion{tag, res, more, data != nullptr, 0, data});
   }
@@ -378,4 +390,21 @@ TEST_CASE("pool: a body that runs to the close is complete when the upstream clo
   REQUIRE(f.answers.size() == 1);
   CHECK(f.answers[0].body == "part one, part two");
   CHECK(f.answers[0].header == "eof");
+}
+
+TEST_CASE("pool: a queued request whose client left is not sent upstream; its callback still runs once") {
+  Fixture f(1);
+  REQUIRE(f.fetch("/first", 0));
+  REQUIRE(f.fetch("/gone", 1));
+  REQUIRE(f.fetch("/stays", 2));
+  f.clients.gone[1] = true;
+  const int fd = f.kernel.connects[0];
+  f.exchange(fd, "1");
+  REQUIRE(f.answers.size() == 2);  // /first, and /gone told at once
+  CHECK(f.answers[1].error == UpstreamError::Overloaded);
+  f.sent(fd);
+  f.respond(fd, Fixture::ok("3"));
+  REQUIRE(f.answers.size() == 3);
+  CHECK(f.answers[2].body == "3");
+  CHECK(f.kernel.at(fd).wire.find("/gone") == std::string::npos);
 }

@@ -106,6 +106,13 @@ struct Pair {
     if (client >= 0) ::close(client);
     if (server >= 0) ::close(server);
   }
+  // Small socket buffers, so a large send fills them; not so small that loopback TCP crawls (8 KiB windows ran
+  // at 32 KiB per 200 ms here).
+  void shrink_buffers() const {
+    int small = 65536;
+    setsockopt(server, SOL_SOCKET, SO_SNDBUF, &small, sizeof small);
+    setsockopt(client, SOL_SOCKET, SO_RCVBUF, &small, sizeof small);
+  }
 };
 
 constexpr std::uint64_t kRecv = tag(Op::Recv, 1, 1);
@@ -281,10 +288,7 @@ TEST_CASE("backend: a send into a full socket completes short; resumed, every by
   each_backend([](const char* kind) {
     auto b = make(kind);
     Pair p(*b);
-    // Small, but not so small that loopback TCP crawls (8 KiB windows ran at 32 KiB per 200 ms here).
-    int small = 65536;
-    setsockopt(p.server, SOL_SOCKET, SO_SNDBUF, &small, sizeof small);
-    setsockopt(p.client, SOL_SOCKET, SO_RCVBUF, &small, sizeof small);
+    p.shrink_buffers();
     const std::string out = pattern(4 << 20);
     std::string got;
     std::atomic<bool> reading{false};
@@ -327,9 +331,7 @@ TEST_CASE("backend: shutdown completes the armed receive and the blocked send; o
   each_backend([](const char* kind) {
     auto b = make(kind);
     Pair p(*b);
-    int small = 65536;
-    setsockopt(p.server, SOL_SOCKET, SO_SNDBUF, &small, sizeof small);
-    setsockopt(p.client, SOL_SOCKET, SO_RCVBUF, &small, sizeof small);
+    p.shrink_buffers();
     const std::string out = pattern(4 << 20);
     b->recv(p.server, kRecv, true);
     iovec iov{const_cast<char*>(out.data()), out.size()};

@@ -161,6 +161,15 @@ struct Fixture {
     if (f.send) complete(std::exchange(f.send, 0), -EPIPE);
     if (f.recv) complete(std::exchange(f.recv, 0), 0);
   }
+  // Fetches path on a fresh connection and connects it; with `sent`, its request's send completes too.
+  int started(std::string_view path, bool send_done) {
+    REQUIRE(fetch(path));
+    REQUIRE(!kernel.connects.empty());
+    const int fd = kernel.connects.back();
+    connected(fd);
+    if (send_done) sent(fd);
+    return fd;
+  }
   // Connects fd, completes its send and answers it.
   void exchange(int fd, std::string_view body = "ok") {
     if (kernel.at(fd).connect) connected(fd);
@@ -260,9 +269,7 @@ TEST_CASE("pool: overload that never lets the queue empty allocates nothing once
 
 TEST_CASE("pool: a response before its send completes: reused only after the send, and a late send failure answers nobody twice") {
   Fixture f(1);
-  REQUIRE(f.fetch("/a"));
-  const int fd = f.kernel.connects[0];
-  f.connected(fd);
+  const int fd = f.started("/a", false);
   f.respond(fd, Fixture::ok("a"));  // the upstream answered before our send's completion was seen
   REQUIRE(f.answers.size() == 1);
   REQUIRE(f.fetch("/b"));           // must wait: a second send on fd now would share the first one's tag
@@ -279,9 +286,7 @@ TEST_CASE("pool: a response before its send completes: reused only after the sen
 
 TEST_CASE("pool: a response before its send completes, then the send succeeds: the connection is reused") {
   Fixture f(1);
-  REQUIRE(f.fetch("/a"));
-  const int fd = f.kernel.connects[0];
-  f.connected(fd);
+  const int fd = f.started("/a", false);
   f.respond(fd, Fixture::ok("a"));
   REQUIRE(f.fetch("/b"));
   f.sent(fd);  // now idle, and /b goes out on it
@@ -294,9 +299,7 @@ TEST_CASE("pool: a response before its send completes, then the send succeeds: t
 
 TEST_CASE("pool: a short send goes on from where it stopped") {
   Fixture f(1);
-  REQUIRE(f.fetch("/short"));
-  const int fd = f.kernel.connects[0];
-  f.connected(fd);
+  const int fd = f.started("/short", false);
   f.sent(fd, 5);  // "GET /" went out
   CHECK(f.kernel.at(fd).sends == 2);
   CHECK(f.kernel.at(fd).wire == request_for("/short") + request_for("/short").substr(5));  // the rest, from byte 5
@@ -339,10 +342,7 @@ TEST_CASE("pool: framing it must not trust is a bad response, and the connection
   };
   for (const char* response : bad) {
     Fixture f(1);
-    REQUIRE(f.fetch("/a"));
-    const int fd = f.kernel.connects[0];
-    f.connected(fd);
-    f.sent(fd);
+    const int fd = f.started("/a", true);
     f.respond(fd, response);
     REQUIRE_MESSAGE(f.answers.size() == 1, response);
     CHECK_MESSAGE(f.answers[0].error == UpstreamError::BadResponse, response);
@@ -352,10 +352,7 @@ TEST_CASE("pool: framing it must not trust is a bad response, and the connection
 
 TEST_CASE("pool: interim 100 and 103 responses are skipped, the final one is the answer") {
   Fixture f(1);
-  REQUIRE(f.fetch("/a"));
-  const int fd = f.kernel.connects[0];
-  f.connected(fd);
-  f.sent(fd);
+  const int fd = f.started("/a", true);
   f.respond(fd, "HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nLink: </s>\r\n\r\n" + Fixture::ok("fine"));
   REQUIRE(f.answers.size() == 1);
   CHECK(f.answers[0].status == 200);
@@ -366,10 +363,7 @@ TEST_CASE("pool: the headers handed over point into the response as it is when c
   // The head arrives first; the body then grows the buffer (a reallocation): views parsed from the first bytes
   // would point into freed memory.
   Fixture f(1);
-  REQUIRE(f.fetch("/a"));
-  const int fd = f.kernel.connects[0];
-  f.connected(fd);
-  f.sent(fd);
+  const int fd = f.started("/a", true);
   const std::string body(100000, 'b');
   f.respond(fd, "HTTP/1.1 200 OK\r\nX-Check: kept\r\nContent-Length: " + std::to_string(body.size()) + "\r\n\r\n");
   for (std::size_t off = 0; off < body.size(); off += 4096) f.respond(fd, body.substr(off, 4096));
@@ -380,10 +374,7 @@ TEST_CASE("pool: the headers handed over point into the response as it is when c
 
 TEST_CASE("pool: a body that runs to the close is complete when the upstream closes") {
   Fixture f(1);
-  REQUIRE(f.fetch("/a"));
-  const int fd = f.kernel.connects[0];
-  f.connected(fd);
-  f.sent(fd);
+  const int fd = f.started("/a", true);
   f.respond(fd, "HTTP/1.1 200 OK\r\nX-Check: eof\r\n\r\npart one, ");
   f.respond(fd, "part two");
   f.recv_ends(fd, 0);

@@ -44,14 +44,18 @@ class ByteBuffer {
   }
 
  private:
+  // Doubling up to 64 KiB; beyond, a quarter more than asked, in whole pages: a buffer that grew once for a
+  // burst (pipelined input held back by backpressure) does not hold twice the burst.
   void regrow(std::size_t want) {
     std::size_t cap = cap_ ? cap_ : 256;
-    while (cap < want) cap *= 2;
+    while (cap < want && cap < kDoubleBelow) cap *= 2;
+    if (cap < want) cap = (want + want / 4 + 4095) & ~std::size_t(4095);
     std::unique_ptr<char[]> d(new char[cap]);
     if (size_) std::memcpy(d.get(), data_.get(), size_);
     data_ = std::move(d);
     cap_ = cap;
   }
+  static constexpr std::size_t kDoubleBelow = 64 * 1024;
   std::unique_ptr<char[]> data_;
   std::size_t size_ = 0;
   std::size_t cap_ = 0;

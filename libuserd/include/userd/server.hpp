@@ -28,7 +28,9 @@ struct ServerConfig {
   // Receive buffers per thread: every connection of the thread draws from them, and each returns at once after
   // its bytes are parsed or copied, so the count bounds bytes read per loop turn, not connections.
   unsigned recv_buffers = 256;
-  unsigned recv_buffer_size = 4096;
+  // 2 KiB holds any ordinary request head; it also bounds what a multishot receive lands for one client before a
+  // backpressure pause takes effect (the kernel hands over up to 32 buffers in one go): 64 KiB, not 128.
+  unsigned recv_buffer_size = 2048;
   std::size_t max_head = 8 * 1024;    // request line + headers; beyond: 431
   std::size_t max_target = 8 * 1024;  // request target; beyond: 414
   std::size_t max_body = 1 << 20;     // beyond: 413

@@ -11,8 +11,8 @@
 namespace userd::io {
 
 struct EpollConfig {
-  unsigned buffers = 512;  // receive buffers; each goes back (recycle) as soon as its bytes are parsed
-  unsigned buffer_size = 4096;
+  unsigned buffers = 256;  // receive buffers; each goes back (recycle) as soon as its bytes are parsed
+  unsigned buffer_size = 2048;
 };
 
 Result<std::unique_ptr<Backend>> make_epoll_backend(const EpollConfig& cfg) noexcept;

@@ -16,8 +16,8 @@ struct UringConfig {
   unsigned sq_entries = 1024;
   // Multishot operations post completions without new submissions, so the CQ is sized for connections.
   unsigned cq_entries = 8192;
-  unsigned buffers = 512;  // power of two, at most 32768
-  unsigned buffer_size = 4096;
+  unsigned buffers = 256;  // power of two, at most 32768 (Server::start passes ServerConfig::recv_buffers)
+  unsigned buffer_size = 2048;
 };
 
 class UringBackend;

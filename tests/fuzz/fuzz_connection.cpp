@@ -40,6 +40,7 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
   Connection conn(ctx);
   target.conn = &conn;
   conn.open(3, 0);
+  std::size_t cancels_seen = 0;
 
   // The first byte steers: chunk sizes and when the kernel and the handler act.
   std::uint32_t rng = data[0] * 2654435761u + 1;
@@ -55,7 +56,13 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
     if (next() % 2 && kernel.pending_send >= 0) {
       int sent = kernel.pending_send;
       kernel.pending_send = -1;
-      conn.on_send(next() % 8 ? sent : -32);  // now and then the peer is gone (EPIPE)
+      // Now and then the peer is gone (EPIPE), or its window was full and only part went out.
+      const unsigned how = next() % 8;
+      conn.on_send(how == 0 ? -32 : how == 1 && sent > 1 ? sent / 2 : sent);
+    }
+    if (kernel.cancels.size() > cancels_seen && next() % 2) {  // a receive ended for backpressure
+      cancels_seen = kernel.cancels.size();
+      conn.on_recv_end(-125);  // ECANCELED
     }
     if (held && next() % 3 == 0) {
       Response r;
@@ -63,7 +70,7 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
       held->send(r);
       held.reset();
     }
-    if (next() % 50 == 0) conn.on_timeout(Timer(1 + next() % 4));
+    if (next() % 50 == 0) conn.on_timeout(Timer(1 + next() % 6));  // idle, header, body, linger, send, handler
   }
   // The end: the client leaves; every operation completes; the slot must come free.
   if (held) {
@@ -71,7 +78,7 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
     held->send(r);
   }
   conn.on_recv_end(0);
-  for (int i = 0; i < 4 && kernel.pending_send >= 0; ++i) {
+  for (int i = 0; i < 64 && kernel.pending_send >= 0; ++i) {
     int sent = kernel.pending_send;
     kernel.pending_send = -1;
     conn.on_send(sent);

@@ -333,7 +333,11 @@ void Connection::dispatch(const http::RequestHead& head, std::string_view body) 
   in_dispatch_ = true;
   const Request request(head, body, ctx_->backend_name, ctx_->replies);
   try {
-    (*m.handler)(request, Responder(ctx_->replies, slot_, sock_.gen, seq_));
+    Responder res(ctx_->replies, slot_, sock_.gen, seq_);
+    bool go_on = true;
+    for (const Middleware& mw : ctx_->router->middleware())
+      if (!(go_on = mw(request, res))) break;
+    if (go_on) (*m.handler)(request, res);
   } catch (...) {
     if (awaiting_) {
       awaiting_ = false;

@@ -541,3 +541,58 @@ TEST_CASE("a handler's Content-Length, Transfer-Encoding and Connection cannot c
     CHECK(f.count("yesterday") == 0);
   }
 }
+
+// --- middleware ----------------------------------------------------------------------------------------------
+
+TEST_CASE("middleware runs in the order added, after routing, before the handler; false means it answered") {
+  Fixture f;
+  std::vector<std::string> order;
+  f.router.use([&](const Request& req, Responder&) {
+    order.push_back("first " + std::string(req.path()));
+    return true;
+  });
+  f.router.use([&](const Request& req, Responder& res) {
+    order.push_back("key");
+    if (req.header("x-api-key") != "secret") {
+      Response r;
+      r.status = 401;
+      r.body = R"({"error":"unauthorized"})";
+      res.send(r);
+      return false;
+    }
+    return true;
+  });
+  f.feed("GET /now?in HTTP/1.1\r\nHost: t\r\nX-Api-Key: secret\r\n\r\n"
+         "GET /now?out HTTP/1.1\r\nHost: t\r\n\r\n"
+         "GET /nope HTTP/1.1\r\nHost: t\r\n\r\n");
+  CHECK(order == std::vector<std::string>{"first /now", "key", "first /now", "key"});  // none for the 404
+  const std::string& w = f.kernel.wire;
+  CHECK(w.find("HTTP/1.1 200 OK") < w.find("HTTP/1.1 401 Unauthorized"));
+  CHECK(w.find("\r\n\r\nin") != std::string::npos);
+  CHECK(w.find("\r\n\r\nout") == std::string::npos);  // the handler did not run
+  CHECK(w.find("{\"error\":\"unauthorized\"}") != std::string::npos);
+  CHECK(w.find("HTTP/1.1 404") != std::string::npos);
+  CHECK(f.bodies_seen.size() == 1);
+}
+
+TEST_CASE("a middleware that throws gets its client a 500; one that answers later holds the request like a handler") {
+  Fixture f;
+  std::optional<Responder> parked;
+  f.router.use([&](const Request& req, Responder& res) {
+    if (req.query() == "boom") throw std::runtime_error("middleware bug");
+    if (req.query() == "park") {
+      parked = res;
+      return false;
+    }
+    return true;
+  });
+  f.feed("GET /now?boom HTTP/1.1\r\nHost: t\r\n\r\nGET /now?park HTTP/1.1\r\nHost: t\r\n\r\nGET /now?after HTTP/1.1\r\nHost: t\r\n\r\n");
+  CHECK(f.kernel.wire.find("HTTP/1.1 500") == 0);
+  CHECK(f.kernel.wire.find("after") == std::string::npos);  // waits behind the parked request
+  REQUIRE(parked);
+  Response r;
+  r.body = "released";
+  CHECK(parked->send(r));
+  f.sent();
+  CHECK(f.kernel.wire.find("released") < f.kernel.wire.find("\r\n\r\nafter"));
+}

@@ -31,6 +31,16 @@ int main(int argc, char** argv) {
     r.body = req.query() == "name=embedder" ? "hello, embedder\n" : "hello\n";
     res.send(r);
   });
+  // A route parameter, a query value (both percent-decoded) and the client's address.
+  router.get("/greet/{name}", [](const userd::Request& req, userd::Responder res) {
+    thread_local std::string text;  // the body is copied by send(): one buffer per thread is enough
+    text.assign("hello, ").append(req.param("name")).append(req.query_param("punct")).append(" from ");
+    text.append(req.peer()).append("\n");
+    userd::Response r;
+    r.content_type = "text/plain";
+    r.body = text;
+    res.send(r);
+  });
   router.get("/wait", [&waiting](const userd::Request&, userd::Responder res) { waiting = res; });
   router.get("/wake", [&waiting](const userd::Request&, userd::Responder res) {
     userd::Response r;

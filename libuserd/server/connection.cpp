@@ -15,6 +15,7 @@
 
 #include <unistd.h>
 
+#include "libuserd/http/percent.hpp"
 #include "libuserd/io/tag.hpp"
 
 namespace userd::server {
@@ -61,7 +62,7 @@ void describe_peer(int fd, char* out, std::size_t cap) noexcept {
 
 }  // namespace
 
-void Connection::OutQueue::note_bytes(std::size_t from) noexcept {
+void Connection::OutQueue::note_bytes(std::size_t from) {
   std::size_t len = bytes.size() - from;
   if (len == 0) return;
   if (!segments.empty() && !segments.back().external && segments.back().offset + segments.back().len == from)
@@ -82,6 +83,7 @@ void Connection::open(int fd, std::uint32_t slot) noexcept {
   sock_.recv_armed = recv_stopping_ = recv_paused_ = false;
   recv_probe_ = true;  // a client that opens with a flood is met like one resuming after a pause
   arm_recv();
+  peer_[0] = '\0';
   if (ctx_->access_log) describe_peer(fd, peer_, sizeof peer_);
   update_timer();
 }
@@ -239,7 +241,7 @@ void Connection::on_recv(char* data, std::size_t n) noexcept {
   });
 }
 
-void Connection::resume() noexcept {
+void Connection::resume() {
   if (in_.empty() || state_ != State::Open) return;
   std::size_t used = process(in_.data(), in_.size());
   keep_unfinished(in_.data() + used, in_.size() - used);
@@ -247,7 +249,7 @@ void Connection::resume() noexcept {
 
 // Moves the unfinished request at req into in_: the head, the body decoded so far, then the undecoded rest.
 // req may point into in_ itself.
-void Connection::keep_unfinished(char* req, std::size_t avail) noexcept {
+void Connection::keep_unfinished(char* req, std::size_t avail) {
   const std::size_t live = reader_.live();
   const std::size_t raw = reader_.raw_off();
   if (in_.size() && req >= in_.data() && req <= in_.data() + in_.size()) {
@@ -262,7 +264,7 @@ void Connection::keep_unfinished(char* req, std::size_t avail) noexcept {
   reader_.compacted();
 }
 
-std::size_t Connection::process(char* buf, std::size_t len) noexcept {
+std::size_t Connection::process(char* buf, std::size_t len) {
   std::size_t pos = 0;
   while (pos < len && reading()) {
     char* req = buf + pos;
@@ -288,7 +290,7 @@ static std::uint64_t monotonic_us() noexcept {
   return std::uint64_t(ts.tv_sec) * 1'000'000 + std::uint64_t(ts.tv_nsec) / 1000;
 }
 
-void Connection::count(int status, std::size_t body_bytes) noexcept {
+void Connection::count(int status, std::size_t body_bytes) {
   const std::uint64_t took = req_started_us_ ? monotonic_us() - req_started_us_ : 0;
   if (ctx_->metrics) ctx_->metrics->record(req_route_, status, took);
   if (core::ByteBuffer* log = ctx_->access_log) {
@@ -306,12 +308,12 @@ void Connection::count(int status, std::size_t body_bytes) noexcept {
   req_started_us_ = 0;
 }
 
-void Connection::dispatch(const http::RequestHead& head, std::string_view body) noexcept {
+void Connection::dispatch(const http::RequestHead& head, std::string_view body) {
   ++seq_;
   req_keep_alive_ = head.keep_alive && !draining_;
   req_minor_ = head.minor;
   req_head_only_ = head.method == "HEAD";
-  Router::Match m = ctx_->router->find(head.method, head.path);
+  Router::Match m = ctx_->router->find(head.method, head.path, params_);
   req_route_ = m.route;
   if (ctx_->metrics || ctx_->access_log) req_started_us_ = monotonic_us();
   if (ctx_->access_log) {
@@ -329,9 +331,13 @@ void Connection::dispatch(const http::RequestHead& head, std::string_view body) 
     }
     return;
   }
+  Request request(head, body, ctx_->backend_name, ctx_->replies);
+  if (!decode(head, request)) {
+    write_error_status(400, "malformed percent-escape in the path or query");
+    return;
+  }
   awaiting_ = true;
   in_dispatch_ = true;
-  const Request request(head, body, ctx_->backend_name, ctx_->replies);
   try {
     Responder res(ctx_->replies, slot_, sock_.gen, seq_);
     bool go_on = true;
@@ -346,6 +352,33 @@ void Connection::dispatch(const http::RequestHead& head, std::string_view body) 
   }
   in_dispatch_ = false;
   if (awaiting_ && state_ == State::Open) ctx_->handler_timers.set(*this, Timer::Handler, ctx_->now_ms);
+}
+
+// Route parameters are decoded now, into decode_ where each sits in the path; query values later, on demand,
+// where each sits in the query (Request::query_param), so nothing moves while the handler holds views. A bad
+// escape or an encoded NUL anywhere in either is refused before any handler runs.
+bool Connection::decode(const http::RequestHead& head, Request& request) {
+  request.conn_ = this;
+  request.params_ = &params_;
+  const bool escaped = head.target.find_first_of("%+") != std::string_view::npos;
+  if (!escaped) return true;  // nothing to decode: the views into the request are the values
+  if (!http::valid_escapes(head.query)) return false;
+  char* space = decode_.prepare(head.path.size() + head.query.size() + 1);  // capacity is kept: no allocation
+  for (std::size_t i = 0; i < params_.count; ++i) {
+    const std::string_view raw = params_.values[i];
+    if (raw.find('%') == std::string_view::npos) continue;
+    char* out = space + (raw.data() - head.path.data());
+    const long n = http::percent_decode(raw, out, false);
+    if (n < 0) return false;
+    params_.values[i] = {out, std::size_t(n)};
+  }
+  request.query_space_ = space + head.path.size();
+  return true;
+}
+
+std::string_view Connection::peer() const noexcept {
+  if (!peer_[0] && sock_.fd >= 0) describe_peer(sock_.fd, peer_, sizeof peer_);
+  return peer_;
 }
 
 bool Connection::reply(std::uint32_t seq, const Response& r) noexcept {
@@ -370,7 +403,7 @@ static http::ConnectionHeader connection_header(bool keep_alive, std::uint8_t mi
 
 // A response that would corrupt the stream (CR/LF in a header) or contradict the server's framing is not sent;
 // the client gets a 500 and the embedder one log line a second at most.
-void Connection::refuse_response(std::string_view why) noexcept {
+void Connection::refuse_response(std::string_view why) {
   if (ctx_->metrics) ctx_->metrics->bad_responses.add();
   const std::uint64_t second = ctx_->now_ms / 1000;
   if (second != ctx_->last_bad_response_log_s) {
@@ -383,7 +416,7 @@ void Connection::refuse_response(std::string_view why) noexcept {
   write_error_status(500, "invalid response from handler");
 }
 
-void Connection::write_response(const Response& r) noexcept {
+void Connection::write_response(const Response& r) {
   const http::HeaderCheck check = http::check_headers(r.headers, r.content_type, r.body.size());
   if (!check.ok) return refuse_response(check.why);
   if (check.close) req_keep_alive_ = false;
@@ -410,7 +443,7 @@ void Connection::write_response(const Response& r) noexcept {
   count(r.status, with_body ? r.body.size() : 0);
 }
 
-void Connection::write_error_status(int status, std::string_view message, std::span<const Header> extra) noexcept {
+void Connection::write_error_status(int status, std::string_view message, std::span<const Header> extra) {
   OutQueue& q = out_[filling_];
   const std::size_t from = q.bytes.size();
   const std::size_t body = http::write_error_response(q.bytes, status, message, ctx_->date.value(),
@@ -421,11 +454,11 @@ void Connection::write_error_status(int status, std::string_view message, std::s
 }
 
 // A request we cannot trust the framing of: answer, then close (the rest of the stream is not read).
-void Connection::write_error(http::HttpError e) noexcept { refuse(http::status_for(e), http::describe(e)); }
+void Connection::write_error(http::HttpError e) { refuse(http::status_for(e), http::describe(e)); }
 
 // The answer to something that never became a routed request (bad framing, a deadline): an HTTP/1.1 error that
 // closes the connection, whatever the request being read had asked for.
-void Connection::refuse(int status, std::string_view message) noexcept {
+void Connection::refuse(int status, std::string_view message) {
   reader_.reset(ctx_->max_body);
   req_route_ = ctx_->router->route_count();
   req_keep_alive_ = false;
@@ -435,7 +468,7 @@ void Connection::refuse(int status, std::string_view message) noexcept {
 }
 
 // RFC 9110 10.1.1: a client that sent "Expect: 100-continue" may wait for this before sending the body.
-void Connection::write_continue() noexcept {
+void Connection::write_continue() {
   if (!reader_.head_done() || !reader_.head().expect_continue || continue_sent_ || reader_.head().minor == 0) return;
   continue_sent_ = true;
   OutQueue& q = out_[filling_];
@@ -444,7 +477,7 @@ void Connection::write_continue() noexcept {
   q.note_bytes(from);
 }
 
-void Connection::flush() noexcept {
+void Connection::flush() {
   if (sock_.send_inflight || (state_ != State::Open)) return;
   OutQueue& q = out_[filling_];
   if (q.total == 0) {

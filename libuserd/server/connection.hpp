@@ -59,6 +59,7 @@ class Connection {
   std::uint16_t gen() const noexcept { return sock_.gen; }
   std::uint32_t slot() const noexcept { return slot_; }
   bool awaiting_reply() const noexcept { return awaiting_; }
+  std::string_view peer() const noexcept;  // "address:port" of the client
   std::uint32_t seq() const noexcept { return seq_; }
   // The slot may be reused once the socket is closed and no completion is pending for it.
   bool released() const noexcept { return state_ == State::Free; }
@@ -82,21 +83,22 @@ class Connection {
       segments.clear();
       total = 0;
     }
-    void note_bytes(std::size_t from) noexcept;  // bytes appended since `from` become (part of) a segment
+    void note_bytes(std::size_t from);  // bytes appended since `from` become (part of) a segment
   };
 
-  std::size_t process(char* buf, std::size_t len) noexcept;
-  void keep_unfinished(char* req, std::size_t avail) noexcept;
-  void resume() noexcept;
-  void dispatch(const http::RequestHead& head, std::string_view body) noexcept;
-  void write_response(const Response& r) noexcept;
-  void refuse_response(std::string_view why) noexcept;
-  void write_error(http::HttpError e) noexcept;
-  void refuse(int status, std::string_view message) noexcept;
-  void write_error_status(int status, std::string_view message, std::span<const Header> extra = {}) noexcept;
-  void write_continue() noexcept;
+  std::size_t process(char* buf, std::size_t len);
+  void keep_unfinished(char* req, std::size_t avail);
+  void resume();
+  void dispatch(const http::RequestHead& head, std::string_view body);
+  bool decode(const http::RequestHead& head, Request& request);
+  void write_response(const Response& r);
+  void refuse_response(std::string_view why);
+  void write_error(http::HttpError e);
+  void refuse(int status, std::string_view message);
+  void write_error_status(int status, std::string_view message, std::span<const Header> extra = {});
+  void write_continue();
   bool reading() const noexcept;
-  void flush() noexcept;
+  void flush();
   void submit_send() noexcept;
   void finish() noexcept;
   void maybe_release() noexcept;
@@ -107,7 +109,7 @@ class Connection {
   void release_buffers(std::size_t keep) noexcept;
   template <class F>
   void guarded(F&& step) noexcept;
-  void count(int status, std::size_t body_bytes) noexcept;
+  void count(int status, std::size_t body_bytes);
 
   LoopContext* ctx_;
   io::Socket sock_;  // its generation drops completions meant for this slot's previous connection
@@ -135,7 +137,9 @@ class Connection {
   std::size_t req_route_ = 0;        // metrics label
   std::uint64_t req_started_us_ = 0;  // when it was dispatched
   core::ByteBuffer log_request_;      // "METHOD target" of the request being answered, when logging
-  char peer_[64] = {};                // "address:port", when logging
+  mutable char peer_[64] = {};        // "address:port": at open when logging, else on first peer()
+  RouteParams params_;                // what the route of the request being dispatched captured
+  core::ByteBuffer decode_;           // where escaped parameters and query values are decoded
 
   core::ByteBuffer in_;  // unfinished request bytes, and later requests while one awaits its answer
   OutQueue out_[2];

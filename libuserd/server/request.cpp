@@ -1,5 +1,7 @@
 // server/request.cpp: Request's accessors over the parsed head, and Responder's calls into its worker.
 #include "libuserd/http/parser.hpp"
+#include "libuserd/http/percent.hpp"
+#include "libuserd/server/connection.hpp"
 #include "libuserd/server/reply_target.hpp"
 #include "userd/request.hpp"
 #include "userd/responder.hpp"
@@ -20,6 +22,56 @@ std::string_view Request::header(std::string_view name) const noexcept {
     if (http::iequals(h.name, name)) return h.value;
   return {};
 }
+
+std::string_view Request::param(std::string_view name) const noexcept {
+  if (!params_) return {};
+  for (std::size_t i = 0; i < params_->count; ++i)
+    if (params_->names[i] == name) return params_->values[i];
+  return {};
+}
+
+namespace {
+// Whether the query component raw decodes to name, without writing anything.
+bool decodes_to(std::string_view raw, std::string_view name) noexcept {
+  std::size_t k = 0;
+  for (std::size_t i = 0; i < raw.size(); ++i, ++k) {
+    char c = raw[i];
+    if (c == '+') {
+      c = ' ';
+    } else if (c == '%' && i + 2 < raw.size()) {
+      c = char(http::hex_digit(raw[i + 1]) << 4 | http::hex_digit(raw[i + 2]));
+      i += 2;
+    }
+    if (k >= name.size() || name[k] != c) return false;
+  }
+  return k == name.size();
+}
+}  // namespace
+
+std::string_view Request::query_param(std::string_view name) const noexcept {
+  const std::string_view q = head_->query;
+  std::size_t pos = 0;
+  while (pos <= q.size()) {
+    std::size_t amp = q.find('&', pos);
+    if (amp == std::string_view::npos) amp = q.size();
+    const std::string_view pair = q.substr(pos, amp - pos);
+    const std::size_t eq = pair.find('=');
+    const std::string_view key = pair.substr(0, eq);
+    if (!key.empty() && decodes_to(key, name)) {
+      const std::string_view raw = eq == std::string_view::npos ? std::string_view() : pair.substr(eq + 1);
+      if (raw.find_first_of("%+") == std::string_view::npos || !query_space_) return raw;
+      // Decoded where it sits, in a copy as long as the query: repeated calls rewrite the same bytes, so views
+      // handed out before stay valid.
+      char* out = query_space_ + (raw.data() - q.data());
+      const long n = http::percent_decode(raw, out, true);
+      return n < 0 ? std::string_view() : std::string_view(out, std::size_t(n));
+    }
+    pos = amp + 1;
+  }
+  return {};
+}
+
+std::string_view Request::peer() const noexcept { return conn_ ? conn_->peer() : std::string_view(); }
 
 bool Request::fetch(std::size_t upstream, std::string_view path, Responder res, UpstreamDone done,
                     void* user) const noexcept {

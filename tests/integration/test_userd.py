@@ -609,6 +609,22 @@ class Environment(unittest.TestCase):
 
 
 class Example(unittest.TestCase):
+    def test_route_parameters_query_values_and_the_peer_reach_an_embedders_handler(self):
+        with Server([ARGS.hello, "127.0.0.1:0", ARGS.backend]) as srv:
+            s = connect(srv.port)
+            s.sendall(b"GET /greet/J%C3%BCrgen?punct=%21 HTTP/1.1\r\nHost: t\r\n\r\n")
+            status, _, body = read_response(s)
+            self.assertEqual(status, 200)
+            self.assertEqual(body.decode(), f"hello, J\u00fcrgen! from 127.0.0.1:{s.getsockname()[1]}\n")
+            s.sendall(b"GET /greet/a%zz HTTP/1.1\r\nHost: t\r\n\r\n")  # malformed: 400, and it goes on
+            self.assertEqual(read_response(s)[0], 400)
+            s.sendall(b"GET /greet/ HTTP/1.1\r\nHost: t\r\n\r\n")  # {name} needs a non-empty segment
+            self.assertEqual(read_response(s)[0], 404)
+            s.sendall(b"POST /greet/x HTTP/1.1\r\nHost: t\r\nContent-Length: 0\r\n\r\n")
+            status, headers, _ = read_response(s)
+            self.assertEqual((status, headers.get("allow")), (405, "GET, HEAD"))
+            s.close()
+
     def test_the_embedding_example_answers_now_and_later(self):
         srv = Server([ARGS.hello, "127.0.0.1:0", ARGS.backend])
         try:

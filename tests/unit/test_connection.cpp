@@ -596,3 +596,59 @@ TEST_CASE("a middleware that throws gets its client a 500; one that answers late
   f.sent();
   CHECK(f.kernel.wire.find("released") < f.kernel.wire.find("\r\n\r\nafter"));
 }
+
+TEST_CASE("a failed allocation while keeping an unfinished request closes that connection only") {
+  Timed f;
+  const std::size_t before = userd::testing::FailAllocations::failures();
+  char part[] = "GET /now HTTP/1.1\r\nHost: t\r\n";  // unfinished: must be kept, in a buffer not yet made
+  {
+    userd::testing::FailAllocations fail(1);
+    f.conn->on_recv(part, sizeof part - 1);
+  }
+  CHECK(userd::testing::FailAllocations::failures() > before);
+  CHECK(f.aborted());
+}
+
+// --- route parameters, query values, the peer -----------------------------------------------------------------
+
+namespace {
+struct Params : Fixture {
+  std::vector<std::string> seen;
+  Params() {
+    router.get("/user/{id}/file/{*rest}", [this](const Request& req, Responder res) {
+      seen = {std::string(req.param("id")), std::string(req.param("rest")), std::string(req.query_param("fields")),
+              std::string(req.query_param("a b")), std::string(req.query_param("missing")),
+              std::string(req.param("nope")), std::string(req.query_param("fields"))};
+      Response r;
+      r.body = "ok";
+      res.send(r);
+    });
+  }
+};
+}  // namespace
+
+TEST_CASE("route parameters and query values reach the handler percent-decoded; the target stays as sent") {
+  Params f;
+  f.feed("GET /user/J%C3%BCrgen%2F7/file/a/b%20c.txt?fields=name%2Cemail&a+b=%2B1&empty= HTTP/1.1\r\nHost: t\r\n\r\n");
+  REQUIRE(f.seen.size() == 7);
+  CHECK(f.seen[0] == "J\xC3\xBCrgen/7");
+  CHECK(f.seen[1] == "a/b c.txt");
+  CHECK(f.seen[2] == "name,email");
+  CHECK(f.seen[3] == "+1");  // '+' is a space in a query key, "%2B" a plus
+  CHECK(f.seen[4].empty());
+  CHECK(f.seen[5].empty());
+  CHECK(f.seen[6] == "name,email");  // asked twice: the same answer
+  CHECK(f.kernel.wire.find("HTTP/1.1 200 OK") == 0);
+}
+
+TEST_CASE("a malformed percent-escape or an encoded NUL in a parameter or the query is 400 before any handler") {
+  for (const char* target : {"/user/a%zz/file/x", "/user/a%00b/file/x", "/user/7/file/x%4", "/user/7/file/x?fields=%G1",
+                             "/user/7/file/x?fields=a%00", "/user/7/file/x?%"}) {
+    Params f;
+    f.feed("GET " + std::string(target) + " HTTP/1.1\r\nHost: t\r\n\r\nGET /now HTTP/1.1\r\nHost: t\r\n\r\n");
+    CHECK_MESSAGE(f.seen.empty(), target);
+    CHECK_MESSAGE(f.kernel.wire.find("HTTP/1.1 400 Bad Request\r\n") == 0, target);
+    CHECK(f.kernel.wire.find("malformed percent-escape") != std::string::npos);
+    CHECK(f.count("HTTP/1.1 200 OK") == 1);  // the stream is intact: the next request is answered
+  }
+}

@@ -3,6 +3,8 @@
 // Not here: parsing (libuserd/http/parser.hpp), answering (responder.hpp).
 #pragma once
 
+#include <array>
+#include <cstddef>
 #include <span>
 #include <string_view>
 
@@ -13,6 +15,7 @@ struct RequestHead;
 }
 namespace server {
 class ReplyTarget;
+class Connection;
 }
 class Responder;
 struct UpstreamReply;
@@ -21,6 +24,17 @@ using UpstreamDone = void (*)(void* user, Responder res, const UpstreamReply& re
 struct Header {
   std::string_view name;
   std::string_view value;
+};
+
+// Parameters per route at most: a pattern with more is refused.
+inline constexpr std::size_t kMaxRouteParams = 16;
+
+// What a route match captured: names from the pattern, values from the path (percent-decoded before a
+// handler sees them).
+struct RouteParams {
+  std::array<std::string_view, kMaxRouteParams> names;
+  std::array<std::string_view, kMaxRouteParams> values;
+  std::size_t count = 0;
 };
 
 class Request {
@@ -40,6 +54,13 @@ class Request {
   std::string_view body() const noexcept { return body_; }  // de-chunked
   bool keep_alive() const noexcept;
   std::string_view backend() const noexcept { return backend_; }  // "io_uring" or "epoll"
+  // The value of a route parameter ({name} or {*name}), percent-decoded; empty when the route has none.
+  std::string_view param(std::string_view name) const noexcept;
+  // The first query value of that name, decoded ('+' is a space); empty when absent. A malformed escape or an
+  // encoded NUL anywhere in the query was answered 400 before any handler ran.
+  std::string_view query_param(std::string_view name) const noexcept;
+  // The client's address: "127.0.0.1:50432" or "[::1]:50432" (looked up on first use).
+  std::string_view peer() const noexcept;
 
   // GET path from ServerConfig::upstreams[upstream] on this loop thread; done(user, res, reply) runs when it
   // ends (never before fetch returns). False, and nothing happens, when there is no such upstream.
@@ -51,6 +72,10 @@ class Request {
   std::string_view body_;
   std::string_view backend_;
   server::ReplyTarget* loop_;
+  friend class server::Connection;  // fills what routing and decoding produced
+  const RouteParams* params_ = nullptr;
+  char* query_space_ = nullptr;  // as long as the query: query_param decodes a value where it sits in it
+  const server::Connection* conn_ = nullptr;
 };
 
 }  // namespace userd

@@ -1,10 +1,14 @@
-// userd/router.hpp: (method, path) -> handler, and middleware run before every routed handler. Filled before
-// Server::start(), then read-only and shared by every loop thread. Paths match exactly; HEAD falls back to GET
-// and sends no body.
-// Not here: calling the handler or writing 404/405 (the connection does that from find()'s answer).
+// userd/router.hpp: (method, path pattern) -> handler, and middleware run before every routed handler. Filled
+// before Server::start(), then read-only and shared by every loop thread.
+// Patterns: static segments, "{name}" (one non-empty segment), "{*name}" (the rest of the path, possibly empty;
+// last only). A static segment beats a parameter, a parameter beats a catch-all. HEAD falls back to GET.
+// Not here: calling the handler or writing 404/405 (the connection does that from find()'s answer), decoding
+// parameter values (the connection does it, and answers 400 for a malformed escape).
 #pragma once
 
+#include <cstdint>
 #include <functional>
+#include <memory>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -24,8 +28,20 @@ using Middleware = std::function<bool(const Request&, Responder&)>;
 
 class Router {
  public:
-  Router& route(std::string_view method, std::string_view path, Handler h);
-  Router& get(std::string_view path, Handler h) { return route("GET", path, std::move(h)); }
+  Router();
+  ~Router();
+  Router(Router&&) noexcept;
+  Router& operator=(Router&&) noexcept;
+
+  // Throws std::invalid_argument for a malformed pattern ("{}", "{*a}" not last, a name used twice, more than
+  // kMaxRouteParams parameters, not starting with '/') or one that conflicts with a route already added: the
+  // same method and the same shape (parameter names aside).
+  Router& route(std::string_view method, std::string_view pattern, Handler h);
+  Router& get(std::string_view pattern, Handler h) { return route("GET", pattern, std::move(h)); }
+  Router& post(std::string_view pattern, Handler h) { return route("POST", pattern, std::move(h)); }
+  Router& put(std::string_view pattern, Handler h) { return route("PUT", pattern, std::move(h)); }
+  Router& patch(std::string_view pattern, Handler h) { return route("PATCH", pattern, std::move(h)); }
+  Router& del(std::string_view pattern, Handler h) { return route("DELETE", pattern, std::move(h)); }
   Router& use(Middleware m) {
     middleware_.push_back(std::move(m));
     return *this;
@@ -35,23 +51,32 @@ class Router {
   struct Match {
     const Handler* handler;  // null: no route for this method
     std::string_view allow;  // empty with a null handler: no such path (404); else the Allow value (405)
-    std::size_t route;       // index of the path (metrics label); route_count() when there is none
+    std::size_t route;       // index of the pattern (metrics label); route_count() when there is none
   };
+  // A walk down the pattern tree, one segment at a time; nothing is allocated. params gets the captures of the
+  // route found (for a 405, of the route whose Allow is given).
+  Match find(std::string_view method, std::string_view path, RouteParams& params) const noexcept;
   Match find(std::string_view method, std::string_view path) const noexcept;
-  std::size_t route_count() const noexcept { return paths_.size(); }
-  std::string_view route_path(std::size_t i) const noexcept { return paths_[i].path; }
+  std::size_t route_count() const noexcept { return routes_.size(); }
+  std::string_view route_path(std::size_t i) const noexcept { return routes_[i].pattern; }
 
  private:
   struct Method {
     std::string name;
     Handler handler;
+    std::vector<std::string> params;  // names, in the order their segments appear
   };
-  struct Path {
-    std::string path;
+  struct Route {
+    std::string pattern;  // as first added: the metrics label
     std::vector<Method> methods;
-    std::string allow;  // "GET, HEAD", computed when a route is added
+    std::string allow;    // "GET, HEAD", computed when a method is added
   };
-  std::vector<Path> paths_;
+  struct Node;
+  const Route* walk(const Node& n, std::string_view path, std::size_t pos, bool more, std::string_view method,
+                    RouteParams& p, const Method** found) const noexcept;
+
+  std::unique_ptr<Node> root_;
+  std::vector<Route> routes_;
   std::vector<Middleware> middleware_;
 };
 

@@ -70,6 +70,7 @@ void Worker::run(std::unique_ptr<io::Backend> backend) noexcept {
   ctx_.backend_name = backend_->name();
   for (std::size_t i = 0; i < targets_.size(); ++i)
     pools_.push_back(std::make_unique<upstream::Pool>(targets_[i], std::uint16_t(i), *backend_, ctx_.now_ms));
+  loop_thread_ = std::this_thread::get_id();
   wakeable_.store(backend_.get(), std::memory_order_release);
   refresh_clock();
   last_tick_ms_ = ctx_.now_ms;
@@ -188,6 +189,8 @@ void Worker::on_completion(const io::Completion& c) noexcept {
       return;
     }
     case io::Op::Wake:
+      drain_inbox();
+      [[fallthrough]];
     case io::Op::None:
       if (c.has_buffer) backend_->recycle(c.buffer_id);
       return;
@@ -249,11 +252,70 @@ void Worker::log_accept_pause(int err) noexcept {
 }
 
 bool Worker::reply(std::uint32_t slot, std::uint16_t gen, std::uint32_t seq, const Response& r) noexcept {
+  if (std::this_thread::get_id() != loop_thread_) {
+    try {
+      return post(slot, gen, seq, r);
+    } catch (const std::bad_alloc&) {
+      return false;
+    }
+  }
   Connection* conn = find(slot, gen);
   if (!conn) return false;
   bool ok = conn->reply(seq, r);
   after(*conn);
   return ok;
+}
+
+// Off the loop thread: the answer is copied (the caller's views may die as soon as send() returns) and the loop
+// is woken to deliver it. True means queued: the loop drops it if that request is no longer awaited by then.
+bool Worker::post(std::uint32_t slot, std::uint16_t gen, std::uint32_t seq, const Response& r) {
+  if (stop_.load(std::memory_order_relaxed)) return false;
+  Posted p{slot, gen, seq, r.status, std::string(r.content_type), std::string(r.body), {}, {}};
+  for (const Header& h : r.headers) {
+    p.header_bytes.append(h.name).append(h.value);
+    p.header_lengths.push_back(h.name.size());
+    p.header_lengths.push_back(h.value.size());
+  }
+  bool was_empty;
+  {
+    std::lock_guard<std::mutex> lock(inbox_mutex_);
+    was_empty = inbox_.empty();
+    inbox_.push_back(std::move(p));
+  }
+  if (was_empty)  // one wake per batch: the loop takes everything queued until it drains
+    if (io::Backend* b = wakeable_.load(std::memory_order_acquire)) b->wake();
+  return true;
+}
+
+void Worker::drain_inbox() noexcept {
+  {
+    std::lock_guard<std::mutex> lock(inbox_mutex_);
+    std::swap(inbox_, draining_inbox_);
+  }
+  for (Posted& p : draining_inbox_) {
+    Connection* conn = find(p.slot, p.gen);
+    if (!conn) continue;
+    try {
+      posted_headers_.clear();
+      std::size_t off = 0;
+      for (std::size_t i = 0; i + 1 < p.header_lengths.size(); i += 2) {
+        const std::string_view name(p.header_bytes.data() + off, p.header_lengths[i]);
+        const std::string_view value(p.header_bytes.data() + off + p.header_lengths[i], p.header_lengths[i + 1]);
+        off += p.header_lengths[i] + p.header_lengths[i + 1];
+        posted_headers_.push_back({name, value});
+      }
+    } catch (const std::bad_alloc&) {
+      continue;  // the request stays awaited: its handler deadline answers it
+    }
+    Response r;
+    r.status = p.status;
+    r.content_type = p.content_type;
+    r.body = p.body;
+    r.headers = posted_headers_;
+    conn->reply(p.seq, r);
+    after(*conn);
+  }
+  draining_inbox_.clear();
 }
 
 bool Worker::fetch(std::size_t upstream, std::string_view path, Responder res, UpstreamDone done,
@@ -262,6 +324,10 @@ bool Worker::fetch(std::size_t upstream, std::string_view path, Responder res, U
 }
 
 bool Worker::awaiting(std::uint32_t slot, std::uint16_t gen, std::uint32_t seq) const noexcept {
+  // Off the loop thread the connection cannot be looked at without a lock the loop would have to take: all that
+  // is known there is whether the server still runs. send() is the safe question: its answer is dropped if the
+  // request is no longer awaited when the loop gets it.
+  if (std::this_thread::get_id() != loop_thread_) return !stop_.load(std::memory_order_relaxed);
   Connection* conn = find(slot, gen);
   return conn && conn->state() == Connection::State::Open && conn->awaiting_reply() && conn->seq() == seq;
 }

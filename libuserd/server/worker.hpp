@@ -6,6 +6,9 @@
 
 #include <atomic>
 #include <memory>
+#include <mutex>
+#include <string>
+#include <thread>
 #include <vector>
 
 #include "libuserd/io/backend.hpp"
@@ -26,7 +29,8 @@ class Worker final : public ReplyTarget {
   void run(std::unique_ptr<io::Backend> backend) noexcept;
   void stop() noexcept;  // any thread
 
-  // Responder entry points (the worker's thread only).
+  // Responder entry points. reply() from another thread copies the answer into the inbox and wakes the loop;
+  // the rest are for the worker's thread.
   bool reply(std::uint32_t slot, std::uint16_t gen, std::uint32_t seq, const Response& r) noexcept override;
   bool awaiting(std::uint32_t slot, std::uint16_t gen, std::uint32_t seq) const noexcept override;
   bool fetch(std::size_t upstream, std::string_view path, Responder res, UpstreamDone done,
@@ -50,6 +54,18 @@ class Worker final : public ReplyTarget {
   void log_accept_pause(int err) noexcept;
   void begin_drain() noexcept;
   void flush_access_log() noexcept;
+  bool post(std::uint32_t slot, std::uint16_t gen, std::uint32_t seq, const Response& r);
+  void drain_inbox() noexcept;
+
+  // An answer sent from another thread, owning copies of what it points to.
+  struct Posted {
+    std::uint32_t slot;
+    std::uint16_t gen;
+    std::uint32_t seq;
+    int status;
+    std::string content_type, body, header_bytes;  // header names and values back to back
+    std::vector<std::size_t> header_lengths;        // name, value, name, value...
+  };
 
   const ServerConfig& cfg_;
   int listen_fd_;
@@ -71,6 +87,11 @@ class Worker final : public ReplyTarget {
   std::uint64_t last_pause_log_s_ = 0;
   std::atomic<bool> stop_{false};
   std::atomic<io::Backend*> wakeable_{nullptr};  // for stop() from other threads; lives until ~Worker
+  std::thread::id loop_thread_;
+  std::mutex inbox_mutex_;        // taken only by threads that answer off the loop, and by the loop to drain
+  std::vector<Posted> inbox_;     // guarded by inbox_mutex_
+  std::vector<Posted> draining_inbox_;  // the loop's: swapped with inbox_ under the mutex
+  std::vector<Header> posted_headers_;
 };
 
 }  // namespace userd::server

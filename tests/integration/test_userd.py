@@ -8,6 +8,7 @@ import email.utils
 import http.client
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -625,6 +626,17 @@ class Example(unittest.TestCase):
             self.assertEqual((status, headers.get("allow")), (405, "GET, HEAD"))
             s.close()
 
+    def test_wrk_against_a_route_answered_from_four_pool_threads(self):
+        with Server([ARGS.offload, "127.0.0.1:0", ARGS.backend]) as srv:
+            self.assertEqual(get(srv.port, "/fib/20")[:2], (200, b'{"n":20,"fib":6765}'))
+            out = subprocess.run(["wrk", "-t2", "-c100", "-d3s", "--timeout", "5s", f"http://127.0.0.1:{srv.port}/fib/15"],
+                                 capture_output=True, text=True, timeout=60).stdout
+            self.assertNotIn("Socket errors", out, out)
+            self.assertNotIn("Non-2xx", out, out)
+            self.assertGreater(int(re.search(r"(\d+) requests in", out).group(1)), 1000, out)
+            self.assertEqual(get(srv.port, "/fib/36")[0], 400)
+            self.assertEqual(srv.stop(), 0)  # in the sanitizer build a leak or a race report changes this
+
     def test_the_embedding_example_answers_now_and_later(self):
         srv = Server([ARGS.hello, "127.0.0.1:0", ARGS.backend])
         try:
@@ -650,6 +662,7 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--userd", required=True)
     ap.add_argument("--hello", required=True)
+    ap.add_argument("--offload", required=True)
     ap.add_argument("--dataset", required=True)
     ap.add_argument("--backend", choices=["io_uring", "epoll"], required=True)
     ARGS, rest = ap.parse_known_args()

@@ -1,4 +1,4 @@
-// userd/responder.hpp: how a handler answers: now, inside the handler, or later on the same loop thread.
+// userd/responder.hpp: how a handler answers: now, inside the handler, or later, from any thread.
 // A Responder is a small copyable handle (thread, connection slot, generation); it never owns the connection,
 // so answering after the client left is a safe no-op.
 // Not here: the bytes on the wire (libuserd/http/response_writer.hpp).
@@ -27,10 +27,14 @@ struct Response {
 
 class Responder {
  public:
-  // Answers the request. Call once, on the thread that ran the handler. Returns false (and does nothing) when the
-  // connection is gone or was already answered. The body is copied unless body_is_static.
+  // Answers the request, once. On the loop thread that ran the handler: written at once; false (and nothing
+  // done) when the connection is gone or the request was already answered (or timed out). The body is copied
+  // unless body_is_static. From any other thread: the response is copied into the loop's inbox and the loop is
+  // woken; true means queued, and the loop drops it if the request is no longer awaited by then; false when the
+  // server is stopping. The Server must outlive every Responder that may still be used.
   bool send(const Response& r) const noexcept;
-  // Whether the client is still there to be answered.
+  // On the loop thread: whether the client is still there to be answered. On another thread: whether the server
+  // still runs (the connection is the loop's to look at).
   bool alive() const noexcept;
 
   Responder(server::ReplyTarget* w, std::uint32_t slot, std::uint16_t gen, std::uint32_t seq) noexcept

@@ -1,0 +1,111 @@
+// examples/offload.cpp: CPU-heavy requests answered from a small thread pool, so the loop thread never blocks:
+// GET /fib/{n} hands its Responder to one of four pool threads, which computes and answers from there.
+// usage: offload [HOST:PORT] [io_uring|epoll]      (public headers only; prints "listening on HOST:PORT")
+#include <signal.h>
+
+#include <condition_variable>
+#include <cstdio>
+#include <deque>
+#include <functional>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "userd/server.hpp"
+
+namespace {
+
+class ThreadPool {
+ public:
+  explicit ThreadPool(int n) {
+    for (int i = 0; i < n; ++i) threads_.emplace_back([this] { run(); });
+  }
+  ~ThreadPool() {  // finishes what was submitted, then joins
+    {
+      std::lock_guard<std::mutex> l(m_);
+      stopping_ = true;
+    }
+    cv_.notify_all();
+    for (auto& t : threads_) t.join();
+  }
+  void submit(std::function<void()> job) {
+    {
+      std::lock_guard<std::mutex> l(m_);
+      jobs_.push_back(std::move(job));
+    }
+    cv_.notify_one();
+  }
+
+ private:
+  void run() {
+    for (;;) {
+      std::function<void()> job;
+      {
+        std::unique_lock<std::mutex> l(m_);
+        cv_.wait(l, [this] { return stopping_ || !jobs_.empty(); });
+        if (jobs_.empty()) return;
+        job = std::move(jobs_.front());
+        jobs_.pop_front();
+      }
+      job();
+    }
+  }
+  std::mutex m_;
+  std::condition_variable cv_;
+  std::deque<std::function<void()>> jobs_;
+  bool stopping_ = false;
+  std::vector<std::thread> threads_;
+};
+
+unsigned long long fib(unsigned n) { return n < 2 ? n : fib(n - 1) + fib(n - 2); }
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  std::string listen = argc > 1 ? argv[1] : "127.0.0.1:8082";
+  const auto colon = listen.rfind(':');
+  userd::ServerConfig cfg;
+  cfg.host = listen.substr(0, colon);
+  cfg.port = static_cast<std::uint16_t>(std::stoi(listen.substr(colon + 1)));
+  cfg.threads = 1;
+  if (argc > 2) cfg.backend = std::string(argv[2]) == "epoll" ? userd::BackendKind::Epoll : userd::BackendKind::IoUring;
+
+  auto pool = std::make_unique<ThreadPool>(4);
+  userd::Router router;
+  router.get("/fib/{n}", [&pool](const userd::Request& req, userd::Responder res) {
+    const unsigned n = static_cast<unsigned>(std::strtoul(std::string(req.param("n")).c_str(), nullptr, 10));
+    if (n > 35) {  // bounded work: a client cannot ask for an hour of CPU
+      userd::Response r;
+      r.status = 400;
+      r.body = R"({"error":"n must be 35 or less"})";
+      res.send(r);
+      return;
+    }
+    pool->submit([res, n] {
+      const std::string body = "{\"n\":" + std::to_string(n) + ",\"fib\":" + std::to_string(fib(n)) + "}";
+      userd::Response r;
+      r.body = body;  // send() copies it
+      res.send(r);
+    });
+  });
+
+  sigset_t set;
+  sigemptyset(&set);
+  sigaddset(&set, SIGINT);
+  sigaddset(&set, SIGTERM);
+  pthread_sigmask(SIG_BLOCK, &set, nullptr);
+  userd::Server server(cfg, std::move(router));
+  if (auto r = server.start(); !r) {
+    std::fprintf(stderr, "offload: cannot start: %s\n", r.error().what);
+    return 1;
+  }
+  std::fprintf(stderr, "offload: listening on %s:%u (%.*s)\n", cfg.host.c_str(), server.port(),
+               int(server.backend().size()), server.backend().data());
+  int sig;
+  sigwait(&set, &sig);
+  server.stop();
+  pool.reset();  // the pool's threads hold Responders: they finish before the server goes
+  server.wait();
+  return 0;
+}

@@ -1,0 +1,225 @@
+// tests/unit/test_cross_thread.cpp: handlers that hand their Responder to other threads, which answer: a real
+// Server on a loopback port, real sockets, on both backends. Built on its own so that the ThreadSanitizer build
+// (./dev test) compiles only this and the library.
+#include <doctest/doctest.h>
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <deque>
+#include <functional>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "userd/server.hpp"
+
+namespace {
+
+// A small thread pool: the handler's work goes here, and so does its Responder.
+class Pool {
+ public:
+  explicit Pool(int threads) {
+    for (int i = 0; i < threads; ++i) workers_.emplace_back([this] { run(); });
+  }
+  ~Pool() {
+    {
+      std::lock_guard<std::mutex> l(m_);
+      done_ = true;
+    }
+    cv_.notify_all();
+    for (auto& t : workers_) t.join();
+  }
+  void submit(std::function<void()> f) {
+    {
+      std::lock_guard<std::mutex> l(m_);
+      jobs_.push_back(std::move(f));
+    }
+    cv_.notify_one();
+  }
+
+ private:
+  void run() {
+    while (true) {
+      std::function<void()> f;
+      {
+        std::unique_lock<std::mutex> l(m_);
+        cv_.wait(l, [this] { return done_ || !jobs_.empty(); });
+        if (jobs_.empty()) return;
+        f = std::move(jobs_.front());
+        jobs_.pop_front();
+      }
+      f();
+    }
+  }
+  std::mutex m_;
+  std::condition_variable cv_;
+  std::deque<std::function<void()>> jobs_;
+  bool done_ = false;
+  std::vector<std::thread> workers_;
+};
+
+int connect_to(std::uint16_t port) {
+  int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_port = htons(port);
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  REQUIRE(::connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0);
+  timeval tv{10, 0};
+  setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+  return fd;
+}
+
+// Reads responses until `count` bodies have arrived; returns them (Content-Length framing only).
+std::vector<std::string> read_bodies(int fd, std::size_t count) {
+  std::vector<std::string> bodies;
+  std::string buf;
+  char chunk[65536];
+  while (bodies.size() < count) {
+    const std::size_t head_end = buf.find("\r\n\r\n");
+    if (head_end != std::string::npos) {
+      const std::size_t cl = buf.find("Content-Length: ");
+      REQUIRE(cl < head_end);
+      const std::size_t len = std::stoul(buf.substr(cl + 16));
+      if (buf.size() >= head_end + 4 + len) {
+        bodies.push_back(buf.substr(head_end + 4, len));
+        buf.erase(0, head_end + 4 + len);
+        continue;
+      }
+    }
+    const ssize_t n = ::recv(fd, chunk, sizeof chunk, 0);
+    if (n <= 0) break;
+    buf.append(chunk, std::size_t(n));
+  }
+  return bodies;
+}
+
+void each_backend(const std::function<void(userd::BackendKind)>& body) {
+  for (auto kind : {userd::BackendKind::IoUring, userd::BackendKind::Epoll}) {
+    CAPTURE(kind == userd::BackendKind::IoUring ? "io_uring" : "epoll");
+    body(kind);
+  }
+}
+
+}  // namespace
+
+TEST_CASE("answers sent from other threads reach their clients, in request order, on both backends") {
+  each_backend([](userd::BackendKind kind) {
+    std::optional<Pool> pool;  // stopped before the server: its threads hold Responders
+    pool.emplace(4);
+    std::atomic<int> answered{0};
+    userd::Router router;
+    router.get("/work/{n}", [&](const userd::Request& req, userd::Responder res) {
+      std::string n(req.param("n"));  // the request's views die with the handler: copy what the work needs
+      pool->submit([res, n, &answered] {
+        std::this_thread::sleep_for(std::chrono::microseconds(std::stoi(n) % 7 * 100));
+        const std::string body = "done " + n;  // send() copies it: it may die right after
+        userd::Response r;
+        r.content_type = "text/plain";
+        r.body = body;
+        if (res.send(r)) answered.fetch_add(1);
+      });
+    });
+    router.get("/now", [](const userd::Request&, userd::Responder res) {
+      userd::Response r;
+      r.body = "now";
+      res.send(r);
+    });
+    userd::ServerConfig cfg;
+    cfg.host = "127.0.0.1";
+    cfg.port = 0;
+    cfg.threads = 2;
+    cfg.backend = kind;
+    userd::Server server(cfg, std::move(router));
+    auto started = server.start();
+    if (!started && kind == userd::BackendKind::IoUring) {
+      MESSAGE("io_uring refused: skipped");
+      return;
+    }
+    REQUIRE(started);
+    constexpr int kClients = 8, kRequests = 40;
+    std::vector<std::thread> clients;
+    std::atomic<int> good{0};
+    for (int c = 0; c < kClients; ++c) {
+      clients.emplace_back([&, c] {
+        const int fd = connect_to(server.port());
+        std::string batch;  // pipelined: answers from the pool must still come back in order
+        for (int i = 0; i < kRequests; ++i) {
+          const int n = c * 1000 + i;
+          batch += i % 5 == 4 ? "GET /now HTTP/1.1\r\nHost: t\r\n\r\n"
+                              : "GET /work/" + std::to_string(n) + " HTTP/1.1\r\nHost: t\r\n\r\n";
+        }
+        [[maybe_unused]] ssize_t w = ::send(fd, batch.data(), batch.size(), MSG_NOSIGNAL);
+        const std::vector<std::string> bodies = read_bodies(fd, kRequests);
+        bool ok = bodies.size() == std::size_t(kRequests);
+        for (int i = 0; ok && i < kRequests; ++i)
+          ok = bodies[std::size_t(i)] == (i % 5 == 4 ? std::string("now") : "done " + std::to_string(c * 1000 + i));
+        good.fetch_add(ok);
+        ::close(fd);
+      });
+    }
+    for (auto& t : clients) t.join();
+    pool.reset();
+    CHECK(good.load() == kClients);
+    CHECK(answered.load() == kClients * kRequests * 4 / 5);
+    server.stop();
+    server.wait();
+  });
+}
+
+TEST_CASE("an answer from another thread for a client that left is dropped; after stop, send says false") {
+  each_backend([](userd::BackendKind kind) {
+    std::mutex m;
+    std::vector<userd::Responder> held;
+    userd::Router router;
+    router.get("/hold", [&](const userd::Request&, userd::Responder res) {
+      std::lock_guard<std::mutex> l(m);
+      held.push_back(res);
+    });
+    userd::ServerConfig cfg;
+    cfg.host = "127.0.0.1";
+    cfg.port = 0;
+    cfg.threads = 1;
+    cfg.backend = kind;
+    userd::Server server(cfg, std::move(router));
+    if (!server.start()) {
+      MESSAGE("backend refused: skipped");
+      return;
+    }
+    const int fd = connect_to(server.port());
+    const std::string req = "GET /hold HTTP/1.1\r\nHost: t\r\n\r\n";
+    [[maybe_unused]] ssize_t w = ::send(fd, req.data(), req.size(), MSG_NOSIGNAL);
+    for (int i = 0; i < 200; ++i) {
+      {
+        std::lock_guard<std::mutex> l(m);
+        if (!held.empty()) break;
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(5));
+    }
+    ::close(fd);
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));  // the loop sees the client go
+    userd::Response r;
+    r.body = "too late";
+    std::thread([&] {
+      std::lock_guard<std::mutex> l(m);
+      REQUIRE(held.size() == 1);
+      held[0].send(r);  // queued or not, it must reach nobody and break nothing
+      held[0].send(r);  // nor a second one
+    }).join();
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    server.stop();
+    std::thread([&] {
+      std::lock_guard<std::mutex> l(m);
+      CHECK_FALSE(held[0].send(r));  // stopping: refused at once
+    }).join();
+    server.wait();
+  });
+}

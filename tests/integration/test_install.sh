@@ -39,6 +39,21 @@ LD_LIBRARY_PATH="$work/prefix/lib" serve_and_ask "$work/hello"
 g++ -std=c++20 "$src/examples/hello.cpp" -o "$work/hello-static" -Wl,-Bstatic -luserd -Wl,-Bdynamic \
   $(pkg-config --cflags --libs --static libuserd | sed 's/-luserd//')
 serve_and_ask "$work/hello-static"
+# Route parameters, a query value, the peer, and answers from a thread pool, through the installed headers only.
+# shellcheck disable=SC2046
+g++ -std=c++20 -Wall -Wextra -Werror "$src/examples/offload.cpp" -o "$work/offload" $(pkg-config --cflags --libs libuserd)
+LD_LIBRARY_PATH="$work/prefix/lib" "$work/offload" 127.0.0.1:0 2>"$work/err-offload" &
+offload_pid=$! port=""
+for _ in $(seq 100); do
+  port=$(grep -o 'listening on [0-9.]*:[0-9]*' "$work/err-offload" | grep -o '[0-9]*$' || true)
+  [ -n "$port" ] && break
+  sleep 0.05
+done
+got=$(curl -fsS "http://127.0.0.1:$port/fib/10")
+kill -TERM "$offload_pid"
+wait "$offload_pid"
+[ "$got" = '{"n":10,"fib":55}' ] || { echo "offload: unexpected answer: $got"; exit 1; }
+test -f "$work/prefix/include/userd/version.hpp"
 passed=$((passed + 1))
 echo "install: out-of-tree build with pkg-config answers"
 

@@ -637,6 +637,33 @@ class Example(unittest.TestCase):
             self.assertEqual(get(srv.port, "/fib/36")[0], 400)
             self.assertEqual(srv.stop(), 0)  # in the sanitizer build a leak or a race report changes this
 
+    def test_the_rest_example_routes_parses_and_checks_its_key(self):
+        with Server([ARGS.rest, "127.0.0.1:0", ARGS.backend]) as srv:
+            c = http.client.HTTPConnection("127.0.0.1", srv.port, timeout=10)
+            key = {"X-Api-Key": "secret"}
+
+            def call(method, path, body=None, headers=key):
+                c.request(method, path, body=body, headers=headers)
+                r = c.getresponse()
+                data = r.read()
+                return r.status, json.loads(data) if data else None
+
+            self.assertEqual(call("GET", "/v1/users", headers={})[0], 401)  # the middleware answers
+            self.assertEqual(call("POST", "/v1/users", json.dumps({"name": "Ada", "email": "ada@example.org"})),
+                             (201, {"id": 1, "name": "Ada", "email": "ada@example.org"}))
+            self.assertEqual(call("POST", "/v1/users", json.dumps({"name": "Alan \"T\"", "email": "a@t"}))[0], 201)
+            self.assertEqual(call("POST", "/v1/users", json.dumps({"name": "Grace", "email": "g@h"}))[0], 201)
+            self.assertEqual(call("POST", "/v1/users", "{not json")[0], 400)
+            self.assertEqual(call("GET", "/v1/users/2"), (200, {"id": 2, "name": 'Alan "T"', "email": "a@t"}))
+            self.assertEqual([u["name"] for u in call("GET", "/v1/users?prefix=A")[1]], ["Ada", 'Alan "T"'])
+            self.assertEqual([u["id"] for u in call("GET", "/v1/users?prefix=Gr%61")[1]], [3])
+            self.assertEqual(call("DELETE", "/v1/users/1")[0], 204)
+            self.assertEqual(call("GET", "/v1/users/1")[0], 404)
+            self.assertEqual(call("PUT", "/v1/users/2", "{}")[0], 405)
+            self.assertEqual(call("GET", "/v1/users?prefix=%zz")[0], 400)
+            c.close()
+            self.assertEqual(srv.stop(), 0)
+
     def test_the_embedding_example_answers_now_and_later(self):
         srv = Server([ARGS.hello, "127.0.0.1:0", ARGS.backend])
         try:
@@ -663,6 +690,7 @@ def main():
     ap.add_argument("--userd", required=True)
     ap.add_argument("--hello", required=True)
     ap.add_argument("--offload", required=True)
+    ap.add_argument("--rest", required=True)
     ap.add_argument("--dataset", required=True)
     ap.add_argument("--backend", choices=["io_uring", "epoll"], required=True)
     ARGS, rest = ap.parse_known_args()

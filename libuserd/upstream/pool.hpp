@@ -63,7 +63,7 @@ class Pool {
 
  private:
   struct Job {  // trivially copyable: the path lives beside it (queue_paths_) or in the connection's request
-    Responder res{nullptr, 0, 0, 0};
+    Responder res;
     UpstreamDone done = nullptr;  // null: no job
     void* user = nullptr;
     std::uint64_t deadline = 0;

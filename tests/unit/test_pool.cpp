@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "libuserd/io/tag.hpp"
+#include "libuserd/server/access.hpp"
 #include "libuserd/server/reply_target.hpp"
 #include "libuserd/upstream/pool.hpp"
 #include "tests/support/failing_new.hpp"
@@ -126,7 +127,7 @@ struct Fixture {
     self->answers.push_back(std::move(a));
   }
   bool fetch(std::string_view path, std::uint32_t client = 0) {
-    return pool->fetch(path, Responder(&clients, client, 0, 0), &done, this);
+    return pool->fetch(path, server::Access::responder(&clients, client, 0, 0), &done, this);
   }
   void complete(std::uint64_t tag, int res, bool more = false, char* data = nullptr) {
     pool->on_completion(io::Completion{tag, res, more, data != nullptr, 0, data});

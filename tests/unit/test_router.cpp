@@ -4,6 +4,7 @@
 #include <stdexcept>
 
 #include "libuserd/http/parser.hpp"
+#include "libuserd/server/access.hpp"
 #include "userd/router.hpp"
 
 using namespace userd;
@@ -66,7 +67,7 @@ struct Table {
     hit = 0;
     m = r.find(method, path, p);
     http::RequestHead head;
-    if (m.handler) (*m.handler)(Request(head, {}, "test"), Responder(nullptr, 0, 0, 0));
+    if (m.handler) (*m.handler)(server::Access::request(head, {}, "test"), Responder());
     return hit;
   }
   std::string param(std::string_view name) const {

@@ -16,6 +16,7 @@ struct RequestHead;
 namespace server {
 class ReplyTarget;
 class Connection;
+struct Access;
 }
 class Responder;
 struct UpstreamReply;
@@ -39,9 +40,6 @@ struct RouteParams {
 
 class Request {
  public:
-  Request(const http::RequestHead& head, std::string_view body, std::string_view backend,
-          server::ReplyTarget* loop = nullptr) noexcept
-      : head_(&head), body_(body), backend_(backend), loop_(loop) {}
 
   std::string_view method() const noexcept;
   std::string_view target() const noexcept;  // as sent: path and query
@@ -72,7 +70,12 @@ class Request {
   std::string_view body_;
   std::string_view backend_;
   server::ReplyTarget* loop_;
-  friend class server::Connection;  // fills what routing and decoding produced
+  friend class server::Connection;  // makes it, and fills what routing and decoding produced
+  friend struct server::Access;
+  Request(const http::RequestHead& head, std::string_view body, std::string_view backend,
+          server::ReplyTarget* loop = nullptr) noexcept
+      : head_(&head), body_(body), backend_(backend), loop_(loop) {}
+
   const RouteParams* params_ = nullptr;
   char* query_space_ = nullptr;  // as long as the query: query_param decodes a value where it sits in it
   const server::Connection* conn_ = nullptr;

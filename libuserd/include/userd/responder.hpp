@@ -14,6 +14,8 @@ namespace userd {
 
 namespace server {
 class ReplyTarget;
+class Connection;
+struct Access;
 }
 
 struct Response {
@@ -37,14 +39,19 @@ class Responder {
   // still runs (the connection is the loop's to look at).
   bool alive() const noexcept;
 
+  // Answers nothing: send() returns false. Handlers get theirs from the server.
+  Responder() noexcept = default;
+
+ private:
+  friend class server::Connection;
+  friend struct server::Access;
   Responder(server::ReplyTarget* w, std::uint32_t slot, std::uint16_t gen, std::uint32_t seq) noexcept
       : target_(w), slot_(slot), gen_(gen), seq_(seq) {}
 
- private:
-  server::ReplyTarget* target_;
-  std::uint32_t slot_;
-  std::uint16_t gen_;
-  std::uint32_t seq_;  // which request of the connection this answers
+  server::ReplyTarget* target_ = nullptr;
+  std::uint32_t slot_ = 0;
+  std::uint16_t gen_ = 0;
+  std::uint32_t seq_ = 0;  // which request of the connection this answers
 };
 
 }  // namespace userd

@@ -127,7 +127,9 @@ void write_response_head(core::ByteBuffer& out, const ResponseHead& r) {
   out.append("Date: ");
   out.append(r.date);
   out.append("\r\n");
-  if (status_has_body(status)) {
+  if (status_has_body(status) && r.framing == BodyFraming::Chunked) {
+    out.append("Transfer-Encoding: chunked\r\n");
+  } else if (status_has_body(status) && r.framing == BodyFraming::Length) {
     char digits[24];
     auto [end, ec] = std::to_chars(digits, digits + sizeof digits, r.content_length);
     (void)ec;

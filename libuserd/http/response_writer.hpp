@@ -15,6 +15,9 @@
 namespace userd::http {
 
 enum class ConnectionHeader : std::uint8_t { None, Close, KeepAlive };
+// How the body is delimited: Content-Length, the chunked coding (a stream to an HTTP/1.1 client), or the close
+// of the connection (a stream to an HTTP/1.0 client).
+enum class BodyFraming : std::uint8_t { Length, Chunked, Close };
 
 struct ResponseHead {
   int status = 200;
@@ -23,6 +26,7 @@ struct ResponseHead {
   std::span<const Header> headers;
   std::string_view date;
   ConnectionHeader connection = ConnectionHeader::None;
+  BodyFraming framing = BodyFraming::Length;
 };
 
 std::string_view reason_phrase(int status) noexcept;

@@ -60,6 +60,11 @@ void describe_peer(int fd, char* out, std::size_t cap) noexcept {
   std::snprintf(out, cap, ss.ss_family == AF_INET6 ? "[%s]:%u" : "%s:%u", host, port);
 }
 
+http::ConnectionHeader connection_header(bool keep_alive, std::uint8_t minor) noexcept {
+  if (!keep_alive) return http::ConnectionHeader::Close;
+  return minor == 0 ? http::ConnectionHeader::KeepAlive : http::ConnectionHeader::None;
+}
+
 }  // namespace
 
 void Connection::OutQueue::note_bytes(std::size_t from) {
@@ -79,6 +84,7 @@ void Connection::open(int fd, std::uint32_t slot) noexcept {
   peer_eof_ = close_after_flush_ = awaiting_ = in_dispatch_ = draining_ = false;
   reader_.reset(ctx_->max_body);
   continue_sent_ = false;
+  streaming_ = writable_due_ = false;
   sock_.send_inflight = send_progress_ = false;
   sock_.recv_armed = recv_stopping_ = recv_paused_ = false;
   recv_probe_ = true;  // a client that opens with a flood is met like one resuming after a pause
@@ -189,6 +195,11 @@ void Connection::drain() noexcept {
 
 void Connection::on_timeout(Timer t) noexcept {
   if (t == Timer::Handler) {
+    if (streaming_) {  // the producer stopped writing: the body cannot be finished
+      if (ctx_->metrics) ctx_->metrics->handler_timeouts.add();
+      abort();
+      return;
+    }
     // The handler keeps its Responder, which no longer matches a request awaiting an answer: a no-op.
     if (state_ != State::Open || !awaiting_) return;
     awaiting_ = false;
@@ -381,8 +392,110 @@ std::string_view Connection::peer() const noexcept {
   return peer_;
 }
 
+bool Connection::stream_begin(std::uint32_t seq, const Response& head) noexcept {
+  if (!awaiting_ || streaming_ || seq != seq_ || state_ != State::Open) return false;
+  bool ok = false;
+  guarded([&] {
+    const http::HeaderCheck check = http::check_headers(head.headers, head.content_type, 0);
+    bool has_length = false;
+    for (const Header& h : head.headers) has_length = has_length || http::iequals(h.name, "content-length");
+    if (!check.ok || has_length) {  // a streamed body has no length to give
+      awaiting_ = false;
+      ctx_->handler_timers.clear(*this);
+      refuse_response(check.ok ? std::string_view("content-length on a stream") : check.why);
+      if (!in_dispatch_) resume();
+      flush();
+      update_waits();
+      return;
+    }
+    if (check.close || req_minor_ == 0) req_keep_alive_ = false;
+    stream_chunked_ = req_minor_ == 1;
+    OutQueue& q = out_[filling_];
+    const std::size_t from = q.bytes.size();
+    http::ResponseHead h;
+    h.status = head.status;
+    h.content_type = check.has_content_type ? std::string_view() : head.content_type;
+    h.headers = head.headers;
+    h.date = ctx_->date.value();
+    h.connection = connection_header(req_keep_alive_, req_minor_);
+    h.framing = stream_chunked_ ? http::BodyFraming::Chunked : http::BodyFraming::Close;
+    http::write_response_head(q.bytes, h);
+    q.note_bytes(from);
+    streaming_ = true;
+    stream_status_ = head.status;
+    stream_bytes_ = 0;
+    // Answered, as far as the client knows; a producer that stops writing is cut at the same deadline.
+    ctx_->handler_timers.set(*this, Timer::Handler, ctx_->now_ms);
+    flush();
+    update_waits();
+    ok = true;
+  });
+  return ok;
+}
+
+bool Connection::stream_write(std::uint32_t seq, std::string_view data, bool end) noexcept {
+  if (!streaming_ || seq != seq_ || state_ != State::Open) return false;
+  if (!end && out_[0].total + out_[1].total > kOutHighWater) return false;
+  bool ok = false;
+  guarded([&] {
+    OutQueue& q = out_[filling_];
+    const std::size_t from = q.bytes.size();
+    const bool body = !req_head_only_ && http::status_has_body(stream_status_);
+    if (!end && body && !data.empty()) {
+      if (stream_chunked_) {
+        char size[24];
+        const int n = std::snprintf(size, sizeof size, "%zx\r\n", data.size());
+        q.bytes.append(size, std::size_t(n));
+        q.bytes.append(data);
+        q.bytes.append("\r\n", 2);
+      } else {
+        q.bytes.append(data);
+      }
+      stream_bytes_ += data.size();
+    }
+    if (end) {
+      if (body && stream_chunked_) q.bytes.append("0\r\n\r\n");
+      streaming_ = false;
+      awaiting_ = false;
+      writable_ = nullptr;
+      ctx_->handler_timers.clear(*this);
+      if (!req_keep_alive_) close_after_flush_ = true;
+      count(stream_status_, stream_bytes_);
+    } else {
+      ctx_->handler_timers.set(*this, Timer::Handler, ctx_->now_ms);
+    }
+    q.note_bytes(from);
+    if (end && !in_dispatch_) resume();
+    flush();
+    update_waits();
+    ok = true;
+  });
+  return ok;
+}
+
+void Connection::stream_on_writable(std::uint32_t seq, std::function<void()> fn) {
+  if (!streaming_ || seq != seq_ || state_ != State::Open) return;
+  writable_ = std::move(fn);
+  if (out_[0].total + out_[1].total <= kOutLowWater && !writable_due_) {
+    writable_due_ = true;
+    ctx_->writable_due.push_back({slot_, sock_.gen});
+  }
+}
+
+void Connection::run_writable() noexcept {
+  writable_due_ = false;
+  if (!streaming_ || !writable_ || state_ != State::Open) return;
+  std::function<void()> fn = std::move(writable_);
+  writable_ = nullptr;
+  try {
+    fn();
+  } catch (...) {
+    abort();  // a producer that throws mid-stream: the body cannot be finished
+  }
+}
+
 bool Connection::reply(std::uint32_t seq, const Response& r) noexcept {
-  if (!awaiting_ || seq != seq_ || state_ != State::Open) return false;
+  if (!awaiting_ || streaming_ || seq != seq_ || state_ != State::Open) return false;
   awaiting_ = false;
   ctx_->handler_timers.clear(*this);
   guarded([&] {
@@ -396,10 +509,6 @@ bool Connection::reply(std::uint32_t seq, const Response& r) noexcept {
   return true;
 }
 
-static http::ConnectionHeader connection_header(bool keep_alive, std::uint8_t minor) noexcept {
-  if (!keep_alive) return http::ConnectionHeader::Close;
-  return minor == 0 ? http::ConnectionHeader::KeepAlive : http::ConnectionHeader::None;
-}
 
 // A response that would corrupt the stream (CR/LF in a header) or contradict the server's framing is not sent;
 // the client gets a 500 and the embedder one log line a second at most.
@@ -535,6 +644,10 @@ void Connection::on_send(int res) noexcept {
     resume();
     flush();
     update_waits();
+    if (streaming_ && writable_ && !writable_due_ && out_[0].total + out_[1].total <= kOutLowWater) {
+      writable_due_ = true;
+      ctx_->writable_due.push_back({slot_, sock_.gen});
+    }
   });
 }
 
@@ -577,6 +690,8 @@ void Connection::finish() noexcept {
 void Connection::abort() noexcept {
   if (state_ == State::Closing || state_ == State::Free) return;
   state_ = State::Closing;
+  streaming_ = false;
+  writable_ = nullptr;  // what the producer's callback holds goes now
   ctx_->timers.clear(*this);
   ctx_->handler_timers.clear(*this);
   sock_.end(*ctx_->backend);

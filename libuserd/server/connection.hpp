@@ -46,6 +46,12 @@ class Connection {
 
   // A handler's answer (Responder::send). False when seq is not the request awaiting an answer.
   bool reply(std::uint32_t seq, const Response& r) noexcept;
+  // A streamed answer (Responder::stream, Stream::write/end/on_writable).
+  bool stream_begin(std::uint32_t seq, const Response& head) noexcept;
+  bool stream_write(std::uint32_t seq, std::string_view data, bool end) noexcept;
+  void stream_on_writable(std::uint32_t seq, std::function<void()> fn);
+  // The worker calls this for each connection on ctx.writable_due, after a loop turn's completions.
+  void run_writable() noexcept;
   // Ends the connection now: pending output is dropped.
   void abort() noexcept;
   // A deadline passed (the worker's tick): idle and linger close; header and body answer 408 and close.
@@ -124,6 +130,12 @@ class Connection {
   bool awaiting_ = false;           // a handler holds a Responder for request seq_
   bool in_dispatch_ = false;        // inside process(): the loop there continues after a synchronous reply
   bool draining_ = false;           // the server is stopping: the request being read is the last one
+  bool streaming_ = false;          // request seq_ is being answered by a Stream (awaiting_ stays true)
+  bool stream_chunked_ = false;     // chunked coding; else the close ends the body (HTTP/1.0)
+  bool writable_due_ = false;       // on ctx.writable_due
+  int stream_status_ = 0;
+  std::size_t stream_bytes_ = 0;
+  std::function<void()> writable_;  // Stream::on_writable's callback, until it runs
 
   // The request being read, from its first byte in whichever buffer holds it.
   http::MessageReader<http::RequestHead> reader_;
@@ -168,6 +180,9 @@ struct LoopContext {
   const std::function<void(std::string_view)>* log = nullptr;  // ServerConfig::log; null: stderr
   std::uint64_t last_bad_response_log_s = UINT64_MAX;  // a refused handler response: one log line a second
   std::size_t released_bytes = 0;             // buffer memory freed since the worker last trimmed the heap
+  // Streams whose on_writable callback is due: run by the worker after the turn's completions, never from
+  // inside another connection call.
+  std::vector<std::pair<std::uint32_t, std::uint16_t>> writable_due;
 };
 
 }  // namespace userd::server

@@ -4,6 +4,8 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
+#include <string_view>
 
 #include "userd/responder.hpp"
 #include "userd/upstream.hpp"
@@ -16,6 +18,12 @@ class ReplyTarget {
   virtual bool awaiting(std::uint32_t slot, std::uint16_t gen, std::uint32_t seq) const noexcept = 0;
   virtual bool fetch(std::size_t upstream, std::string_view path, Responder res, UpstreamDone done,
                      void* user) noexcept = 0;
+  // Streams (Responder::stream, Stream): begin, write (or end), and the writable callback.
+  virtual bool stream_begin(std::uint32_t slot, std::uint16_t gen, std::uint32_t seq, const Response& head) noexcept = 0;
+  virtual bool stream_write(std::uint32_t slot, std::uint16_t gen, std::uint32_t seq, std::string_view data,
+                            bool end) noexcept = 0;
+  virtual void stream_on_writable(std::uint32_t slot, std::uint16_t gen, std::uint32_t seq,
+                                  std::function<void()> fn) = 0;
 
  protected:
   ~ReplyTarget() = default;

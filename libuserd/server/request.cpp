@@ -91,6 +91,18 @@ std::string_view describe(UpstreamError e) noexcept {
   return "upstream error";
 }
 
+Stream Responder::stream(const Response& head) const noexcept {
+  if (!target_ || !target_->stream_begin(slot_, gen_, seq_, head)) return Stream();
+  return Stream(target_, slot_, gen_, seq_);
+}
+bool Stream::write(std::string_view data) const noexcept {
+  return target_ && target_->stream_write(slot_, gen_, seq_, data, false);
+}
+bool Stream::end() const noexcept { return target_ && target_->stream_write(slot_, gen_, seq_, {}, true); }
+void Stream::on_writable(std::function<void()> fn) const {
+  if (target_) target_->stream_on_writable(slot_, gen_, seq_, std::move(fn));
+}
+
 bool Responder::send(const Response& r) const noexcept { return target_ && target_->reply(slot_, gen_, seq_, r); }
 bool Responder::alive() const noexcept { return target_ && target_->awaiting(slot_, gen_, seq_); }
 

@@ -86,6 +86,7 @@ void Worker::run(std::unique_ptr<io::Backend> backend) noexcept {
     int n = backend_->wait(batch, kTickMs);
     refresh_clock();
     for (int i = 0; i < n; ++i) on_completion(batch[i]);
+    if (!ctx_.writable_due.empty()) run_writables();
     if (ctx_.now_ms - last_tick_ms_ >= std::uint64_t(kTickMs)) tick();
     else if (access_log_.size() > 64 * 1024) flush_access_log();
   }
@@ -254,7 +255,7 @@ void Worker::log_accept_pause(int err) noexcept {
 bool Worker::reply(std::uint32_t slot, std::uint16_t gen, std::uint32_t seq, const Response& r) noexcept {
   if (std::this_thread::get_id() != loop_thread_) {
     try {
-      return post(slot, gen, seq, r);
+      return post(Kind::Reply, slot, gen, seq, r);
     } catch (const std::bad_alloc&) {
       return false;
     }
@@ -268,9 +269,15 @@ bool Worker::reply(std::uint32_t slot, std::uint16_t gen, std::uint32_t seq, con
 
 // Off the loop thread: the answer is copied (the caller's views may die as soon as send() returns) and the loop
 // is woken to deliver it. True means queued: the loop drops it if that request is no longer awaited by then.
-bool Worker::post(std::uint32_t slot, std::uint16_t gen, std::uint32_t seq, const Response& r) {
+bool Worker::post(Kind kind, std::uint32_t slot, std::uint16_t gen, std::uint32_t seq, const Response& r) {
   if (stop_.load(std::memory_order_relaxed)) return false;
-  Posted p{slot, gen, seq, r.status, std::string(r.content_type), std::string(r.body), {}, {}};
+  // Stream data from another thread waits here until the loop takes it: bounded, so a producer that outruns
+  // the client is told (false) instead of growing the inbox.
+  constexpr std::size_t kInboxStreamBytes = 1 << 20;
+  if (kind == Kind::Write && inbox_bytes_.load(std::memory_order_relaxed) + r.body.size() > kInboxStreamBytes)
+    return false;
+  Posted p{kind, slot, gen, seq, r.status, std::string(r.content_type), std::string(r.body), {}, {}};
+  if (kind == Kind::Write) inbox_bytes_.fetch_add(r.body.size(), std::memory_order_relaxed);
   for (const Header& h : r.headers) {
     p.header_bytes.append(h.name).append(h.value);
     p.header_lengths.push_back(h.name.size());
@@ -312,10 +319,67 @@ void Worker::drain_inbox() noexcept {
     r.content_type = p.content_type;
     r.body = p.body;
     r.headers = posted_headers_;
-    conn->reply(p.seq, r);
+    switch (p.kind) {
+      case Kind::Reply: conn->reply(p.seq, r); break;
+      case Kind::Begin: conn->stream_begin(p.seq, r); break;
+      case Kind::Write: conn->stream_write(p.seq, p.body, false); break;
+      case Kind::End: conn->stream_write(p.seq, {}, true); break;
+    }
     after(*conn);
   }
+  for (const Posted& p : draining_inbox_)
+    if (p.kind == Kind::Write) inbox_bytes_.fetch_sub(p.body.size(), std::memory_order_relaxed);
   draining_inbox_.clear();
+}
+
+bool Worker::stream_begin(std::uint32_t slot, std::uint16_t gen, std::uint32_t seq, const Response& head) noexcept {
+  if (std::this_thread::get_id() != loop_thread_) {
+    try {
+      return post(Kind::Begin, slot, gen, seq, head);
+    } catch (const std::bad_alloc&) {
+      return false;
+    }
+  }
+  Connection* conn = find(slot, gen);
+  if (!conn) return false;
+  const bool ok = conn->stream_begin(seq, head);
+  after(*conn);
+  return ok;
+}
+
+bool Worker::stream_write(std::uint32_t slot, std::uint16_t gen, std::uint32_t seq, std::string_view data,
+                          bool end) noexcept {
+  if (std::this_thread::get_id() != loop_thread_) {
+    try {
+      Response r;
+      r.body = data;
+      return post(end ? Kind::End : Kind::Write, slot, gen, seq, r);
+    } catch (const std::bad_alloc&) {
+      return false;
+    }
+  }
+  Connection* conn = find(slot, gen);
+  if (!conn) return false;
+  const bool ok = conn->stream_write(seq, data, end);
+  after(*conn);
+  return ok;
+}
+
+void Worker::stream_on_writable(std::uint32_t slot, std::uint16_t gen, std::uint32_t seq, std::function<void()> fn) {
+  if (std::this_thread::get_id() != loop_thread_) return;  // documented: loop thread only
+  if (Connection* conn = find(slot, gen)) conn->stream_on_writable(seq, std::move(fn));
+}
+
+// Streams whose output drained below the low-water mark: their producers write more now.
+void Worker::run_writables() noexcept {
+  while (!ctx_.writable_due.empty()) {
+    const auto [slot, gen] = ctx_.writable_due.back();
+    ctx_.writable_due.pop_back();
+    if (Connection* conn = find(slot, gen)) {
+      conn->run_writable();
+      after(*conn);
+    }
+  }
 }
 
 bool Worker::fetch(std::size_t upstream, std::string_view path, Responder res, UpstreamDone done,

@@ -35,6 +35,11 @@ class Worker final : public ReplyTarget {
   bool awaiting(std::uint32_t slot, std::uint16_t gen, std::uint32_t seq) const noexcept override;
   bool fetch(std::size_t upstream, std::string_view path, Responder res, UpstreamDone done,
              void* user) noexcept override;
+  bool stream_begin(std::uint32_t slot, std::uint16_t gen, std::uint32_t seq, const Response& head) noexcept override;
+  bool stream_write(std::uint32_t slot, std::uint16_t gen, std::uint32_t seq, std::string_view data,
+                    bool end) noexcept override;
+  void stream_on_writable(std::uint32_t slot, std::uint16_t gen, std::uint32_t seq,
+                          std::function<void()> fn) override;
 
   // For a metrics scrape from any thread (relaxed reads). Null until the loop has started.
   const metrics::ThreadMetrics& metrics() const noexcept { return metrics_; }
@@ -54,11 +59,14 @@ class Worker final : public ReplyTarget {
   void log_accept_pause(int err) noexcept;
   void begin_drain() noexcept;
   void flush_access_log() noexcept;
-  bool post(std::uint32_t slot, std::uint16_t gen, std::uint32_t seq, const Response& r);
+  enum class Kind : std::uint8_t { Reply, Begin, Write, End };
+  bool post(Kind kind, std::uint32_t slot, std::uint16_t gen, std::uint32_t seq, const Response& r);
   void drain_inbox() noexcept;
+  void run_writables() noexcept;
 
   // An answer sent from another thread, owning copies of what it points to.
   struct Posted {
+    Kind kind;
     std::uint32_t slot;
     std::uint16_t gen;
     std::uint32_t seq;
@@ -92,6 +100,7 @@ class Worker final : public ReplyTarget {
   std::vector<Posted> inbox_;     // guarded by inbox_mutex_
   std::vector<Posted> draining_inbox_;  // the loop's: swapped with inbox_ under the mutex
   std::vector<Header> posted_headers_;
+  std::atomic<std::size_t> inbox_bytes_{0};  // stream data waiting in the inbox: bounded for off-loop writers
 };
 
 }  // namespace userd::server

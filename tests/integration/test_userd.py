@@ -664,6 +664,56 @@ class Example(unittest.TestCase):
             c.close()
             self.assertEqual(srv.stop(), 0)
 
+    def test_a_large_stream_to_a_slow_reader_costs_little_memory(self):
+        size_mb = 10 if "ASAN_OPTIONS" in os.environ else 100  # the sanitizer build is ten times slower
+        with Server([ARGS.stream, "127.0.0.1:0", ARGS.backend]) as srv:
+            def rss():
+                return int(re.search(r"VmRSS:\s+(\d+)", open(f"/proc/{srv.pid}/status").read()).group(1))
+            base = rss()
+            lines = size_mb * 1_000_000 // 14  # {"n":1234567}\n is 14 bytes for most of them
+            s = connect(srv.port, timeout=30)
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+            s.sendall(f"GET /numbers?count={lines} HTTP/1.1\r\nHost: t\r\n\r\n".encode())
+            got, peak, tail = 0, base, b""
+            t0 = time.monotonic()
+            while time.monotonic() - t0 < 120:
+                chunk = s.recv(65536)
+                if not chunk:
+                    break
+                got += len(chunk)
+                tail = (tail + chunk)[-64:]
+                if tail.endswith(b"\r\n0\r\n\r\n"):
+                    break
+                if got % (1 << 22) < len(chunk):
+                    peak = max(peak, rss())
+                    time.sleep(0.01)  # a reader slower than the producer
+            s.close()
+            self.assertTrue(tail.endswith(b"\r\n0\r\n\r\n"), tail)
+            self.assertIn(f'{{"n":{lines - 1}}}'.encode(), tail)
+            self.assertGreater(got, size_mb * 1_000_000 * 0.9)
+            self.assertLess(peak - base, 8 * 1024, f"RSS {base} kB, peak {peak} kB")
+            self.assertEqual(srv.stop(), 0)
+
+    def test_streams_from_another_thread_and_a_client_that_leaves_mid_stream(self):
+        with Server([ARGS.stream, "127.0.0.1:0", ARGS.backend]) as srv:
+            c = http.client.HTTPConnection("127.0.0.1", srv.port, timeout=10)
+            c.request("GET", "/ticks?count=20")
+            r = c.getresponse()
+            self.assertEqual(r.getheader("Transfer-Encoding"), "chunked")
+            lines = r.read().decode().splitlines()
+            self.assertEqual([json.loads(l)["tick"] for l in lines], list(range(20)))
+            c.request("GET", "/numbers?count=3")  # the same connection goes on
+            self.assertEqual(c.getresponse().read(), b'{"n":0}\n{"n":1}\n{"n":2}\n')
+            c.close()
+            for path in ("/ticks?count=1000", "/numbers?count=100000000"):
+                s = connect(srv.port)
+                s.sendall(f"GET {path} HTTP/1.1\r\nHost: t\r\n\r\n".encode())
+                s.recv(100)
+                s.close()  # gone mid-stream
+            time.sleep(0.3)
+            self.assertEqual(get(srv.port, "/numbers?count=1")[:2], (200, b'{"n":0}\n'))
+            self.assertEqual(srv.stop(), 0)  # in the sanitizer build a leak or an error report changes this
+
     def test_the_embedding_example_answers_now_and_later(self):
         srv = Server([ARGS.hello, "127.0.0.1:0", ARGS.backend])
         try:
@@ -691,6 +741,7 @@ def main():
     ap.add_argument("--hello", required=True)
     ap.add_argument("--offload", required=True)
     ap.add_argument("--rest", required=True)
+    ap.add_argument("--stream", required=True)
     ap.add_argument("--dataset", required=True)
     ap.add_argument("--backend", choices=["io_uring", "epoll"], required=True)
     ARGS, rest = ap.parse_known_args()

@@ -16,6 +16,15 @@ struct OneConnection final : server::ReplyTarget {
     return conn->awaiting_reply() && conn->seq() == seq;
   }
   bool fetch(std::size_t, std::string_view, Responder, UpstreamDone, void*) noexcept override { return false; }
+  bool stream_begin(std::uint32_t, std::uint16_t, std::uint32_t seq, const Response& head) noexcept override {
+    return conn->stream_begin(seq, head);
+  }
+  bool stream_write(std::uint32_t, std::uint16_t, std::uint32_t seq, std::string_view data, bool end) noexcept override {
+    return conn->stream_write(seq, data, end);
+  }
+  void stream_on_writable(std::uint32_t, std::uint16_t, std::uint32_t seq, std::function<void()> fn) override {
+    conn->stream_on_writable(seq, std::move(fn));
+  }
 };
 
 }  // namespace userd::testing

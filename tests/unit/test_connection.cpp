@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <functional>
+#include <memory>
 #include <cerrno>
 #include <optional>
 #include <stdexcept>
@@ -651,4 +652,129 @@ TEST_CASE("a malformed percent-escape or an encoded NUL in a parameter or the qu
     CHECK(f.kernel.wire.find("malformed percent-escape") != std::string::npos);
     CHECK(f.count("HTTP/1.1 200 OK") == 1);  // the stream is intact: the next request is answered
   }
+}
+
+// --- streamed responses ---------------------------------------------------------------------------------------
+
+namespace {
+struct Streams : Timed {
+  std::optional<Stream> stream;
+  Streams() {
+    router.get("/stream", [this](const Request&, Responder res) {
+      Response head;
+      head.content_type = "application/x-ndjson";
+      stream = res.stream(head);
+    });
+  }
+  void run_due() {
+    auto due = std::move(ctx.writable_due);
+    ctx.writable_due.clear();
+    for (auto [slot, gen] : due) conn->run_writable();
+  }
+};
+constexpr std::string_view kStream = "GET /stream HTTP/1.1\r\nHost: t\r\n\r\n";
+}  // namespace
+
+TEST_CASE("a stream to an HTTP/1.1 client is chunked; after its end the next pipelined request is answered") {
+  Streams f;
+  f.feed(std::string(kStream) + std::string(kGet));
+  REQUIRE(f.stream);
+  CHECK(f.stream->write("{\"n\":1}\n"));
+  CHECK(f.stream->write(""));  // nothing to send: no chunk (an empty one would end the body)
+  CHECK(f.stream->write("{\"n\":2}\n"));
+  CHECK(f.kernel.wire.find("\r\n\r\nnow") == std::string::npos);  // waits behind the stream
+  CHECK(f.stream->end());
+  CHECK_FALSE(f.stream->write("late"));
+  CHECK_FALSE(f.stream->end());
+  while (f.kernel.pending_send >= 0) f.sent();
+  const std::string& w = f.kernel.wire;
+  CHECK(w.find("HTTP/1.1 200 OK\r\nContent-Type: application/x-ndjson\r\n") == 0);
+  CHECK(w.find("Transfer-Encoding: chunked\r\n") != std::string::npos);
+  CHECK(w.find("Content-Length") > w.find("0\r\n\r\n"));  // only the next response has one
+  CHECK(w.find("\r\n\r\n8\r\n{\"n\":1}\n\r\n8\r\n{\"n\":2}\n\r\n0\r\n\r\nHTTP/1.1 200 OK") != std::string::npos);
+  CHECK(f.conn->state() == Connection::State::Open);
+}
+
+TEST_CASE("a stream to an HTTP/1.0 client ends with the close; HEAD gets the headers only") {
+  Streams f;
+  f.feed("GET /stream HTTP/1.0\r\n\r\n");
+  REQUIRE(f.stream);
+  CHECK(f.stream->write("raw bytes"));
+  CHECK(f.stream->end());
+  while (f.kernel.pending_send >= 0) f.sent();
+  CHECK(f.kernel.wire.find("Connection: close\r\n") != std::string::npos);
+  CHECK(f.kernel.wire.find("Transfer-Encoding") == std::string::npos);
+  CHECK(f.kernel.wire.find("\r\n\r\nraw bytes") != std::string::npos);
+  CHECK(f.conn->state() == Connection::State::Lingering);
+  Streams g;
+  g.feed("HEAD /stream HTTP/1.1\r\nHost: t\r\n\r\n");
+  REQUIRE(g.stream);
+  CHECK(g.stream->write("dropped"));
+  CHECK(g.stream->end());
+  CHECK(g.kernel.wire.find("Transfer-Encoding: chunked\r\n") != std::string::npos);
+  CHECK(g.kernel.wire.find("dropped") == std::string::npos);
+  CHECK(g.kernel.wire.find("0\r\n\r\n") == std::string::npos);
+}
+
+TEST_CASE("a stream over the high-water mark refuses writes; on_writable runs once output drains") {
+  Streams f;
+  f.feed(std::string(kStream));
+  REQUIRE(f.stream);
+  const std::string piece(16 * 1024, 'x');
+  int written = 0;
+  while (f.stream->write(piece)) ++written;
+  CHECK(written >= 4);
+  CHECK(written <= 6);  // about 64 KiB queued, then false
+  int called = 0;
+  f.stream->on_writable([&] { ++called; });
+  f.run_due();
+  CHECK(called == 0);  // not below the low-water mark yet
+  while (f.kernel.pending_send >= 0) f.sent();
+  f.run_due();
+  CHECK(called == 1);
+  f.run_due();
+  CHECK(called == 1);  // once per registration
+  CHECK(f.stream->write(piece));
+}
+
+TEST_CASE("a client that leaves mid-stream: writes say false, the callback's captures are released") {
+  Streams f;
+  f.feed(std::string(kStream));
+  REQUIRE(f.stream);
+  auto held = std::make_shared<int>(7);
+  f.stream->on_writable([held] {});
+  CHECK(held.use_count() == 2);
+  f.conn->on_recv_end(-104);  // ECONNRESET
+  CHECK(held.use_count() == 1);
+  CHECK_FALSE(f.stream->write("x"));
+  CHECK_FALSE(f.stream->end());
+}
+
+TEST_CASE("a stream whose producer stops writing is cut at the handler deadline") {
+  Streams f;
+  f.feed(std::string(kStream));
+  REQUIRE(f.stream);
+  f.sent();
+  f.advance(2000);
+  CHECK(f.stream->write("alive"));  // each write starts the deadline again
+  f.sent();
+  f.advance(2000);
+  CHECK_FALSE(f.aborted());
+  f.advance(1100);
+  CHECK(f.aborted());
+}
+
+TEST_CASE("a stream head with Content-Length is refused with 500") {
+  Fixture f;
+  std::optional<Stream> s;
+  f.router.get("/bad", [&](const Request&, Responder res) {
+    const Header h{"Content-Length", "5"};
+    Response head;
+    head.headers = {&h, 1};
+    s = res.stream(head);
+  });
+  f.feed("GET /bad HTTP/1.1\r\nHost: t\r\n\r\n");
+  CHECK(f.kernel.wire.find("HTTP/1.1 500") == 0);
+  REQUIRE(s);
+  CHECK_FALSE(s->write("x"));
 }

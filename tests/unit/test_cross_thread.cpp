@@ -223,3 +223,65 @@ TEST_CASE("an answer from another thread for a client that left is dropped; afte
     server.wait();
   });
 }
+
+TEST_CASE("a stream written and ended from another thread arrives whole, chunked, in order") {
+  each_backend([](userd::BackendKind kind) {
+    std::vector<std::thread> producers;
+    std::mutex m;
+    userd::Router router;
+    router.get("/s/{n}", [&](const userd::Request& req, userd::Responder res) {
+      const int n = std::stoi(std::string(req.param("n")));
+      userd::Response head;
+      head.content_type = "text/plain";
+      std::lock_guard<std::mutex> l(m);
+      producers.emplace_back([s = res.stream(head), n] {
+        for (int i = 0; i < n; ++i) {
+          const std::string line = std::to_string(i) + "\n";
+          while (!s.write(line)) std::this_thread::sleep_for(std::chrono::milliseconds(1));  // inbox full: later
+        }
+        s.end();
+      });
+    });
+    userd::ServerConfig cfg;
+    cfg.host = "127.0.0.1";
+    cfg.port = 0;
+    cfg.threads = 1;
+    cfg.backend = kind;
+    userd::Server server(cfg, std::move(router));
+    if (!server.start()) {
+      MESSAGE("backend refused: skipped");
+      return;
+    }
+    const int fd = connect_to(server.port());
+    const std::string req = "GET /s/2000 HTTP/1.1\r\nHost: t\r\n\r\n";
+    [[maybe_unused]] ssize_t w = ::send(fd, req.data(), req.size(), MSG_NOSIGNAL);
+    std::string all;
+    char buf[65536];
+    while (all.find("\r\n0\r\n\r\n") == std::string::npos) {
+      const ssize_t n = ::recv(fd, buf, sizeof buf, 0);
+      if (n <= 0) break;
+      all.append(buf, std::size_t(n));
+    }
+    ::close(fd);
+    {
+      std::lock_guard<std::mutex> l(m);
+      for (auto& t : producers) t.join();
+    }
+    server.stop();
+    server.wait();
+    // De-chunk and check every line in order.
+    std::string body;
+    std::size_t pos = all.find("\r\n\r\n") + 4;
+    while (pos < all.size()) {
+      const std::size_t eol = all.find("\r\n", pos);
+      const std::size_t len = std::stoul(all.substr(pos, eol - pos), nullptr, 16);
+      if (len == 0) break;
+      body += all.substr(eol + 2, len);
+      pos = eol + 2 + len + 2;
+    }
+    std::string want;
+    for (int i = 0; i < 2000; ++i) want += std::to_string(i) + "\n";
+    CHECK(all.find("Transfer-Encoding: chunked") != std::string::npos);
+    CHECK(body == want);
+  });
+}

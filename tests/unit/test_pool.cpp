@@ -82,6 +82,11 @@ struct Clients final : server::ReplyTarget {
   bool reply(std::uint32_t, std::uint16_t, std::uint32_t, const Response&) noexcept override { return false; }
   bool awaiting(std::uint32_t slot, std::uint16_t, std::uint32_t) const noexcept override { return !gone[slot]; }
   bool fetch(std::size_t, std::string_view, Responder, UpstreamDone, void*) noexcept override { return false; }
+  bool stream_begin(std::uint32_t, std::uint16_t, std::uint32_t, const Response&) noexcept override { return false; }
+  bool stream_write(std::uint32_t, std::uint16_t, std::uint32_t, std::string_view, bool) noexcept override {
+    return false;
+  }
+  void stream_on_writable(std::uint32_t, std::uint16_t, std::uint32_t, std::function<void()>) override {}
 };
 
 struct Answer {

@@ -5,6 +5,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <span>
 #include <string_view>
 
@@ -27,6 +28,32 @@ struct Response {
   bool body_is_static = false;
 };
 
+// A response whose body is written in pieces: chunked to an HTTP/1.1 client, delimited by the close to an
+// HTTP/1.0 one, headers only for HEAD. Copyable; like a Responder it never keeps the connection alive.
+class Stream {
+ public:
+  // Copies data into the response. On the loop thread: false, and nothing written, when the client has gone,
+  // the stream has ended, or more than 64 KiB of output is queued (wait for on_writable). From another thread:
+  // copied into the loop's inbox; false when the server is stopping or the inbox holds over 1 MiB.
+  bool write(std::string_view data) const noexcept;
+  // Loop thread only: fn runs once, on the loop thread, when queued output is below 16 KiB (on the next loop
+  // turn if it is already). Register again from fn for more.
+  void on_writable(std::function<void()> fn) const;
+  // The end of the body; the connection then goes on with the client's next request. Any thread.
+  bool end() const noexcept;
+  Stream() noexcept = default;
+
+ private:
+  friend class Responder;
+  friend struct server::Access;
+  Stream(server::ReplyTarget* w, std::uint32_t slot, std::uint16_t gen, std::uint32_t seq) noexcept
+      : target_(w), slot_(slot), gen_(gen), seq_(seq) {}
+  server::ReplyTarget* target_ = nullptr;
+  std::uint32_t slot_ = 0;
+  std::uint16_t gen_ = 0;
+  std::uint32_t seq_ = 0;
+};
+
 class Responder {
  public:
   // Answers the request, once. On the loop thread that ran the handler: written at once; false (and nothing
@@ -35,6 +62,10 @@ class Responder {
   // woken; true means queued, and the loop drops it if the request is no longer awaited by then; false when the
   // server is stopping. The Server must outlive every Responder that may still be used.
   bool send(const Response& r) const noexcept;
+  // Starts a streamed answer with head's status, content type and headers (its body is ignored; a handler's
+  // Content-Length is refused). Any thread. An unusable Stream (its calls return false) when the request is not
+  // awaited any more.
+  Stream stream(const Response& head) const noexcept;
   // On the loop thread: whether the client is still there to be answered. On another thread: whether the server
   // still runs (the connection is the loop's to look at).
   bool alive() const noexcept;

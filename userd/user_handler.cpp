@@ -141,7 +141,9 @@ void add_user_routes(Router& router, std::string_view dataset, const RouteOption
   p->path = opts.upstream_path;
   router.get(opts.user_path, [p](const Request& req, Responder res) {
     ProxyRoute* route = req.backend() == "epoll" ? &p->epoll : &p->uring;
-    if (!req.fetch(0, p->path, res, &on_upstream, route)) answer_error(res, *route, 503, Cause::Overloaded);
+    UpstreamRequest up;
+    up.target = p->path;  // GET, no headers of ours: the seed's microservice1
+    if (!req.fetch(0, up, res, &on_upstream, route)) answer_error(res, *route, 503, Cause::Overloaded);
   });
 }
 

@@ -41,8 +41,9 @@ ReadStep MessageReader<Head>::read(char* msg, std::size_t avail, const Limits& l
     base_ = msg;
     head_len_ = r.consumed;
     if (interim(head_)) return {ReadStatus::Interim, HttpError::None, head_len_};
-    head_done_ = true;
     body_have_ = 0;
+    if (no_body_) return {ReadStatus::Done, HttpError::None, head_len_};
+    head_done_ = true;
     raw_off_ = head_len_;
     const Framing f = framing(head_);
     if (f.chunked) chunked_.reset(max_body_);

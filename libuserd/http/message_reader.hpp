@@ -32,9 +32,11 @@ struct ReadStep {
 template <class Head>
 class MessageReader {
  public:
-  // Before each message (and after Interim): max_body bounds the decoded body (413 / TooLarge).
-  void reset(std::uint64_t max_body) noexcept {
+  // Before each message (and after Interim): max_body bounds the decoded body (413 / TooLarge). no_body: the
+  // answer to a HEAD request, which has none whatever its head says (RFC 9110 9.3.2).
+  void reset(std::uint64_t max_body, bool no_body = false) noexcept {
     max_body_ = max_body;
+    no_body_ = no_body;
     head_done_ = false;
     prev_len_ = head_len_ = body_have_ = raw_off_ = 0;
     base_ = nullptr;
@@ -66,6 +68,7 @@ class MessageReader {
   ChunkedDecoder chunked_;
   std::uint64_t max_body_ = 0;
   bool head_done_ = false;
+  bool no_body_ = false;
   std::size_t prev_len_ = 0;  // bytes the head parser saw without finding the head's end
   std::size_t head_len_ = 0;
   std::size_t body_have_ = 0;  // decoded body bytes, right after the head

@@ -75,7 +75,14 @@ std::string_view Request::peer() const noexcept { return conn_ ? conn_->peer() :
 
 bool Request::fetch(std::size_t upstream, std::string_view path, Responder res, UpstreamDone done,
                     void* user) const noexcept {
-  return loop_ && loop_->fetch(upstream, path, res, done, user);
+  UpstreamRequest r;
+  r.target = path;
+  return fetch(upstream, r, res, done, user);
+}
+
+bool Request::fetch(std::size_t upstream, const UpstreamRequest& request, Responder res, UpstreamDone done,
+                    void* user) const noexcept {
+  return loop_ && loop_->fetch(upstream, request, res, done, user);
 }
 
 std::string_view describe(UpstreamError e) noexcept {

@@ -87,6 +87,28 @@ Result<int> make_listener(const sockaddr_storage& addr, socklen_t len) noexcept 
   return fd;
 }
 
+// Every address an upstream name resolves to (a numeric one: itself), without repeats.
+std::vector<upstream::Target::Address> resolve_all(const std::string& host, std::uint16_t port) {
+  addrinfo hints{};
+  hints.ai_family = AF_UNSPEC;
+  hints.ai_socktype = SOCK_STREAM;
+  hints.ai_flags = AI_NUMERICSERV;
+  addrinfo* res = nullptr;
+  const std::string service = std::to_string(port);
+  std::vector<upstream::Target::Address> out;
+  if (getaddrinfo(host.c_str(), service.c_str(), &hints, &res) != 0 || !res) return out;
+  for (addrinfo* a = res; a; a = a->ai_next) {
+    upstream::Target::Address addr;
+    std::memcpy(&addr.addr, a->ai_addr, a->ai_addrlen);
+    addr.len = a->ai_addrlen;
+    bool seen = false;
+    for (const auto& o : out) seen = seen || (o.len == addr.len && std::memcmp(&o.addr, &addr.addr, addr.len) == 0);
+    if (!seen) out.push_back(addr);
+  }
+  freeaddrinfo(res);
+  return out;
+}
+
 std::uint16_t bound_port(int fd) noexcept {
   sockaddr_storage ss{};
   socklen_t len = sizeof ss;
@@ -161,9 +183,8 @@ Result<void> Server::start() {
   for (const UpstreamConfig& u : s.cfg.upstreams) {
     upstream::Target t;
     t.cfg = u;
-    auto a = resolve(u.host, u.port, t.addr_len, false);
-    if (!a) return fail(Errc::BadInput, EINVAL, "resolve upstream address");
-    t.addr = *a;
+    t.addrs = resolve_all(u.host, u.port);
+    if (t.addrs.empty()) return fail(Errc::BadInput, EINVAL, "resolve upstream address");
     const bool v6 = u.host.find(':') != std::string::npos;
     t.host_header = (v6 ? "[" + u.host + "]" : u.host) + ":" + std::to_string(u.port);
     s.upstreams.push_back(std::move(t));

@@ -382,9 +382,9 @@ void Worker::run_writables() noexcept {
   }
 }
 
-bool Worker::fetch(std::size_t upstream, std::string_view path, Responder res, UpstreamDone done,
+bool Worker::fetch(std::size_t upstream, const UpstreamRequest& request, Responder res, UpstreamDone done,
                    void* user) noexcept {
-  return upstream < pools_.size() && pools_[upstream]->fetch(path, res, done, user);
+  return upstream < pools_.size() && pools_[upstream]->fetch(request, res, done, user);
 }
 
 bool Worker::awaiting(std::uint32_t slot, std::uint16_t gen, std::uint32_t seq) const noexcept {

@@ -13,6 +13,10 @@
 #include "libuserd/io/tag.hpp"
 
 namespace userd::upstream {
+namespace {
+// How long an address that refused a connection is passed over when another one is there.
+constexpr std::uint64_t kRefusedMs = 5000;
+}  // namespace
 
 Pool::Pool(const Target& target, std::uint16_t index, io::Backend& backend, const std::uint64_t& now_ms)
     : target_(target), index_(index), backend_(backend), now_ms_(now_ms) {
@@ -23,7 +27,8 @@ Pool::Pool(const Target& target, std::uint16_t index, io::Backend& backend, cons
   for (unsigned i = n; i-- > 0;) free_.push_back(i);
   const std::size_t q = target.cfg.max_queue ? target.cfg.max_queue : 1;
   queue_.resize(q);
-  queue_paths_.resize(q);
+  queue_bytes_.resize(q);
+  refused_until_.assign(target.addrs.size(), 0);
 }
 
 Pool::~Pool() = default;
@@ -39,52 +44,96 @@ std::uint64_t Pool::tag_for(io::Op op, std::uint32_t i) const noexcept {
   return io::tag(op, std::uint32_t(index_) << 16 | i, conns_[i].sock.gen);
 }
 
+namespace {
+
+bool is_token(std::string_view s) noexcept {
+  if (s.empty()) return false;
+  for (unsigned char c : s)
+    if (c <= 0x20 || c >= 0x7f || std::strchr("\"(),/:;<=>?@[\\]{}", c)) return false;
+  return true;
+}
+bool no_controls(std::string_view s) noexcept {
+  for (unsigned char c : s)
+    if ((c < 0x20 && c != '\t') || c == 0x7f) return false;
+  return true;
+}
+bool pool_owned(std::string_view name) noexcept {
+  return http::iequals(name, "host") || http::iequals(name, "content-length") ||
+         http::iequals(name, "transfer-encoding") || http::iequals(name, "connection");
+}
+bool idempotent(std::string_view m) noexcept {
+  return m == "GET" || m == "HEAD" || m == "PUT" || m == "DELETE" || m == "OPTIONS" || m == "TRACE";
+}
+
+}  // namespace
+
 bool Pool::fetch(std::string_view path, Responder res, UpstreamDone done, void* user) noexcept {
+  UpstreamRequest r;
+  r.target = path;
+  return fetch(r, res, done, user);
+}
+
+bool Pool::fetch(const UpstreamRequest& req, Responder res, UpstreamDone done, void* user) noexcept {
+  // What would split or contradict the request is refused here, not sent.
+  if (!is_token(req.method) || req.target.empty() || req.target.front() != '/' || !no_controls(req.target) ||
+      req.target.find(' ') != std::string_view::npos)
+    return false;
+  for (const Header& h : req.headers)
+    if (!is_token(h.name) || !no_controls(h.value) || pool_owned(h.name)) return false;
   Job job;
   job.res = res;
   job.done = done;
   job.user = user;
   job.deadline = now_ms_ + target_.cfg.timeout_ms;
+  job.idempotent = idempotent(req.method);
+  job.head = req.method == "HEAD";
   try {
+    request_.clear();
+    request_.append(req.method).append(" ").append(req.target).append(" HTTP/1.1\r\nHost: ");
+    request_.append(target_.host_header).append("\r\n");
+    for (const Header& h : req.headers) request_.append(h.name).append(": ").append(h.value).append("\r\n");
+    if (!req.body.empty() || req.method == "POST" || req.method == "PUT" || req.method == "PATCH")
+      request_.append("Content-Length: ").append(std::to_string(req.body.size())).append("\r\n");
+    request_.append("\r\n").append(req.body);
     if (count_ == 0 && (!idle_.empty() || !free_.empty())) {
-      dispatch(job, path);
+      dispatch(job, request_);
       return true;
     }
-    return enqueue(job, path, false);
+    return enqueue(job, request_, false);
   } catch (const std::bad_alloc&) {
     return false;  // the caller answers, as for a full queue
   }
 }
 
 // Only from pump() or fetch(), with a connection idle or free, or from a retry.
-void Pool::dispatch(const Job& job, std::string_view path) {
+void Pool::dispatch(const Job& job, std::string_view request) {
   // A retry goes to a fresh connection: the idle ones may be as dead as the one that failed.
   if (!job.retried && !idle_.empty()) {
     std::uint32_t i = idle_.back();
     idle_.pop_back();
-    start(i, job, path);
+    start(i, job, request);
     return;
   }
   if (!free_.empty()) {
     std::uint32_t i = free_.back();
     free_.pop_back();
-    open(i, job, path);
+    open(i, job, request);
     return;
   }
-  // A retry with only idle connections left: close one to make room, and wait for it. The path is copied into
-  // the queue before the close can hand the slot on.
-  const bool queued = enqueue(job, path, true);
+  // A retry with only idle connections left: close one to make room, and wait for it. The request is copied
+  // into the queue before the close can hand the slot on.
+  const bool queued = enqueue(job, request, true);
   if (!idle_.empty()) close(idle_.back());
   if (!queued) deliver(job, UpstreamReply{UpstreamError::Overloaded, 0, {}, {}});
 }
 
-bool Pool::enqueue(const Job& job, std::string_view path, bool front) {
+bool Pool::enqueue(const Job& job, std::string_view request, bool front) {
   if (count_ == queue_.size()) {
     stats_.errors[std::size_t(UpstreamError::Overloaded)].add();
     return false;
   }
   const std::size_t slot = front ? (head_ + queue_.size() - 1) % queue_.size() : (head_ + count_) % queue_.size();
-  queue_paths_[slot].assign(path);  // may throw: nothing is changed until it has not
+  queue_bytes_[slot].assign(request);  // may throw: nothing is changed until it has not
   queue_[slot] = job;
   if (front) head_ = slot;
   ++count_;
@@ -102,7 +151,7 @@ void Pool::pump() {
   } done{pumping_};
   while (count_ > 0 && (!idle_.empty() || !free_.empty())) {
     const Job j = queue_[head_];
-    pumping_path_.swap(queue_paths_[head_]);  // both keep their capacity: no allocation
+    pumping_bytes_.swap(queue_bytes_[head_]);  // both keep their capacity: no allocation
     head_ = (head_ + 1) % queue_.size();
     --count_;
     // A client that left while its request waited is not asked for: after a burst, the queue would otherwise
@@ -111,24 +160,19 @@ void Pool::pump() {
       deliver(j, UpstreamReply{UpstreamError::Overloaded, 0, {}, {}});
       continue;
     }
-    dispatch(j, pumping_path_);
+    dispatch(j, pumping_bytes_);
   }
 }
 
-void Pool::start(std::uint32_t i, const Job& job, std::string_view path) {
+void Pool::start(std::uint32_t i, const Job& job, std::string_view request) {
   Conn& c = conns_[i];
   c.out.clear();
-  c.out.append("GET ");
-  c.out.append(path);
-  c.out.append(" HTTP/1.1\r\nHost: ");
-  c.out.append(target_.host_header);
-  c.out.append("\r\n\r\n");
-  c.path_len = path.size();
+  c.out.append(request);
   c.out_sent = 0;
   c.job = job;
   c.got_bytes = false;
   c.in.clear();
-  c.reader.reset(target_.cfg.max_body);
+  c.reader.reset(target_.cfg.max_body, job.head);
   if (c.state == State::Connecting) return;  // sends once connected
   c.state = State::Busy;
   submit_send(i);
@@ -141,9 +185,24 @@ void Pool::submit_send(std::uint32_t i) noexcept {
   backend_.send(c.sock.fd, tag_for(io::Op::UpSend, i), &c.iov, 1, &c.msg);
 }
 
-void Pool::open(std::uint32_t i, const Job& job, std::string_view path) {
+// The next address in turn that has not refused a connection lately (any, when all have).
+std::size_t Pool::pick_address() noexcept {
+  const std::size_t n = target_.addrs.size();
+  for (std::size_t k = 0; k < n; ++k) {
+    const std::size_t a = (next_addr_ + k) % n;
+    if (refused_until_[a] <= now_ms_) {
+      next_addr_ = a + 1;
+      return a;
+    }
+  }
+  return next_addr_++ % n;
+}
+
+void Pool::open(std::uint32_t i, const Job& job, std::string_view request) {
   Conn& c = conns_[i];
-  const int fd = ::socket(target_.addr.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  c.addr = pick_address();
+  const Target::Address& to = target_.addrs[c.addr];
+  const int fd = ::socket(to.addr.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
   if (fd < 0) {
     free_.push_back(i);
     stats_.errors[std::size_t(UpstreamError::Unreachable)].add();
@@ -158,15 +217,14 @@ void Pool::open(std::uint32_t i, const Job& job, std::string_view path) {
   stats_.connects.add();
   stats_.open.add();
   try {
-    start(i, job, path);
+    start(i, job, request);
   } catch (const std::bad_alloc&) {
     c.state = State::Closing;
     maybe_release(i);
     throw;
   }
   c.sock.connect_inflight = true;
-  backend_.connect(fd, reinterpret_cast<const sockaddr*>(&target_.addr), target_.addr_len,
-                   tag_for(io::Op::UpConnect, i));
+  backend_.connect(fd, reinterpret_cast<const sockaddr*>(&to.addr), to.len, tag_for(io::Op::UpConnect, i));
 }
 
 void Pool::on_completion(const io::Completion& comp) noexcept {
@@ -186,7 +244,19 @@ void Pool::on_conn_completion(std::uint32_t i, const io::Completion& comp) {
     case io::Op::UpConnect:
       c.sock.connect_inflight = false;
       if (c.state == State::Closing) return maybe_release(i);
-      if (comp.res < 0) return fail(i, UpstreamError::Unreachable);
+      if (comp.res < 0) {
+        // Refused: skip that address for a while, and try this request on another one (nothing was sent).
+        if (comp.res == -ECONNREFUSED) refused_until_[c.addr] = now_ms_ + kRefusedMs;
+        if (comp.res == -ECONNREFUSED && c.job.done && c.job.refusals + 1u < target_.addrs.size()) {
+          Job job = c.job;
+          ++job.refusals;
+          const bool queued = enqueue(job, std::string_view(c.out.data(), c.out.size()), true);
+          close(i);
+          if (!queued) return deliver(job, UpstreamReply{UpstreamError::Overloaded, 0, {}, {}});
+          return pump();
+        }
+        return fail(i, UpstreamError::Unreachable);
+      }
       c.state = State::Busy;
       backend_.recv(c.sock.fd, tag_for(io::Op::UpRecv, i));
       c.sock.recv_armed = true;
@@ -298,15 +368,17 @@ void Pool::fail(std::uint32_t i, UpstreamError e) {
 }
 
 // A reused connection that died before answering anything was closed by the upstream while idle: try once more
-// on a fresh one. Anything else is the upstream's answer.
+// on a fresh one, if the method allows it (RFC 9110 9.2.2) or not a byte of the request went out. Anything else
+// is the upstream's answer.
 void Pool::retry_or_fail(std::uint32_t i, UpstreamError e) {
   Conn& c = conns_[i];
   if (!c.job.done || !c.reused || c.got_bytes || c.job.retried) return fail(i, e);
+  if (!c.job.idempotent && c.out_sent > 0) return fail(i, e);
   stats_.retries.add();
   Job job = c.job;
   job.retried = true;
-  // Queued first: the path lives in c.out, which the slot's next user overwrites.
-  const bool queued = enqueue(job, std::string_view(c.out.data() + 4, c.path_len), true);
+  // Queued first: the request lives in c.out, which the slot's next user overwrites.
+  const bool queued = enqueue(job, std::string_view(c.out.data(), c.out.size()), true);
   close(i);
   if (!queued) return deliver(job, UpstreamReply{UpstreamError::Overloaded, 0, {}, {}});  // counted by enqueue
   pump();
@@ -329,7 +401,7 @@ void Pool::close(std::uint32_t i) noexcept {
   try {
     maybe_release(i);
   } catch (const std::bad_alloc&) {
-    // pump() could not queue a path: the requests stay queued and go out with the next release
+    // pump() could not copy a request: the requests stay queued and go out with the next release
   }
 }
 

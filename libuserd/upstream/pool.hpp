@@ -27,9 +27,12 @@ namespace userd::upstream {
 // An upstream whose address is resolved (Server::start does it once).
 struct Target {
   UpstreamConfig cfg;
-  sockaddr_storage addr{};
-  socklen_t addr_len = 0;
-  std::string host_header;  // "host:port"
+  struct Address {
+    sockaddr_storage addr{};
+    socklen_t len = 0;
+  };
+  std::vector<Address> addrs;  // every address the name resolved to, in resolver order
+  std::string host_header;     // "host:port"
 };
 
 // Written by the pool's thread, read by a metrics scrape from any.
@@ -51,6 +54,7 @@ class Pool {
 
   // False when the request cannot even be queued (the queue holds cfg.max_queue): counted as Overloaded, and
   // the caller answers the client itself.
+  bool fetch(const UpstreamRequest& request, Responder res, UpstreamDone done, void* user) noexcept;
   bool fetch(std::string_view path, Responder res, UpstreamDone done, void* user) noexcept;
   void on_completion(const io::Completion& c) noexcept;
   // Expires exchanges and queued requests past their deadline.
@@ -62,12 +66,15 @@ class Pool {
   std::size_t queued() const noexcept { return count_; }
 
  private:
-  struct Job {  // trivially copyable: the path lives beside it (queue_paths_) or in the connection's request
+  struct Job {  // trivially copyable: the request's bytes live beside it (queue_bytes_) or in the connection
     Responder res;
     UpstreamDone done = nullptr;  // null: no job
     void* user = nullptr;
     std::uint64_t deadline = 0;
     bool retried = false;
+    bool idempotent = true;      // RFC 9110 9.2.2: may be sent again after a reused connection died
+    bool head = false;           // the answer has no body
+    std::uint8_t refusals = 0;   // connects refused for it: each tries another address
   };
   // Connecting -> Busy -> (response complete) Settling until the send completes -> Idle -> Busy ...
   enum class State : std::uint8_t { Free, Connecting, Busy, Settling, Idle, Closing };
@@ -77,8 +84,8 @@ class Pool {
     bool reused = false;     // finished an exchange before: its death on first use earns a retry
     bool got_bytes = false;  // this exchange has received something
     Job job;
-    std::size_t path_len = 0;  // the path sits at out[4, 4 + path_len)
-    core::ByteBuffer out;
+    std::size_t addr = 0;  // which of target_.addrs it connected to
+    core::ByteBuffer out;  // the request's bytes
     std::size_t out_sent = 0;
     iovec iov{};
     msghdr msg{};
@@ -88,11 +95,12 @@ class Pool {
 
   std::uint64_t tag_for(io::Op op, std::uint32_t i) const noexcept;
   void on_conn_completion(std::uint32_t i, const io::Completion& c);
-  void start(std::uint32_t i, const Job& job, std::string_view path);
-  void open(std::uint32_t i, const Job& job, std::string_view path);
-  void dispatch(const Job& job, std::string_view path);
+  void start(std::uint32_t i, const Job& job, std::string_view request);
+  void open(std::uint32_t i, const Job& job, std::string_view request);
+  void dispatch(const Job& job, std::string_view request);
   void pump();
-  bool enqueue(const Job& job, std::string_view path, bool front);
+  bool enqueue(const Job& job, std::string_view request, bool front);
+  std::size_t pick_address() noexcept;
   void submit_send(std::uint32_t i) noexcept;
   void parse(std::uint32_t i);
   void complete(std::uint32_t i, std::size_t total);
@@ -109,12 +117,15 @@ class Pool {
   const std::uint64_t& now_ms_;
   std::vector<Conn> conns_;
   std::vector<std::uint32_t> free_, idle_;
-  // Requests waiting for a connection: a ring of cfg.max_queue jobs (head_, count_), each with its path in the
-  // string of the same index, whose capacity is kept: no growth for as long as overload lasts.
+  // Requests waiting for a connection: a ring of cfg.max_queue jobs (head_, count_), each with its request's
+  // bytes in the string of the same index, whose capacity is kept: no growth for as long as overload lasts.
   std::vector<Job> queue_;
-  std::vector<std::string> queue_paths_;
+  std::vector<std::string> queue_bytes_;
   std::size_t head_ = 0, count_ = 0;
-  std::string pumping_path_;  // the path of the job pump() is handing out: never a view into the queue
+  std::string pumping_bytes_;  // the request pump() is handing out: never a view into the queue
+  std::string request_;        // fetch() writes the request here first (capacity kept)
+  std::vector<std::uint64_t> refused_until_;  // per address: skipped until then after a refused connect
+  std::size_t next_addr_ = 0;
   bool pumping_ = false;      // pump() re-entered from a callback or a release returns at once
   PoolStats stats_;
 };

@@ -15,7 +15,7 @@ struct OneConnection final : server::ReplyTarget {
   bool awaiting(std::uint32_t, std::uint16_t, std::uint32_t seq) const noexcept override {
     return conn->awaiting_reply() && conn->seq() == seq;
   }
-  bool fetch(std::size_t, std::string_view, Responder, UpstreamDone, void*) noexcept override { return false; }
+  bool fetch(std::size_t, const UpstreamRequest&, Responder, UpstreamDone, void*) noexcept override { return false; }
   bool stream_begin(std::uint32_t, std::uint16_t, std::uint32_t seq, const Response& head) noexcept override {
     return conn->stream_begin(seq, head);
   }

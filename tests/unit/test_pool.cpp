@@ -32,6 +32,7 @@ struct PoolKernel final : io::Backend {
     std::uint64_t connect = 0, recv = 0, send = 0;  // tags of the armed operations, 0: none
     std::size_t send_len = 0;
     int sends = 0;
+    unsigned to = 0;  // last byte of the address connected to
     bool shut = false, closed = false;
     std::string wire;  // what was sent, when recording
   };
@@ -59,9 +60,10 @@ struct PoolKernel final : io::Backend {
       f.send_len += iov[i].iov_len;
     }
   }
-  void connect(int fd, const sockaddr*, socklen_t, std::uint64_t t) noexcept override {
+  void connect(int fd, const sockaddr* to, socklen_t, std::uint64_t t) noexcept override {
     fds[std::size_t(fd)] = Fd{};
     fds[std::size_t(fd)].connect = t;
+    fds[std::size_t(fd)].to = ntohl(reinterpret_cast<const sockaddr_in*>(to)->sin_addr.s_addr) & 0xff;
     connects.push_back(fd);
   }
   void cancel(int, std::uint64_t) noexcept override {}
@@ -81,7 +83,7 @@ struct Clients final : server::ReplyTarget {
   std::array<bool, 64> gone{};
   bool reply(std::uint32_t, std::uint16_t, std::uint32_t, const Response&) noexcept override { return false; }
   bool awaiting(std::uint32_t slot, std::uint16_t, std::uint32_t) const noexcept override { return !gone[slot]; }
-  bool fetch(std::size_t, std::string_view, Responder, UpstreamDone, void*) noexcept override { return false; }
+  bool fetch(std::size_t, const UpstreamRequest&, Responder, UpstreamDone, void*) noexcept override { return false; }
   bool stream_begin(std::uint32_t, std::uint16_t, std::uint32_t, const Response&) noexcept override { return false; }
   bool stream_write(std::uint32_t, std::uint16_t, std::uint32_t, std::string_view, bool) noexcept override {
     return false;
@@ -105,15 +107,18 @@ struct Fixture {
   std::vector<Answer> answers;  // one per callback, in order
   std::string scratch;
 
-  explicit Fixture(unsigned conns = 2, unsigned queue = 16) {
+  explicit Fixture(unsigned conns = 2, unsigned queue = 16, int addresses = 1) {
     target.cfg.max_conns = conns;
     target.cfg.max_queue = queue;
     target.cfg.timeout_ms = 2000;
-    auto* a = reinterpret_cast<sockaddr_in*>(&target.addr);
-    a->sin_family = AF_INET;
-    a->sin_port = htons(9);
-    a->sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    target.addr_len = sizeof(sockaddr_in);
+    for (int k = 0; k < addresses; ++k) {  // 127.0.0.1, 127.0.0.2, ...: the fake kernel connects nowhere
+      Target::Address& to = target.addrs.emplace_back();
+      auto* a = reinterpret_cast<sockaddr_in*>(&to.addr);
+      a->sin_family = AF_INET;
+      a->sin_port = htons(9);
+      a->sin_addr.s_addr = htonl(INADDR_LOOPBACK + std::uint32_t(k));
+      to.len = sizeof(sockaddr_in);
+    }
     target.host_header = "up:9";
     answers.reserve(4096);
     scratch.reserve(1 << 18);
@@ -134,6 +139,7 @@ struct Fixture {
   bool fetch(std::string_view path, std::uint32_t client = 0) {
     return pool->fetch(path, server::Access::responder(&clients, client, 0, 0), &done, this);
   }
+  bool fetch(const UpstreamRequest& r) { return pool->fetch(r, server::Access::responder(&clients, 0, 0, 0), &done, this); }
   void complete(std::uint64_t tag, int res, bool more = false, char* data = nullptr) {
     pool->on_completion(io::Completion{tag, res, more, data != nullptr, 0, data});
   }
@@ -404,4 +410,115 @@ TEST_CASE("pool: a queued request whose client left is not sent upstream; its ca
   REQUIRE(f.answers.size() == 3);
   CHECK(f.answers[2].body == "3");
   CHECK(f.kernel.at(fd).wire.find("/gone") == std::string::npos);
+}
+
+TEST_CASE("pool: any method, headers and a body go out as asked; the answer to HEAD has no body") {
+  Fixture f(1);
+  const Header h{"X-Trace", "abc"};
+  UpstreamRequest post;
+  post.method = "POST";
+  post.target = "/v1/users?x=1";
+  post.headers = {&h, 1};
+  post.body = R"({"name":"Ada"})";
+  REQUIRE(f.fetch(post));
+  const int fd = f.kernel.connects[0];
+  f.connected(fd);
+  CHECK(f.kernel.at(fd).wire ==
+        "POST /v1/users?x=1 HTTP/1.1\r\nHost: up:9\r\nX-Trace: abc\r\nContent-Length: 14\r\n\r\n{\"name\":\"Ada\"}");
+  f.sent(fd);
+  f.respond(fd, "HTTP/1.1 201 Created\r\nContent-Length: 2\r\n\r\nok");
+  REQUIRE(f.answers.size() == 1);
+  CHECK((f.answers[0].status == 201 && f.answers[0].body == "ok"));
+  UpstreamRequest head;
+  head.method = "HEAD";
+  head.target = "/big";
+  REQUIRE(f.fetch(head));
+  f.sent(fd);
+  f.respond(fd, "HTTP/1.1 200 OK\r\nContent-Length: 100000\r\n\r\n");  // a length, and no body: complete
+  REQUIRE(f.answers.size() == 2);
+  CHECK((f.answers[1].status == 200 && f.answers[1].body.empty()));
+  UpstreamRequest get;
+  get.target = "/after";
+  REQUIRE(f.fetch(get));  // the connection is still in step
+  f.sent(fd);
+  f.respond(fd, Fixture::ok("fine"));
+  CHECK(f.answers.size() == 3);
+  CHECK(f.kernel.connects.size() == 1);
+}
+
+TEST_CASE("pool: a request that would split or contradict itself is refused before anything is sent") {
+  Fixture f(1);
+  const Header crlf{"X-A", "1\r\nX-Injected: 2"}, host{"Host", "elsewhere"}, length{"Content-Length", "9"},
+      bad_name{"X A", "1"};
+  for (const Header* h : {&crlf, &host, &length, &bad_name}) {
+    UpstreamRequest r;
+    r.headers = {h, 1};
+    CHECK_FALSE(f.fetch(r));
+  }
+  for (std::string_view target : {"", "nopath", "/a b", "/a\r\nX: 1"}) {
+    UpstreamRequest r;
+    r.target = target;
+    CHECK_FALSE(f.fetch(r));
+  }
+  UpstreamRequest m;
+  m.method = "GE T";
+  CHECK_FALSE(f.fetch(m));
+  CHECK(f.kernel.connects.empty());
+}
+
+TEST_CASE("pool: only idempotent methods are sent again after a reused connection dies") {
+  for (const char* method : {"POST", "PATCH", "PUT", "DELETE"}) {
+    Fixture f(1);
+    REQUIRE(f.fetch("/warm"));
+    const int fd = f.kernel.connects[0];
+    f.exchange(fd);  // now reused
+    UpstreamRequest r;
+    r.method = method;
+    r.target = "/x";
+    REQUIRE(f.fetch(r));
+    f.sent(fd);
+    f.recv_ends(fd, 0);  // died before answering (nothing else was in flight: closed at once)
+    const bool idempotent = std::string_view(method) == "PUT" || std::string_view(method) == "DELETE";
+    CAPTURE(method);
+    if (idempotent) {
+      REQUIRE(f.kernel.connects.size() == 2);
+      f.exchange(f.kernel.connects[1], "again");
+      REQUIRE(f.answers.size() == 2);
+      CHECK(f.answers[1].body == "again");
+    } else {
+      CHECK(f.kernel.connects.size() == 1);  // it may have been acted on: not sent twice
+      REQUIRE(f.answers.size() == 2);
+      CHECK(f.answers[1].error == UpstreamError::Closed);
+    }
+  }
+}
+
+TEST_CASE("pool: every resolved address is used in turn; one that refused is skipped for a while") {
+  Fixture f(4, 16, 2);
+  REQUIRE(f.fetch("/a"));
+  const int first = f.kernel.connects[0];
+  CHECK(f.kernel.at(first).to == 1);
+  const std::uint64_t t = std::exchange(f.kernel.at(first).connect, 0);
+  f.complete(t, -ECONNREFUSED);  // 127.0.0.1 refuses: the request goes to 127.0.0.2 at once
+  REQUIRE(f.kernel.connects.size() == 2);
+  const int second = f.kernel.connects[1];
+  CHECK(f.kernel.at(second).to == 2);
+  f.exchange(second, "from two");
+  REQUIRE(f.answers.size() == 1);
+  CHECK(f.answers[0].body == "from two");
+  REQUIRE(f.fetch("/b"));  // the idle one serves it
+  f.sent(second);
+  f.respond(second, Fixture::ok("b"));
+  REQUIRE(f.fetch("/c"));
+  REQUIRE(f.fetch("/d"));  // one waits on the idle connection, one needs a new one: not to the refuser
+  CHECK(f.kernel.at(f.kernel.connects.back()).to == 2);
+  f.now += 6000;  // later, the refuser is tried again
+  f.exchange(second);
+  f.exchange(f.kernel.connects.back());
+  REQUIRE(f.fetch("/e"));
+  REQUIRE(f.fetch("/f"));
+  REQUIRE(f.fetch("/g"));
+  bool tried_one = false;
+  for (int fd : f.kernel.connects) tried_one = tried_one || (f.kernel.at(fd).to == 1 && fd != first);
+  CHECK(tried_one);
 }

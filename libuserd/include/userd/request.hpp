@@ -20,6 +20,7 @@ struct Access;
 }
 class Responder;
 struct UpstreamReply;
+struct UpstreamRequest;
 using UpstreamDone = void (*)(void* user, Responder res, const UpstreamReply& reply);
 
 struct Header {
@@ -63,6 +64,11 @@ class Request {
   // GET path from ServerConfig::upstreams[upstream] on this loop thread; done(user, res, reply) runs when it
   // ends (never before fetch returns). False, and nothing happens, when there is no such upstream.
   bool fetch(std::size_t upstream, std::string_view path, Responder res, UpstreamDone done,
+             void* user = nullptr) const noexcept;
+  // Any method, headers and body (userd/upstream.hpp). Only idempotent methods (GET, HEAD, PUT, DELETE,
+  // OPTIONS, TRACE) are retried on a fresh connection after a reused one dies before answering; others only when
+  // not a byte of them was sent. False when the request is refused (see UpstreamRequest) or cannot be queued.
+  bool fetch(std::size_t upstream, const UpstreamRequest& request, Responder res, UpstreamDone done,
              void* user = nullptr) const noexcept;
 
  private:

@@ -15,12 +15,24 @@
 namespace userd {
 
 struct UpstreamConfig {
-  std::string host = "127.0.0.1";  // numeric address or a name resolved once at start
+  // A numeric address, or a name resolved once at start: every address it resolves to is used in turn, and one
+  // that refused a connection is skipped for a few seconds.
+  std::string host = "127.0.0.1";
   std::uint16_t port = 80;
   unsigned max_conns = 64;     // per loop thread; further requests queue until one is free
   unsigned max_queue = 1024;   // per loop thread: requests waiting for a connection; beyond it Overloaded at once
   unsigned timeout_ms = 2000;  // the whole exchange: connect, send, the complete response
   std::size_t max_body = 1 << 20;
+};
+
+// What to ask an upstream. The pool writes Host, and Content-Length when there is a body (or the method is one
+// that usually has one); a Host, Content-Length, Transfer-Encoding or Connection among headers, a method that is
+// not a token, a target that does not start with '/', or a control byte anywhere makes fetch() refuse at once.
+struct UpstreamRequest {
+  std::string_view method = "GET";
+  std::string_view target = "/";  // path and query, as sent
+  std::span<const Header> headers;
+  std::string_view body;
 };
 
 enum class UpstreamError : std::uint8_t {

@@ -2,7 +2,8 @@
 """A/B two userd binaries on the static or proxy job: alternated A B A B ..., pinned like ./dev bench, medians.
 For judging one change at a time on a noisy machine.
 
-usage: ab.py A_USERD B_USERD [--backend io_uring] [--pairs 6] [--duration 3] [--proxy]
+usage: ab.py A_USERD B_USERD [--backend io_uring] [--pairs 6] [--duration 3] [--proxy] [--b-flags "..."]
+(--b-flags: extra userd flags for B only, e.g. "--extra-routes 1000" against the same binary as A)
 """
 import argparse
 import os
@@ -23,6 +24,7 @@ def main():
     ap.add_argument("--pairs", type=int, default=6)
     ap.add_argument("--duration", type=int, default=3)
     ap.add_argument("--proxy", action="store_true")
+    ap.add_argument("--b-flags", default="")
     x = ap.parse_args()
     up = None
     extra = []
@@ -30,7 +32,8 @@ def main():
         up = Server(["taskset", "-c", load_cpus(), x.a, "--listen", "127.0.0.1:0", "--threads", "1"])
         extra = ["--upstream", f"http://127.0.0.1:{up.port}/v1/avatar"]
     servers = {k: Server(["taskset", "-c", SERVER_CPU, b, "--listen", "127.0.0.1:0", "--threads", "1",
-                          "--backend", x.backend, *extra]) for k, b in (("A", x.a), ("B", x.b))}
+                          "--backend", x.backend, *extra, *more]) for k, b, more in
+               (("A", x.a, []), ("B", x.b, x.b_flags.split()))}
     res = {"A": [], "B": []}
     try:
         for s in servers.values():

@@ -103,6 +103,7 @@ std::string usage() {
          "  --max-conns N        connections per thread; more are accepted and closed at once (10000)\n"
          "  --drain-timeout S    on SIGTERM/SIGINT, how long requests in flight may take to finish (10)\n"
          "  --access-log PATH|-  one line per request, appended to PATH or written to stdout (off)\n"
+         "  --extra-routes N     add N placeholder routes (/extra/N/{id}): to measure what routing costs (0)\n"
          "  --help               this text\n"
          "  --version            version, kernel, and the io_uring features and opcodes it offers\n"
          "Socket activation: with LISTEN_PID/LISTEN_FDS set (systemd), the inherited sockets are used instead.\n";
@@ -226,6 +227,11 @@ std::string parse_config(int argc, const char* const* argv, const Getenv& getenv
       if (!parse_uint(value, 1'000'000, n) || n == 0)
         return fmt::format("invalid --upstream-queue '{}': expected 1-1000000", value);
       queue = unsigned(n);
+    } else if (arg == "--extra-routes") {
+      if (!need(err)) return err;
+      unsigned long n;
+      if (!parse_uint(value, 100'000, n)) return fmt::format("invalid --extra-routes '{}': expected 0-100000", value);
+      out.extra_routes = unsigned(n);
     } else if (arg == "--no-validate") {
       out.validate = false;
     } else if (arg == "--data") {

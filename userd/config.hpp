@@ -21,6 +21,7 @@ struct Config {
   bool validate = true;  // check the upstream body is JSON before forwarding it
   bool help = false;
   bool version = false;
+  unsigned extra_routes = 0;  // placeholder routes beside the real ones: to measure what routing costs
 };
 
 using Getenv = std::function<const char*(const char*)>;

@@ -87,6 +87,8 @@ int main(int argc, char** argv) {
   routes.upstream_path = cfg.upstream_path;
   routes.validate = cfg.validate;
   app::add_user_routes(router, dataset, routes);
+  for (unsigned i = 0; i < cfg.extra_routes; ++i)  // never matched by the benchmark's requests, only walked past
+    router.get("/extra/" + std::to_string(i) + "/{id}", [](const Request&, Responder res) { res.send(Response{}); });
   // The routes are made before the server exists; scrapes only come once it has started.
   Server* running = nullptr;
   app::add_ops_routes(router, [&running] { return running ? running->metrics_text() : std::string(); });

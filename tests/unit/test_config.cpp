@@ -128,3 +128,8 @@ TEST_CASE("--send-timeout, --handler-timeout and --upstream-queue set their boun
     CHECK(run({"--upstream-queue", bad}).error.find("invalid --upstream-queue") == 0);
   }
 }
+
+TEST_CASE("--extra-routes takes a count") {
+  CHECK(run({"--extra-routes", "1000"}).cfg.extra_routes == 1000);
+  CHECK(run({"--extra-routes", "x"}).error.find("invalid --extra-routes") == 0);
+}

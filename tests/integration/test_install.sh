@@ -54,6 +54,38 @@ kill -TERM "$offload_pid"
 wait "$offload_pid"
 [ "$got" = '{"n":10,"fib":55}' ] || { echo "offload: unexpected answer: $got"; exit 1; }
 test -f "$work/prefix/include/userd/version.hpp"
+# Middleware, parameters, query values and a JSON body (rest); a stream with backpressure and one written from
+# another thread (stream); an upstream fetch (gateway, compiled): the rest of the API, installed.
+# shellcheck disable=SC2046
+g++ -std=c++20 -Wall -Wextra -Werror "$src/examples/rest.cpp" -o "$work/rest" \
+  $(pkg-config --cflags --libs libuserd simdjson fmt)
+# shellcheck disable=SC2046
+g++ -std=c++20 -Wall -Wextra -Werror "$src/examples/stream.cpp" -o "$work/stream" $(pkg-config --cflags --libs libuserd)
+# shellcheck disable=SC2046
+g++ -std=c++20 -Wall -Wextra -Werror "$src/examples/gateway.cpp" -o "$work/gateway" $(pkg-config --cflags --libs libuserd)
+start_example() {  # $1: program; sets example_pid and example_port
+  LD_LIBRARY_PATH="$work/prefix/lib" "$1" 127.0.0.1:0 2>"$work/err-example" &
+  example_pid=$! example_port=""
+  for _ in $(seq 100); do
+    example_port=$(grep -o 'listening on [0-9.]*:[0-9]*' "$work/err-example" | grep -o '[0-9]*$' || true)
+    [ -n "$example_port" ] && break
+    sleep 0.05
+  done
+  [ -n "$example_port" ] || { echo "$1: no listening line"; exit 1; }
+}
+start_example "$work/rest"
+got=$(curl -fsS -H 'X-Api-Key: secret' -d '{"name":"Ada","email":"a@b"}' "http://127.0.0.1:$example_port/v1/users")
+code=$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$example_port/v1/users/1")
+kill -TERM "$example_pid"
+wait "$example_pid"
+[ "$got" = '{"id":1,"name":"Ada","email":"a@b"}' ] && [ "$code" = 401 ] || { echo "rest: $got $code"; exit 1; }
+start_example "$work/stream"
+got=$(curl -fsS "http://127.0.0.1:$example_port/numbers?count=3")
+ticks=$(curl -fsS "http://127.0.0.1:$example_port/ticks?count=3")
+kill -TERM "$example_pid"
+wait "$example_pid"
+[ "$got" = $'{"n":0}\n{"n":1}\n{"n":2}' ] && [ "$ticks" = $'{"tick":0}\n{"tick":1}\n{"tick":2}' ] \
+  || { echo "stream: $got / $ticks"; exit 1; }
 passed=$((passed + 1))
 echo "install: out-of-tree build with pkg-config answers"
 

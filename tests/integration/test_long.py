@@ -59,9 +59,10 @@ def fds(pid):
 
 
 def settle(pid, want, seconds=5.0):
-    """Waits until the process holds `want` descriptors (closes finish asynchronously); returns the count."""
+    """Waits until the process holds at most `want` descriptors (closes finish asynchronously); returns the
+    count. At most: the baseline may include one that was still closing when it was taken; a leak is more."""
     deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline and fds(pid) != want:
+    while time.monotonic() < deadline and fds(pid) > want:
         time.sleep(0.05)
     return fds(pid)
 
@@ -80,7 +81,7 @@ class Long(unittest.TestCase):
                 self.assertEqual(run["non2xx"], 0)
                 self.assertGreater(run["requests"], 100000)
             self.assertLess(rss2 - rss1, 1024, f"RSS {rss1} kB after the first run, {rss2} kB after the second")
-            self.assertEqual(settle(srv.pid, base_fds), base_fds)
+            self.assertLessEqual(settle(srv.pid, base_fds), base_fds)
         finally:
             self.assertEqual(srv.stop(), 0)
 
@@ -205,7 +206,7 @@ class Long(unittest.TestCase):
             self.assertTrue(late and all(st == 200 for st in late), late[:20])
             self.assertEqual(m1.proc.poll(), None)
             self.assertEqual(m2.stop(), 0)  # the upstream leaves: its idle connections are evicted
-            self.assertEqual(settle(m1.pid, base_fds), base_fds)
+            self.assertLessEqual(settle(m1.pid, base_fds), base_fds)
         finally:
             self.assertEqual(m1.stop(), 0)
             if m2.proc.poll() is None:

@@ -81,7 +81,8 @@ void Connection::open(int fd, std::uint32_t slot) noexcept {
   sock_.fd = fd;
   slot_ = slot;
   state_ = State::Open;
-  peer_eof_ = close_after_flush_ = awaiting_ = in_dispatch_ = draining_ = false;
+  peer_eof_ = close_after_flush_ = in_dispatch_ = draining_ = false;
+  set_awaiting(false);
   reader_.reset(ctx_->max_body);
   continue_sent_ = false;
   streaming_ = writable_due_ = false;
@@ -112,6 +113,14 @@ void Connection::guarded(F&& step) noexcept {
     if (ctx_->metrics) ctx_->metrics->alloc_failures.add();
     abort();
   }
+}
+
+// Off-loop senders check this before queueing an answer (Worker::post): the request a Responder names is still
+// awaited only while its token is published. One relaxed store per change, on the loop thread.
+void Connection::set_awaiting(bool on) noexcept {
+  awaiting_ = on;
+  if (ctx_->awaited)
+    ctx_->awaited[slot_].store(on ? awaited_token(sock_.gen, seq_) : 0, std::memory_order_relaxed);
 }
 
 void Connection::update_waits() noexcept {
@@ -202,7 +211,7 @@ void Connection::on_timeout(Timer t) noexcept {
     }
     // The handler keeps its Responder, which no longer matches a request awaiting an answer: a no-op.
     if (state_ != State::Open || !awaiting_) return;
-    awaiting_ = false;
+    set_awaiting(false);
     if (ctx_->metrics) ctx_->metrics->handler_timeouts.add();
     guarded([&] {
       write_error_status(503, "handler timed out");
@@ -347,7 +356,7 @@ void Connection::dispatch(const http::RequestHead& head, std::string_view body) 
     write_error_status(400, "malformed percent-escape in the path or query");
     return;
   }
-  awaiting_ = true;
+  set_awaiting(true);
   in_dispatch_ = true;
   try {
     Responder res(ctx_->replies, slot_, sock_.gen, seq_);
@@ -357,7 +366,7 @@ void Connection::dispatch(const http::RequestHead& head, std::string_view body) 
     if (go_on) (*m.handler)(request, res);
   } catch (...) {
     if (awaiting_) {
-      awaiting_ = false;
+      set_awaiting(false);
       write_error_status(500, "internal error");
     }
   }
@@ -400,7 +409,7 @@ bool Connection::stream_begin(std::uint32_t seq, const Response& head) noexcept 
     bool has_length = false;
     for (const Header& h : head.headers) has_length = has_length || http::iequals(h.name, "content-length");
     if (!check.ok || has_length) {  // a streamed body has no length to give
-      awaiting_ = false;
+      set_awaiting(false);
       ctx_->handler_timers.clear(*this);
       refuse_response(check.ok ? std::string_view("content-length on a stream") : check.why);
       if (!in_dispatch_) resume();
@@ -456,7 +465,7 @@ bool Connection::stream_write(std::uint32_t seq, std::string_view data, bool end
     if (end) {
       if (body && stream_chunked_) q.bytes.append("0\r\n\r\n");
       streaming_ = false;
-      awaiting_ = false;
+      set_awaiting(false);
       writable_ = nullptr;
       ctx_->handler_timers.clear(*this);
       if (!req_keep_alive_) close_after_flush_ = true;
@@ -496,7 +505,7 @@ void Connection::run_writable() noexcept {
 
 bool Connection::reply(std::uint32_t seq, const Response& r) noexcept {
   if (!awaiting_ || streaming_ || seq != seq_ || state_ != State::Open) return false;
-  awaiting_ = false;
+  set_awaiting(false);
   ctx_->handler_timers.clear(*this);
   guarded([&] {
     write_response(r);
@@ -709,7 +718,7 @@ void Connection::teardown() noexcept {
 void Connection::maybe_release() noexcept {
   if (state_ != State::Closing || !sock_.release(*ctx_->backend)) return;
   state_ = State::Free;
-  awaiting_ = false;
+  set_awaiting(false);
   reader_.reset(ctx_->max_body);
   in_.clear();
   out_[0].clear();

@@ -7,6 +7,7 @@
 #include <sys/socket.h>
 #include <sys/uio.h>
 
+#include <atomic>
 #include <cstdint>
 #include <ctime>
 #include <functional>
@@ -29,6 +30,10 @@ namespace userd::server {
 
 class ReplyTarget;
 struct LoopContext;
+
+constexpr std::uint64_t awaited_token(std::uint16_t gen, std::uint32_t seq) noexcept {
+  return 1ull << 63 | std::uint64_t(gen) << 32 | seq;
+}
 
 class Connection {
  public:
@@ -108,6 +113,7 @@ class Connection {
   void submit_send() noexcept;
   void finish() noexcept;
   void maybe_release() noexcept;
+  void set_awaiting(bool on) noexcept;
   void update_waits() noexcept;
   void update_timer() noexcept;
   void update_recv() noexcept;
@@ -180,6 +186,9 @@ struct LoopContext {
   const std::function<void(std::string_view)>* log = nullptr;  // ServerConfig::log; null: stderr
   std::uint64_t last_bad_response_log_s = UINT64_MAX;  // a refused handler response: one log line a second
   std::size_t released_bytes = 0;             // buffer memory freed since the worker last trimmed the heap
+  // By slot: the token of the request that slot's connection awaits an answer for, 0 when none. Written by the
+  // loop, read by threads that answer from elsewhere (null in unit tests).
+  std::atomic<std::uint64_t>* awaited = nullptr;
   // Streams whose on_writable callback is due: run by the worker after the turn's completions, never from
   // inside another connection call.
   std::vector<std::pair<std::uint32_t, std::uint16_t>> writable_due;

@@ -41,6 +41,8 @@ Worker::Worker(const ServerConfig& cfg, const Router& router, int listen_fd,
   ctx_.timers.set_duration(Timer::Send, cfg.send_timeout_ms);
   ctx_.handler_timers.set_duration(Timer::Handler, cfg.handler_timeout_ms);
   if (cfg.log) ctx_.log = &cfg.log;
+  awaited_.reset(new std::atomic<std::uint64_t>[cfg.max_conns ? cfg.max_conns : 1]());
+  ctx_.awaited = awaited_.get();
 }
 
 Worker::~Worker() {
@@ -271,6 +273,10 @@ bool Worker::reply(std::uint32_t slot, std::uint16_t gen, std::uint32_t seq, con
 // is woken to deliver it. True means queued: the loop drops it if that request is no longer awaited by then.
 bool Worker::post(Kind kind, std::uint32_t slot, std::uint16_t gen, std::uint32_t seq, const Response& r) {
   if (stop_.load(std::memory_order_relaxed)) return false;
+  // The client left, or the request was answered (or ended, or timed out): nothing to queue. The loop checks
+  // again when it takes the answer, since that may change meanwhile.
+  if (slot >= cfg_.max_conns || awaited_[slot].load(std::memory_order_relaxed) != awaited_token(gen, seq))
+    return false;
   // Stream data from another thread waits here until the loop takes it: bounded, so a producer that outruns
   // the client is told (false) instead of growing the inbox.
   constexpr std::size_t kInboxStreamBytes = 1 << 20;
@@ -391,7 +397,9 @@ bool Worker::awaiting(std::uint32_t slot, std::uint16_t gen, std::uint32_t seq) 
   // Off the loop thread the connection cannot be looked at without a lock the loop would have to take: all that
   // is known there is whether the server still runs. send() is the safe question: its answer is dropped if the
   // request is no longer awaited when the loop gets it.
-  if (std::this_thread::get_id() != loop_thread_) return !stop_.load(std::memory_order_relaxed);
+  if (std::this_thread::get_id() != loop_thread_)
+    return !stop_.load(std::memory_order_relaxed) && slot < cfg_.max_conns &&
+           awaited_[slot].load(std::memory_order_relaxed) == awaited_token(gen, seq);
   Connection* conn = find(slot, gen);
   return conn && conn->state() == Connection::State::Open && conn->awaiting_reply() && conn->seq() == seq;
 }

@@ -100,7 +100,8 @@ class Worker final : public ReplyTarget {
   std::vector<Posted> inbox_;     // guarded by inbox_mutex_
   std::vector<Posted> draining_inbox_;  // the loop's: swapped with inbox_ under the mutex
   std::vector<Header> posted_headers_;
-  std::atomic<std::size_t> inbox_bytes_{0};  // stream data waiting in the inbox: bounded for off-loop writers
+  std::atomic<std::size_t> inbox_bytes_{0};
+  std::unique_ptr<std::atomic<std::uint64_t>[]> awaited_;  // by slot (max_conns of them): see LoopContext  // stream data waiting in the inbox: bounded for off-loop writers
 };
 
 }  // namespace userd::server

@@ -285,3 +285,84 @@ TEST_CASE("a stream written and ended from another thread arrives whole, chunked
     CHECK(body == want);
   });
 }
+
+TEST_CASE("from another thread: send after the client left, a second send, and send after stop all say false") {
+  each_backend([](userd::BackendKind kind) {
+    std::mutex m;
+    std::vector<userd::Responder> held;
+    userd::Router router;
+    router.get("/hold", [&](const userd::Request&, userd::Responder res) {
+      std::lock_guard<std::mutex> l(m);
+      held.push_back(res);
+    });
+    userd::ServerConfig cfg;
+    cfg.host = "127.0.0.1";
+    cfg.port = 0;
+    cfg.threads = 1;
+    cfg.backend = kind;
+    userd::Server server(cfg, std::move(router));
+    if (!server.start()) {
+      MESSAGE("backend refused: skipped");
+      return;
+    }
+    auto hold = [&](int fd) {
+      const std::string req = "GET /hold HTTP/1.1\r\nHost: t\r\n\r\n";
+      [[maybe_unused]] ssize_t w = ::send(fd, req.data(), req.size(), MSG_NOSIGNAL);
+      for (int i = 0; i < 400; ++i) {
+        {
+          std::lock_guard<std::mutex> l(m);
+          if (!held.empty()) return;
+        }
+        std::this_thread::sleep_for(std::chrono::milliseconds(5));
+      }
+    };
+    userd::Response r;
+    r.body = "answer";
+    // Answered once from another thread: true; again: false.
+    const int kept = connect_to(server.port());
+    hold(kept);
+    std::thread([&] {
+      std::lock_guard<std::mutex> l(m);
+      REQUIRE(held.size() == 1);
+      CHECK(held[0].alive());
+      CHECK(held[0].send(r));
+    }).join();
+    CHECK(read_bodies(kept, 1) == std::vector<std::string>{"answer"});
+    std::thread([&] {
+      std::lock_guard<std::mutex> l(m);
+      CHECK_FALSE(held[0].send(r));
+      CHECK_FALSE(held[0].alive());
+      held.clear();
+    }).join();
+    // The client leaves first (a reset: an EOF alone may be a half-close that still wants its answer): false.
+    const int gone = connect_to(server.port());
+    hold(gone);
+    linger reset{1, 0};
+    setsockopt(gone, SOL_SOCKET, SO_LINGER, &reset, sizeof reset);
+    ::close(gone);
+    bool refused = false;
+    for (int i = 0; i < 200 && !refused; ++i) {  // until the loop has seen it go
+      std::this_thread::sleep_for(std::chrono::milliseconds(5));
+      std::thread([&] {
+        std::lock_guard<std::mutex> l(m);
+        refused = !held[0].alive();
+      }).join();
+    }
+    CHECK(refused);
+    std::thread([&] {
+      std::lock_guard<std::mutex> l(m);
+      CHECK_FALSE(held[0].send(r));
+      held.clear();
+    }).join();
+    // Held across a stop: false.
+    hold(kept);
+    server.stop();
+    std::thread([&] {
+      std::lock_guard<std::mutex> l(m);
+      REQUIRE(held.size() == 1);
+      CHECK_FALSE(held[0].send(r));
+    }).join();
+    ::close(kept);
+    server.wait();
+  });
+}

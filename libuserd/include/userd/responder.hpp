@@ -32,9 +32,10 @@ struct Response {
 // HTTP/1.0 one, headers only for HEAD. Copyable; like a Responder it never keeps the connection alive.
 class Stream {
  public:
-  // Copies data into the response. On the loop thread: false, and nothing written, when the client has gone,
-  // the stream has ended, or more than 64 KiB of output is queued (wait for on_writable). From another thread:
-  // copied into the loop's inbox; false when the server is stopping or the inbox holds over 1 MiB.
+  // Copies data into the response. False, and nothing written, when the client has gone, the stream has ended,
+  // or the server is stopping; on the loop thread also when more than 64 KiB of output is queued (wait for
+  // on_writable); from another thread, the data goes through the loop's inbox, and also false when the inbox
+  // holds over 1 MiB.
   bool write(std::string_view data) const noexcept;
   // Loop thread only: fn runs once, on the loop thread, when queued output is below 16 KiB (on the next loop
   // turn if it is already). Register again from fn for more.
@@ -56,18 +57,17 @@ class Stream {
 
 class Responder {
  public:
-  // Answers the request, once. On the loop thread that ran the handler: written at once; false (and nothing
-  // done) when the connection is gone or the request was already answered (or timed out). The body is copied
-  // unless body_is_static. From any other thread: the response is copied into the loop's inbox and the loop is
-  // woken; true means queued, and the loop drops it if the request is no longer awaited by then; false when the
-  // server is stopping. The Server must outlive every Responder that may still be used.
+  // Answers the request, once, from any thread. False, and nothing done, when the client is gone, the request
+  // was already answered (or its handler deadline answered it), or the server is stopping. On the loop thread
+  // that ran the handler the answer is written at once; elsewhere it is copied into the loop's inbox and the
+  // loop is woken (if the request stops being awaited in between, the loop drops it). The body is copied
+  // unless body_is_static. The Server must outlive every Responder that may still be used.
   bool send(const Response& r) const noexcept;
   // Starts a streamed answer with head's status, content type and headers (its body is ignored; a handler's
   // Content-Length is refused). Any thread. An unusable Stream (its calls return false) when the request is not
   // awaited any more.
   Stream stream(const Response& head) const noexcept;
-  // On the loop thread: whether the client is still there to be answered. On another thread: whether the server
-  // still runs (the connection is the loop's to look at).
+  // Whether the request is still awaited: the client is there and nothing has answered it. Any thread.
   bool alive() const noexcept;
 
   // Answers nothing: send() returns false. Handlers get theirs from the server.

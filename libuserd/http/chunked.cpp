@@ -4,17 +4,13 @@
 #include <algorithm>
 #include <cstring>
 
+#include "libuserd/http/percent.hpp"
+
 namespace userd::http {
 namespace {
 // Extensions and trailers are legal but nobody needs many: 8 KiB matches the request head limit.
 constexpr std::uint32_t kMaxLineBytes = 8 * 1024;
 
-int hex_value(char c) noexcept {
-  if (c >= '0' && c <= '9') return c - '0';
-  if (c >= 'a' && c <= 'f') return c - 'a' + 10;
-  if (c >= 'A' && c <= 'F') return c - 'A' + 10;
-  return -1;
-}
 bool is_field_byte(char c) noexcept {
   auto u = static_cast<unsigned char>(c);
   return u == '\t' || (u >= 0x20 && u != 0x7f);
@@ -28,7 +24,7 @@ ChunkStep ChunkedDecoder::decode(const char* src, std::size_t n, char* dst) noex
     const char c = src[i];
     switch (state_) {
       case State::Size: {
-        int v = hex_value(c);
+        int v = hex_digit(c);
         if (v >= 0) {
           // chunk-size is 1*HEXDIG: leading zeros are allowed and cost nothing. 15 significant digits is 2^60:
           // far beyond any limit, and the shift cannot overflow.

@@ -379,4 +379,23 @@ std::string_view describe(HttpError e) noexcept {
   return "bad request";
 }
 
+bool is_token(std::string_view s) noexcept {
+  if (s.empty()) return false;
+  for (char c : s)
+    if (!kTchar[c]) return false;
+  return true;
+}
+
+bool is_field_value(std::string_view s) noexcept {
+  for (char c : s)
+    if (!kField[c]) return false;
+  return true;
+}
+
+bool is_target(std::string_view s) noexcept {
+  for (char c : s)
+    if (!kTarget[c]) return false;
+  return true;
+}
+
 }  // namespace userd::http

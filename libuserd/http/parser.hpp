@@ -95,6 +95,13 @@ std::string_view describe(HttpError e) noexcept;
 
 bool iequals(std::string_view a, std::string_view b) noexcept;
 
+// The byte classes the parser holds requests to, for what the server writes itself (responses, upstream
+// requests): a token (RFC 9110 5.6.2), a field value (5.5: no control byte but HTAB), a request target (no
+// control byte, no space).
+bool is_token(std::string_view s) noexcept;
+bool is_field_value(std::string_view s) noexcept;
+bool is_target(std::string_view s) noexcept;
+
 inline std::string_view trim_ows(std::string_view v) noexcept {
   while (!v.empty() && (v.front() == ' ' || v.front() == '\t')) v.remove_prefix(1);
   while (!v.empty() && (v.back() == ' ' || v.back() == '\t')) v.remove_suffix(1);

@@ -8,29 +8,6 @@
 namespace userd::http {
 namespace {
 
-// RFC 9110 5.6.2 token characters.
-bool is_tchar(unsigned char c) noexcept {
-  if ((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9')) return true;
-  switch (c) {
-    case '!': case '#': case '$': case '%': case '&': case '\'': case '*': case '+': case '-': case '.':
-    case '^': case '_': case '`': case '|': case '~':
-      return true;
-    default:
-      return false;
-  }
-}
-// RFC 9110 5.5: field-vchar, SP and HTAB; no other control byte.
-bool is_value(std::string_view v) noexcept {
-  for (unsigned char c : v)
-    if ((c < 0x20 && c != '\t') || c == 0x7f) return false;
-  return true;
-}
-bool is_token(std::string_view v) noexcept {
-  if (v.empty()) return false;
-  for (unsigned char c : v)
-    if (!is_tchar(c)) return false;
-  return true;
-}
 // Headers the writer owns: never copied from the extra headers.
 bool server_owned(std::string_view name) noexcept {
   if (name.size() < 4) return false;
@@ -52,10 +29,10 @@ HeaderCheck check_headers(std::span<const Header> headers, std::string_view cont
     out.why = why;
     return out;
   };
-  if (!is_value(content_type)) return refuse("control byte in content_type");
+  if (!is_field_value(content_type)) return refuse("control byte in content_type");
   for (const Header& h : headers) {
     if (!is_token(h.name)) return refuse("header name is not a token");
-    if (!is_value(h.value)) return refuse("control byte in a header value");
+    if (!is_field_value(h.value)) return refuse("control byte in a header value");
     if (h.name.size() < 4) continue;
     const char first = char(h.name[0] | 0x20);
     if (first == 'c' && iequals(h.name, "content-length")) {

@@ -46,17 +46,6 @@ std::uint64_t Pool::tag_for(io::Op op, std::uint32_t i) const noexcept {
 
 namespace {
 
-bool is_token(std::string_view s) noexcept {
-  if (s.empty()) return false;
-  for (unsigned char c : s)
-    if (c <= 0x20 || c >= 0x7f || std::strchr("\"(),/:;<=>?@[\\]{}", c)) return false;
-  return true;
-}
-bool no_controls(std::string_view s) noexcept {
-  for (unsigned char c : s)
-    if ((c < 0x20 && c != '\t') || c == 0x7f) return false;
-  return true;
-}
 bool pool_owned(std::string_view name) noexcept {
   return http::iequals(name, "host") || http::iequals(name, "content-length") ||
          http::iequals(name, "transfer-encoding") || http::iequals(name, "connection");
@@ -75,11 +64,10 @@ bool Pool::fetch(std::string_view path, Responder res, UpstreamDone done, void* 
 
 bool Pool::fetch(const UpstreamRequest& req, Responder res, UpstreamDone done, void* user) noexcept {
   // What would split or contradict the request is refused here, not sent.
-  if (!is_token(req.method) || req.target.empty() || req.target.front() != '/' || !no_controls(req.target) ||
-      req.target.find(' ') != std::string_view::npos)
+  if (!http::is_token(req.method) || req.target.empty() || req.target.front() != '/' || !http::is_target(req.target))
     return false;
   for (const Header& h : req.headers)
-    if (!is_token(h.name) || !no_controls(h.value) || pool_owned(h.name)) return false;
+    if (!http::is_token(h.name) || !http::is_field_value(h.value) || pool_owned(h.name)) return false;
   Job job;
   job.res = res;
   job.done = done;

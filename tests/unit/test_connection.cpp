@@ -667,9 +667,9 @@ struct Streams : Timed {
     });
   }
   void run_due() {
-    auto due = std::move(ctx.writable_due);
+    const bool due = !ctx.writable_due.empty();  // this fixture's one connection, at most once
     ctx.writable_due.clear();
-    for (auto [slot, gen] : due) conn->run_writable();
+    if (due) conn->run_writable();
   }
 };
 constexpr std::string_view kStream = "GET /stream HTTP/1.1\r\nHost: t\r\n\r\n";

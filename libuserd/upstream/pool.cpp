@@ -325,6 +325,7 @@ void Pool::complete(std::uint32_t i, std::size_t total) {
   stats_.ok.add();
   const Job job = c.job;
   c.job = Job{};  // answered: a late send failure must not answer it again
+  c.job.deadline = job.deadline;  // a send that never completes (Settling) still ends then
   c.reused = true;
   // Not on idle_ during the callback: a fetch from it must not reuse the bytes r points into.
   c.state = reusable ? (c.sock.send_inflight ? State::Settling : State::Idle) : State::Busy;
@@ -409,6 +410,8 @@ void Pool::tick() noexcept {
       Conn& c = conns_[i];
       if ((c.state == State::Connecting || c.state == State::Busy) && c.job.done && c.job.deadline <= now)
         fail(i, c.state == State::Connecting ? UpstreamError::Unreachable : UpstreamError::Timeout);
+      else if (c.state == State::Settling && c.job.deadline <= now)
+        close(i);  // answered, but the upstream never took the rest of the request: the slot is not held forever
     }
   } catch (const std::bad_alloc&) {
   }

@@ -522,3 +522,25 @@ TEST_CASE("pool: every resolved address is used in turn; one that refused is ski
   for (int fd : f.kernel.connects) tried_one = tried_one || (f.kernel.at(fd).to == 1 && fd != first);
   CHECK(tried_one);
 }
+
+TEST_CASE("pool: a connection answered before its send completed is closed if that send never does") {
+  // The upstream answered and then stopped reading: without a deadline the slot would stay Settling forever.
+  Fixture f(1);
+  REQUIRE(f.fetch("/a"));
+  const int fd = f.kernel.connects[0];
+  f.connected(fd);
+  f.respond(fd, Fixture::ok("a"));
+  REQUIRE(f.answers.size() == 1);
+  f.now += 1000;
+  REQUIRE(f.fetch("/b"));  // waits for the only connection
+  f.pool->tick();
+  CHECK_FALSE(f.kernel.at(fd).shut);
+  f.now += 1100;  // past the first request's deadline, not the second's
+  f.pool->tick();
+  REQUIRE(f.kernel.at(fd).shut);
+  f.shutdown_completes(fd);
+  REQUIRE(f.kernel.connects.size() == 2);  // /b goes out on a fresh connection
+  f.exchange(f.kernel.connects[1], "b");
+  REQUIRE(f.answers.size() == 2);
+  CHECK(f.answers[1].body == "b");
+}

@@ -119,8 +119,7 @@ void Connection::guarded(F&& step) noexcept {
 // awaited only while its token is published. One relaxed store per change, on the loop thread.
 void Connection::set_awaiting(bool on) noexcept {
   awaiting_ = on;
-  if (ctx_->awaited)
-    ctx_->awaited[slot_].store(on ? awaited_token(sock_.gen, seq_) : 0, std::memory_order_relaxed);
+  if (ctx_->awaited) ctx_->awaited[slot_].store(on ? awaited_token(sock_.gen, seq_) : 0, std::memory_order_relaxed);
 }
 
 void Connection::update_waits() noexcept {
@@ -431,6 +430,10 @@ bool Connection::stream_begin(std::uint32_t seq, const Response& head) noexcept 
     http::write_response_head(q.bytes, h);
     q.note_bytes(from);
     streaming_ = true;
+    if (ctx_->awaited) {  // begun here on the loop: writes from other threads may follow (never undo an end)
+      std::uint64_t t = awaited_token(sock_.gen, seq_);
+      ctx_->awaited[slot_].compare_exchange_strong(t, t | kAwaitedStreaming, std::memory_order_relaxed);
+    }
     stream_status_ = head.status;
     stream_bytes_ = 0;
     // Answered, as far as the client knows; a producer that stops writing is cut at the same deadline.

@@ -254,34 +254,43 @@ void Worker::log_accept_pause(int err) noexcept {
   else std::fprintf(stderr, "userd: %s\n", line);
 }
 
-bool Worker::reply(std::uint32_t slot, std::uint16_t gen, std::uint32_t seq, const Response& r) noexcept {
+// Off the loop thread an answer is queued for the loop (post); on it, it goes to the connection at once. Either
+// way claim() first: a request is answered once, whichever threads try.
+template <class F>
+bool Worker::answer(Kind kind, std::uint32_t slot, std::uint16_t gen, std::uint32_t seq, const Response& r,
+                    F&& op) noexcept {
   if (std::this_thread::get_id() != loop_thread_) {
     try {
-      return post(Kind::Reply, slot, gen, seq, r);
+      return post(kind, slot, gen, seq, r);
     } catch (const std::bad_alloc&) {
       return false;
     }
   }
+  if (slot < cfg_.max_conns && (awaited_[slot].load(std::memory_order_relaxed) & kAwaitedAnswered)) return false;
   Connection* conn = find(slot, gen);
   if (!conn) return false;
-  bool ok = conn->reply(seq, r);
+  const bool ok = op(*conn);
   after(*conn);
   return ok;
+}
+
+bool Worker::reply(std::uint32_t slot, std::uint16_t gen, std::uint32_t seq, const Response& r) noexcept {
+  return answer(Kind::Reply, slot, gen, seq, r, [&](Connection& c) { return c.reply(seq, r); });
 }
 
 // Off the loop thread: the answer is copied (the caller's views may die as soon as send() returns) and the loop
 // is woken to deliver it. True means queued: the loop drops it if that request is no longer awaited by then.
 bool Worker::post(Kind kind, std::uint32_t slot, std::uint16_t gen, std::uint32_t seq, const Response& r) {
   if (stop_.load(std::memory_order_relaxed)) return false;
-  // The client left, or the request was answered (or ended, or timed out): nothing to queue. The loop checks
-  // again when it takes the answer, since that may change meanwhile.
-  if (slot >= cfg_.max_conns || awaited_[slot].load(std::memory_order_relaxed) != awaited_token(gen, seq))
-    return false;
   // Stream data from another thread waits here until the loop takes it: bounded, so a producer that outruns
   // the client is told (false) instead of growing the inbox.
   constexpr std::size_t kInboxStreamBytes = 1 << 20;
   if (kind == Kind::Write && inbox_bytes_.load(std::memory_order_relaxed) + r.body.size() > kInboxStreamBytes)
     return false;
+  // The client left, or the request was answered (or ended, or timed out): nothing to queue. Every other kind
+  // moves the request on (claim), so the inbox holds at most a begin and an answer per request, plus bounded
+  // stream data. The loop checks again when it takes it, since the connection may change meanwhile.
+  if (!claim(kind, slot, gen, seq)) return false;
   Posted p{kind, slot, gen, seq, r.status, std::string(r.content_type), std::string(r.body), {}, {}};
   if (kind == Kind::Write) inbox_bytes_.fetch_add(r.body.size(), std::memory_order_relaxed);
   for (const Header& h : r.headers) {
@@ -339,36 +348,29 @@ void Worker::drain_inbox() noexcept {
 }
 
 bool Worker::stream_begin(std::uint32_t slot, std::uint16_t gen, std::uint32_t seq, const Response& head) noexcept {
-  if (std::this_thread::get_id() != loop_thread_) {
-    try {
-      return post(Kind::Begin, slot, gen, seq, head);
-    } catch (const std::bad_alloc&) {
-      return false;
-    }
-  }
-  Connection* conn = find(slot, gen);
-  if (!conn) return false;
-  const bool ok = conn->stream_begin(seq, head);
-  after(*conn);
-  return ok;
+  return answer(Kind::Begin, slot, gen, seq, head, [&](Connection& c) { return c.stream_begin(seq, head); });
 }
 
 bool Worker::stream_write(std::uint32_t slot, std::uint16_t gen, std::uint32_t seq, std::string_view data,
                           bool end) noexcept {
-  if (std::this_thread::get_id() != loop_thread_) {
-    try {
-      Response r;
-      r.body = data;
-      return post(end ? Kind::End : Kind::Write, slot, gen, seq, r);
-    } catch (const std::bad_alloc&) {
-      return false;
-    }
-  }
-  Connection* conn = find(slot, gen);
-  if (!conn) return false;
-  const bool ok = conn->stream_write(seq, data, end);
-  after(*conn);
-  return ok;
+  Response r;
+  r.body = data;
+  return answer(end ? Kind::End : Kind::Write, slot, gen, seq, r,
+                [&](Connection& c) { return c.stream_write(seq, data, end); });
+}
+
+// The transition a request's published token makes for an answer from another thread: a reply or a stream's
+// begin needs a request nobody answered yet, writes and the end need a begun stream; reply and end leave it
+// answered. A compare-and-swap, so that of two threads only one wins.
+bool Worker::claim(Kind kind, std::uint32_t slot, std::uint16_t gen, std::uint32_t seq) noexcept {
+  if (slot >= cfg_.max_conns) return false;
+  const std::uint64_t t = awaited_token(gen, seq);
+  std::uint64_t from = kind == Kind::Write || kind == Kind::End ? t | kAwaitedStreaming : t;
+  const std::uint64_t to = kind == Kind::Reply || kind == Kind::End ? t | kAwaitedAnswered
+                           : kind == Kind::Begin                   ? t | kAwaitedStreaming
+                                                                   : from;
+  if (from == to) return awaited_[slot].load(std::memory_order_relaxed) == from;
+  return awaited_[slot].compare_exchange_strong(from, to, std::memory_order_relaxed);
 }
 
 void Worker::stream_on_writable(std::uint32_t slot, std::uint16_t gen, std::uint32_t seq, std::function<void()> fn) {
@@ -394,12 +396,12 @@ bool Worker::fetch(std::size_t upstream, const UpstreamRequest& request, Respond
 }
 
 bool Worker::awaiting(std::uint32_t slot, std::uint16_t gen, std::uint32_t seq) const noexcept {
-  // Off the loop thread the connection cannot be looked at without a lock the loop would have to take: all that
-  // is known there is whether the server still runs. send() is the safe question: its answer is dropped if the
-  // request is no longer awaited when the loop gets it.
-  if (std::this_thread::get_id() != loop_thread_)
-    return !stop_.load(std::memory_order_relaxed) && slot < cfg_.max_conns &&
-           awaited_[slot].load(std::memory_order_relaxed) == awaited_token(gen, seq);
+  // Off the loop thread the connection is not ours to look at: the token its loop publishes says it.
+  if (std::this_thread::get_id() != loop_thread_) {
+    if (stop_.load(std::memory_order_relaxed) || slot >= cfg_.max_conns) return false;
+    const std::uint64_t v = awaited_[slot].load(std::memory_order_relaxed), t = awaited_token(gen, seq);
+    return v == t || v == (t | kAwaitedStreaming);
+  }
   Connection* conn = find(slot, gen);
   return conn && conn->state() == Connection::State::Open && conn->awaiting_reply() && conn->seq() == seq;
 }

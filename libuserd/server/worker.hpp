@@ -61,6 +61,9 @@ class Worker final : public ReplyTarget {
   void flush_access_log() noexcept;
   enum class Kind : std::uint8_t { Reply, Begin, Write, End };
   bool post(Kind kind, std::uint32_t slot, std::uint16_t gen, std::uint32_t seq, const Response& r);
+  bool claim(Kind kind, std::uint32_t slot, std::uint16_t gen, std::uint32_t seq) noexcept;
+  template <class F>
+  bool answer(Kind kind, std::uint32_t slot, std::uint16_t gen, std::uint32_t seq, const Response& r, F&& op) noexcept;
   void drain_inbox() noexcept;
   void run_writables() noexcept;
 

@@ -326,6 +326,8 @@ TEST_CASE("from another thread: send after the client left, a second send, and s
       REQUIRE(held.size() == 1);
       CHECK(held[0].alive());
       CHECK(held[0].send(r));
+      CHECK_FALSE(held[0].send(r));  // at once, before the loop has even taken the first: refused, not queued
+      CHECK_FALSE(held[0].alive());
     }).join();
     CHECK(read_bodies(kept, 1) == std::vector<std::string>{"answer"});
     std::thread([&] {

@@ -22,7 +22,7 @@ bool server_owned(std::string_view name) noexcept {
 }  // namespace
 
 HeaderCheck check_headers(std::span<const Header> headers, std::string_view content_type,
-                          std::uint64_t body_length) noexcept {
+                          std::optional<std::uint64_t> body_length) noexcept {
   HeaderCheck out;
   auto refuse = [&](std::string_view why) {
     out.ok = false;
@@ -36,6 +36,7 @@ HeaderCheck check_headers(std::span<const Header> headers, std::string_view cont
     if (h.name.size() < 4) continue;
     const char first = char(h.name[0] | 0x20);
     if (first == 'c' && iequals(h.name, "content-length")) {
+      if (!body_length) return refuse("content-length on a stream");
       std::uint64_t n = 0;
       auto [end, ec] = std::from_chars(h.value.data(), h.value.data() + h.value.size(), n);
       if (ec != std::errc() || end != h.value.data() + h.value.size() || n != body_length)

@@ -6,6 +6,7 @@
 #pragma once
 
 #include <cstdint>
+#include <optional>
 #include <span>
 #include <string_view>
 
@@ -43,8 +44,9 @@ struct HeaderCheck {
   bool has_content_type = false;
   std::string_view why;
 };
+// body_length: none for a stream, where any Content-Length is refused.
 HeaderCheck check_headers(std::span<const Header> headers, std::string_view content_type,
-                          std::uint64_t body_length) noexcept;
+                          std::optional<std::uint64_t> body_length) noexcept;
 // Whether a response with this status may carry a body (RFC 9110 6.4.1).
 constexpr bool status_has_body(int status) noexcept { return status >= 200 && status != 204 && status != 304; }
 void write_response_head(core::ByteBuffer& out, const ResponseHead& r);

@@ -404,31 +404,15 @@ bool Connection::stream_begin(std::uint32_t seq, const Response& head) noexcept 
   if (!awaiting_ || streaming_ || seq != seq_ || state_ != State::Open) return false;
   bool ok = false;
   guarded([&] {
-    const http::HeaderCheck check = http::check_headers(head.headers, head.content_type, 0);
-    bool has_length = false;
-    for (const Header& h : head.headers) has_length = has_length || http::iequals(h.name, "content-length");
-    if (!check.ok || has_length) {  // a streamed body has no length to give
-      set_awaiting(false);
+    // Chunked to HTTP/1.1; to HTTP/1.0 the close ends the body.
+    if (!write_head(head, req_minor_ == 1 ? http::BodyFraming::Chunked : http::BodyFraming::Close)) {
+      set_awaiting(false);  // answered: with the 500 write_head wrote instead
       ctx_->handler_timers.clear(*this);
-      refuse_response(check.ok ? std::string_view("content-length on a stream") : check.why);
       if (!in_dispatch_) resume();
       flush();
       update_waits();
       return;
     }
-    if (check.close || req_minor_ == 0) req_keep_alive_ = false;
-    stream_chunked_ = req_minor_ == 1;
-    OutQueue& q = out_[filling_];
-    const std::size_t from = q.bytes.size();
-    http::ResponseHead h;
-    h.status = head.status;
-    h.content_type = check.has_content_type ? std::string_view() : head.content_type;
-    h.headers = head.headers;
-    h.date = ctx_->date.value();
-    h.connection = connection_header(req_keep_alive_, req_minor_);
-    h.framing = stream_chunked_ ? http::BodyFraming::Chunked : http::BodyFraming::Close;
-    http::write_response_head(q.bytes, h);
-    q.note_bytes(from);
     streaming_ = true;
     if (ctx_->awaited) {  // begun here on the loop: writes from other threads may follow (never undo an end)
       std::uint64_t t = awaited_token(sock_.gen, seq_);
@@ -454,7 +438,7 @@ bool Connection::stream_write(std::uint32_t seq, std::string_view data, bool end
     const std::size_t from = q.bytes.size();
     const bool body = !req_head_only_ && http::status_has_body(stream_status_);
     if (!end && body && !data.empty()) {
-      if (stream_chunked_) {
+      if (req_minor_ == 1) {
         char size[24];
         const int n = std::snprintf(size, sizeof size, "%zx\r\n", data.size());
         q.bytes.append(size, std::size_t(n));
@@ -466,7 +450,7 @@ bool Connection::stream_write(std::uint32_t seq, std::string_view data, bool end
       stream_bytes_ += data.size();
     }
     if (end) {
-      if (body && stream_chunked_) q.bytes.append("0\r\n\r\n");
+      if (body && req_minor_ == 1) q.bytes.append("0\r\n\r\n");
       streaming_ = false;
       set_awaiting(false);
       writable_ = nullptr;
@@ -537,10 +521,17 @@ void Connection::refuse_response(std::string_view why) {
   write_error_status(500, "invalid response from handler");
 }
 
-void Connection::write_response(const Response& r) {
-  const http::HeaderCheck check = http::check_headers(r.headers, r.content_type, r.body.size());
-  if (!check.ok) return refuse_response(check.why);
-  if (check.close) req_keep_alive_ = false;
+// The status line and headers of r, framed as asked (Length: r.body's). A head the handler got wrong is not
+// written: refuse_response writes a 500 instead, and this returns false.
+bool Connection::write_head(const Response& r, http::BodyFraming framing) {
+  const std::optional<std::uint64_t> length =
+      framing == http::BodyFraming::Length ? std::optional<std::uint64_t>(r.body.size()) : std::nullopt;
+  const http::HeaderCheck check = http::check_headers(r.headers, r.content_type, length);
+  if (!check.ok) {
+    refuse_response(check.why);
+    return false;
+  }
+  if (check.close || framing == http::BodyFraming::Close) req_keep_alive_ = false;
   OutQueue& q = out_[filling_];
   const std::size_t from = q.bytes.size();
   http::ResponseHead h;
@@ -550,14 +541,22 @@ void Connection::write_response(const Response& r) {
   h.headers = r.headers;
   h.date = ctx_->date.value();
   h.connection = connection_header(req_keep_alive_, req_minor_);
+  h.framing = framing;
   http::write_response_head(q.bytes, h);
+  q.note_bytes(from);
+  return true;
+}
+
+void Connection::write_response(const Response& r) {
+  if (!write_head(r, http::BodyFraming::Length)) return;
+  OutQueue& q = out_[filling_];
   const bool with_body = !req_head_only_ && http::status_has_body(r.status) && !r.body.empty();
   if (with_body && r.body_is_static && r.body.size() >= kCopyBelow) {
-    q.note_bytes(from);
     q.segments.push_back({r.body.data(), 0, r.body.size()});
     q.total += r.body.size();
-  } else {
-    if (with_body) q.bytes.append(r.body);
+  } else if (with_body) {
+    const std::size_t from = q.bytes.size();
+    q.bytes.append(r.body);
     q.note_bytes(from);
   }
   if (!req_keep_alive_) close_after_flush_ = true;

@@ -107,6 +107,7 @@ class Connection {
   void dispatch(const http::RequestHead& head, std::string_view body);
   bool decode(const http::RequestHead& head, Request& request);
   void write_response(const Response& r);
+  bool write_head(const Response& r, http::BodyFraming framing);
   void refuse_response(std::string_view why);
   void write_error(http::HttpError e);
   void refuse(int status, std::string_view message);
@@ -141,7 +142,6 @@ class Connection {
   bool in_dispatch_ = false;        // inside process(): the loop there continues after a synchronous reply
   bool draining_ = false;           // the server is stopping: the request being read is the last one
   bool streaming_ = false;          // request seq_ is being answered by a Stream (awaiting_ stays true)
-  bool stream_chunked_ = false;     // chunked coding; else the close ends the body (HTTP/1.0)
   bool writable_due_ = false;       // on ctx.writable_due
   int stream_status_ = 0;
   std::size_t stream_bytes_ = 0;

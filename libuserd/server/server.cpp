@@ -42,14 +42,13 @@ unsigned cpus_allowed() noexcept {
   return n > 0 ? unsigned(n) : 1;
 }
 
-// Listen addresses are numeric (or localhost); upstream hosts may be names, resolved here once at start.
-Result<sockaddr_storage> resolve(const std::string& host, std::uint16_t port, socklen_t& len,
-                                 bool listening = true) noexcept {
+// Listen addresses are numeric (or localhost). Upstream names: resolve_all.
+Result<sockaddr_storage> resolve(const std::string& host, std::uint16_t port, socklen_t& len) noexcept {
   addrinfo hints{};
   hints.ai_family = AF_UNSPEC;
   hints.ai_socktype = SOCK_STREAM;
   hints.ai_flags = AI_NUMERICSERV;
-  if (listening) hints.ai_flags |= AI_PASSIVE | (host == "localhost" ? 0 : AI_NUMERICHOST);
+  hints.ai_flags |= AI_PASSIVE | (host == "localhost" ? 0 : AI_NUMERICHOST);
   addrinfo* res = nullptr;
   const std::string service = std::to_string(port);
   int rc = getaddrinfo(host.empty() ? nullptr : host.c_str(), service.c_str(), &hints, &res);

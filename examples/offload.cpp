@@ -33,8 +33,8 @@ class ThreadPool {
     {
       std::lock_guard<std::mutex> l(m_);
       jobs_.push_back(std::move(job));
+      cv_.notify_one();  // under the lock: once it is released, the pool may be gone
     }
-    cv_.notify_one();
   }
 
  private:
@@ -105,7 +105,7 @@ int main(int argc, char** argv) {
   int sig;
   sigwait(&set, &sig);
   server.stop();
-  pool.reset();  // the pool's threads hold Responders: they finish before the server goes
-  server.wait();
+  server.wait();  // no handler submits any more; the workers stay until `server` goes
+  pool.reset();   // its threads hold Responders: they finish (answering false) before the server goes
   return 0;
 }

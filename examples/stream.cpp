@@ -100,7 +100,7 @@ int main(int argc, char** argv) {
     stopping = true;
   }
   server.stop();  // from here a ticker's write returns false, and it returns
+  server.wait();  // the workers stay until `server` goes: the tickers may finish after this
   for (auto& t : tickers) t.join();
-  server.wait();
   return 0;
 }

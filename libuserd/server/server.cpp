@@ -165,6 +165,7 @@ Server::Server(ServerConfig config, Router router) : impl_(std::make_unique<Impl
 Server::~Server() {
   stop();
   wait();
+  impl_->workers.clear();
 }
 
 Result<void> Server::start() {
@@ -403,8 +404,9 @@ void Server::stop() noexcept {
 void Server::wait() {
   for (auto& t : impl_->threads)
     if (t.joinable()) t.join();
+  // The workers stay until the Server goes: a Responder some other thread still holds says false (the server
+  // stopped) instead of reaching freed memory.
   impl_->threads.clear();
-  impl_->workers.clear();
 }
 
 }  // namespace userd

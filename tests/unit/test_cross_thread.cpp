@@ -41,8 +41,8 @@ class Pool {
     {
       std::lock_guard<std::mutex> l(m_);
       jobs_.push_back(std::move(f));
+      cv_.notify_one();  // under the lock: once it is released, the pool may be gone
     }
-    cv_.notify_one();
   }
 
  private:

@@ -87,6 +87,8 @@ class Server {
   // connections close, requests in flight finish (answered with Connection: close) for up to
   // drain_timeout_ms, then the loops end. wait() joins them.
   void stop() noexcept;
+  // Joins the loops. Responders and Streams still held elsewhere then answer false, until the Server is
+  // destroyed: join the threads that hold them before that.
   void wait();
 
  private:

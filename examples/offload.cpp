@@ -1,8 +1,6 @@
 // examples/offload.cpp: CPU-heavy requests answered from a small thread pool, so the loop thread never blocks:
 // GET /fib/{n} hands its Responder to one of four pool threads, which computes and answers from there.
 // usage: offload [HOST:PORT] [io_uring|epoll]      (public headers only; prints "listening on HOST:PORT")
-#include <signal.h>
-
 #include <condition_variable>
 #include <cstdio>
 #include <deque>
@@ -12,6 +10,7 @@
 #include <thread>
 #include <vector>
 
+#include "serve.hpp"
 #include "userd/server.hpp"
 
 namespace {
@@ -63,13 +62,7 @@ unsigned long long fib(unsigned n) { return n < 2 ? n : fib(n - 1) + fib(n - 2);
 }  // namespace
 
 int main(int argc, char** argv) {
-  std::string listen = argc > 1 ? argv[1] : "127.0.0.1:8082";
-  const auto colon = listen.rfind(':');
-  userd::ServerConfig cfg;
-  cfg.host = listen.substr(0, colon);
-  cfg.port = static_cast<std::uint16_t>(std::stoi(listen.substr(colon + 1)));
-  cfg.threads = 1;
-  if (argc > 2) cfg.backend = std::string(argv[2]) == "epoll" ? userd::BackendKind::Epoll : userd::BackendKind::IoUring;
+  const userd::ServerConfig cfg = example::config(argc, argv, "127.0.0.1:8082");
 
   auto pool = std::make_unique<ThreadPool>(4);
   userd::Router router;
@@ -90,22 +83,8 @@ int main(int argc, char** argv) {
     });
   });
 
-  sigset_t set;
-  sigemptyset(&set);
-  sigaddset(&set, SIGINT);
-  sigaddset(&set, SIGTERM);
-  pthread_sigmask(SIG_BLOCK, &set, nullptr);
   userd::Server server(cfg, std::move(router));
-  if (auto r = server.start(); !r) {
-    std::fprintf(stderr, "offload: cannot start: %s\n", r.error().what);
-    return 1;
-  }
-  std::fprintf(stderr, "offload: listening on %s:%u (%.*s)\n", cfg.host.c_str(), server.port(),
-               int(server.backend().size()), server.backend().data());
-  int sig;
-  sigwait(&set, &sig);
-  server.stop();
-  server.wait();  // no handler submits any more; the workers stay until `server` goes
-  pool.reset();   // its threads hold Responders: they finish (answering false) before the server goes
-  return 0;
+  const int code = example::serve("offload", server, cfg);
+  pool.reset();  // its threads hold Responders: they finish (answering false) before the server goes
+  return code;
 }

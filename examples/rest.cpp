@@ -7,8 +7,6 @@
 //   GET    /v1/users/{id}       one user, 404 when there is none
 //   POST   /v1/users            {"name":"Ada","email":"ada@example.org"} -> 201 with its id
 //   DELETE /v1/users/{id}       204, or 404
-#include <signal.h>
-
 #include <cstdio>
 #include <map>
 #include <string>
@@ -16,6 +14,7 @@
 #include <fmt/format.h>
 #include <simdjson.h>
 
+#include "serve.hpp"
 #include "userd/server.hpp"
 
 namespace {
@@ -49,13 +48,8 @@ void answer(userd::Responder& res, int status, const std::string& body) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  std::string listen = argc > 1 ? argv[1] : "127.0.0.1:8083";
-  const auto colon = listen.rfind(':');
-  userd::ServerConfig cfg;
-  cfg.host = listen.substr(0, colon);
-  cfg.port = static_cast<std::uint16_t>(std::stoi(listen.substr(colon + 1)));
-  cfg.threads = 1;  // one loop thread: the map below needs no lock
-  if (argc > 2) cfg.backend = std::string(argv[2]) == "epoll" ? userd::BackendKind::Epoll : userd::BackendKind::IoUring;
+  // One loop thread (example::config's): the map below needs no lock.
+  const userd::ServerConfig cfg = example::config(argc, argv, "127.0.0.1:8083");
 
   std::map<unsigned long, User> users;
   unsigned long next_id = 1;
@@ -101,21 +95,6 @@ int main(int argc, char** argv) {
     res.send(r);
   });
 
-  sigset_t set;
-  sigemptyset(&set);
-  sigaddset(&set, SIGINT);
-  sigaddset(&set, SIGTERM);
-  pthread_sigmask(SIG_BLOCK, &set, nullptr);
   userd::Server server(cfg, std::move(router));
-  if (auto r = server.start(); !r) {
-    std::fprintf(stderr, "rest: cannot start: %s\n", r.error().what);
-    return 1;
-  }
-  std::fprintf(stderr, "rest: listening on %s:%u (%.*s)\n", cfg.host.c_str(), server.port(),
-               int(server.backend().size()), server.backend().data());
-  int sig;
-  sigwait(&set, &sig);
-  server.stop();
-  server.wait();
-  return 0;
+  return example::serve("rest", server, cfg);
 }

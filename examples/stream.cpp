@@ -3,8 +3,6 @@
 // when the output has drained, so a slow reader costs no memory. GET /ticks?count=N writes one line every 10 ms
 // from a thread of its own (writes from any thread).
 // usage: stream [HOST:PORT] [io_uring|epoll]      (public headers only; prints "listening on HOST:PORT")
-#include <signal.h>
-
 #include <chrono>
 #include <cstdio>
 #include <memory>
@@ -13,6 +11,7 @@
 #include <thread>
 #include <vector>
 
+#include "serve.hpp"
 #include "userd/server.hpp"
 
 namespace {
@@ -39,13 +38,7 @@ struct Numbers {
 }  // namespace
 
 int main(int argc, char** argv) {
-  std::string listen = argc > 1 ? argv[1] : "127.0.0.1:8084";
-  const auto colon = listen.rfind(':');
-  userd::ServerConfig cfg;
-  cfg.host = listen.substr(0, colon);
-  cfg.port = static_cast<std::uint16_t>(std::stoi(listen.substr(colon + 1)));
-  cfg.threads = 1;
-  if (argc > 2) cfg.backend = std::string(argv[2]) == "epoll" ? userd::BackendKind::Epoll : userd::BackendKind::IoUring;
+  const userd::ServerConfig cfg = example::config(argc, argv, "127.0.0.1:8084");
 
   // Ticker threads hold Streams, so they are joined before the server goes; none starts once stopping is set.
   std::mutex tickers_mutex;
@@ -81,26 +74,11 @@ int main(int argc, char** argv) {
     });
   });
 
-  sigset_t set;
-  sigemptyset(&set);
-  sigaddset(&set, SIGINT);
-  sigaddset(&set, SIGTERM);
-  pthread_sigmask(SIG_BLOCK, &set, nullptr);
   userd::Server server(cfg, std::move(router));
-  if (auto r = server.start(); !r) {
-    std::fprintf(stderr, "stream: cannot start: %s\n", r.error().what);
-    return 1;
-  }
-  std::fprintf(stderr, "stream: listening on %s:%u (%.*s)\n", cfg.host.c_str(), server.port(),
-               int(server.backend().size()), server.backend().data());
-  int sig;
-  sigwait(&set, &sig);
-  {
+  const int code = example::serve("stream", server, cfg, [&] {
     std::lock_guard<std::mutex> lock(tickers_mutex);
     stopping = true;
-  }
-  server.stop();  // from here a ticker's write returns false, and it returns
-  server.wait();  // the workers stay until `server` goes: the tickers may finish after this
-  for (auto& t : tickers) t.join();
-  return 0;
+  });
+  for (auto& t : tickers) t.join();  // the server is still there: their last writes answer false
+  return code;
 }

@@ -9,19 +9,26 @@ work=$(mktemp -d)
 trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$work"' EXIT
 passed=0
 
-serve_and_ask() {  # $1: program; asks /hello?name=embedder on an ephemeral port
-  "$1" 127.0.0.1:0 2>"$work/err" &
-  local pid=$! port=""
+start_example() {  # $1: program, run on an ephemeral port; sets example_pid and example_port
+  LD_LIBRARY_PATH="$work/prefix/lib" "$1" 127.0.0.1:0 2>"$work/err-example" &
+  example_pid=$! example_port=""
   for _ in $(seq 100); do
-    port=$(grep -o 'listening on [0-9.]*:[0-9]*' "$work/err" | grep -o '[0-9]*$' || true)
-    [ -n "$port" ] && break
+    example_port=$(grep -o 'listening on [0-9.]*:[0-9]*' "$work/err-example" | grep -o '[0-9]*$' || true)
+    [ -n "$example_port" ] && break
     sleep 0.05
   done
-  [ -n "$port" ] || { echo "no listening line: $(cat "$work/err")"; return 1; }
+  [ -n "$example_port" ] || { echo "$1: no listening line: $(cat "$work/err-example")"; exit 1; }
+}
+stop_example() {
+  kill -TERM "$example_pid"
+  wait "$example_pid"
+}
+
+serve_and_ask() {  # $1: program; asks /hello?name=embedder
+  start_example "$1"
   local got
-  got=$(curl -fsS "http://127.0.0.1:$port/hello?name=embedder")
-  kill -TERM "$pid"
-  wait "$pid"
+  got=$(curl -fsS "http://127.0.0.1:$example_port/hello?name=embedder")
+  stop_example
   [ "$got" = "hello, embedder" ] || { echo "unexpected answer: $got"; return 1; }
 }
 
@@ -33,7 +40,7 @@ test -f "$work/prefix/lib/libuserd.so"
 export PKG_CONFIG_PATH="$work/prefix/lib/pkgconfig"
 # shellcheck disable=SC2046
 g++ -std=c++20 -Wall -Wextra -Werror "$src/examples/hello.cpp" -o "$work/hello" $(pkg-config --cflags --libs libuserd)
-LD_LIBRARY_PATH="$work/prefix/lib" serve_and_ask "$work/hello"
+serve_and_ask "$work/hello"
 # Statically, as pkg-config --static says.
 # shellcheck disable=SC2046
 g++ -std=c++20 "$src/examples/hello.cpp" -o "$work/hello-static" -Wl,-Bstatic -luserd -Wl,-Bdynamic \
@@ -42,16 +49,9 @@ serve_and_ask "$work/hello-static"
 # Route parameters, a query value, the peer, and answers from a thread pool, through the installed headers only.
 # shellcheck disable=SC2046
 g++ -std=c++20 -Wall -Wextra -Werror "$src/examples/offload.cpp" -o "$work/offload" $(pkg-config --cflags --libs libuserd)
-LD_LIBRARY_PATH="$work/prefix/lib" "$work/offload" 127.0.0.1:0 2>"$work/err-offload" &
-offload_pid=$! port=""
-for _ in $(seq 100); do
-  port=$(grep -o 'listening on [0-9.]*:[0-9]*' "$work/err-offload" | grep -o '[0-9]*$' || true)
-  [ -n "$port" ] && break
-  sleep 0.05
-done
-got=$(curl -fsS "http://127.0.0.1:$port/fib/10")
-kill -TERM "$offload_pid"
-wait "$offload_pid"
+start_example "$work/offload"
+got=$(curl -fsS "http://127.0.0.1:$example_port/fib/10")
+stop_example
 [ "$got" = '{"n":10,"fib":55}' ] || { echo "offload: unexpected answer: $got"; exit 1; }
 test -f "$work/prefix/include/userd/version.hpp"
 # Middleware, parameters, query values and a JSON body (rest); a stream with backpressure and one written from
@@ -63,27 +63,15 @@ g++ -std=c++20 -Wall -Wextra -Werror "$src/examples/rest.cpp" -o "$work/rest" \
 g++ -std=c++20 -Wall -Wextra -Werror "$src/examples/stream.cpp" -o "$work/stream" $(pkg-config --cflags --libs libuserd)
 # shellcheck disable=SC2046
 g++ -std=c++20 -Wall -Wextra -Werror "$src/examples/gateway.cpp" -o "$work/gateway" $(pkg-config --cflags --libs libuserd)
-start_example() {  # $1: program; sets example_pid and example_port
-  LD_LIBRARY_PATH="$work/prefix/lib" "$1" 127.0.0.1:0 2>"$work/err-example" &
-  example_pid=$! example_port=""
-  for _ in $(seq 100); do
-    example_port=$(grep -o 'listening on [0-9.]*:[0-9]*' "$work/err-example" | grep -o '[0-9]*$' || true)
-    [ -n "$example_port" ] && break
-    sleep 0.05
-  done
-  [ -n "$example_port" ] || { echo "$1: no listening line"; exit 1; }
-}
 start_example "$work/rest"
 got=$(curl -fsS -H 'X-Api-Key: secret' -d '{"name":"Ada","email":"a@b"}' "http://127.0.0.1:$example_port/v1/users")
 code=$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$example_port/v1/users/1")
-kill -TERM "$example_pid"
-wait "$example_pid"
+stop_example
 [ "$got" = '{"id":1,"name":"Ada","email":"a@b"}' ] && [ "$code" = 401 ] || { echo "rest: $got $code"; exit 1; }
 start_example "$work/stream"
 got=$(curl -fsS "http://127.0.0.1:$example_port/numbers?count=3")
 ticks=$(curl -fsS "http://127.0.0.1:$example_port/ticks?count=3")
-kill -TERM "$example_pid"
-wait "$example_pid"
+stop_example
 [ "$got" = $'{"n":0}\n{"n":1}\n{"n":2}' ] && [ "$ticks" = $'{"tick":0}\n{"tick":1}\n{"tick":2}' ] \
   || { echo "stream: $got / $ticks"; exit 1; }
 passed=$((passed + 1))

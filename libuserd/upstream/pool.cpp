@@ -16,6 +16,15 @@ namespace userd::upstream {
 namespace {
 // How long an address that refused a connection is passed over when another one is there.
 constexpr std::uint64_t kRefusedMs = 5000;
+// Request bytes (bodies included) that may wait in the queue per pool: what bounds it is this, not only the
+// number of jobs, since an embedder's request may carry a large body. A slot whose string grew past kKeepSlot
+// for one large request gives the memory back when that request leaves the queue.
+constexpr std::size_t kQueueBytes = 16 << 20;
+constexpr std::size_t kKeepSlot = 16 << 10;
+
+void trim(std::string& s) noexcept {
+  if (s.capacity() > kKeepSlot) std::string().swap(s);
+}
 }  // namespace
 
 Pool::Pool(const Target& target, std::uint16_t index, io::Backend& backend, const std::uint64_t& now_ms)
@@ -116,13 +125,14 @@ void Pool::dispatch(const Job& job, std::string_view request) {
 }
 
 bool Pool::enqueue(const Job& job, std::string_view request, bool front) {
-  if (count_ == queue_.size()) {
+  if (count_ == queue_.size() || queued_bytes_ + request.size() > kQueueBytes) {
     stats_.errors[std::size_t(UpstreamError::Overloaded)].add();
     return false;
   }
   const std::size_t slot = front ? (head_ + queue_.size() - 1) % queue_.size() : (head_ + count_) % queue_.size();
   queue_bytes_[slot].assign(request);  // may throw: nothing is changed until it has not
   queue_[slot] = job;
+  queued_bytes_ += request.size();
   if (front) head_ = slot;
   ++count_;
   return true;
@@ -140,6 +150,8 @@ void Pool::pump() {
   while (count_ > 0 && (!idle_.empty() || !free_.empty())) {
     const Job j = queue_[head_];
     pumping_bytes_.swap(queue_bytes_[head_]);  // both keep their capacity: no allocation
+    trim(queue_bytes_[head_]);
+    queued_bytes_ -= pumping_bytes_.size();
     head_ = (head_ + 1) % queue_.size();
     --count_;
     // A client that left while its request waited is not asked for: after a burst, the queue would otherwise
@@ -149,6 +161,7 @@ void Pool::pump() {
       continue;
     }
     dispatch(j, pumping_bytes_);
+    trim(pumping_bytes_);
   }
 }
 
@@ -417,6 +430,8 @@ void Pool::tick() noexcept {
   }
   while (count_ > 0 && queue_[head_].deadline <= now) {
     const Job j = queue_[head_];
+    queued_bytes_ -= queue_bytes_[head_].size();
+    trim(queue_bytes_[head_]);
     head_ = (head_ + 1) % queue_.size();
     --count_;
     stats_.errors[std::size_t(UpstreamError::Timeout)].add();

@@ -122,6 +122,7 @@ class Pool {
   std::vector<Job> queue_;
   std::vector<std::string> queue_bytes_;
   std::size_t head_ = 0, count_ = 0;
+  std::size_t queued_bytes_ = 0;  // of the requests in the queue: bounded (pool.cpp, kQueueBytes)
   std::string pumping_bytes_;  // the request pump() is handing out: never a view into the queue
   std::string request_;        // fetch() writes the request here first (capacity kept)
   std::vector<std::uint64_t> refused_until_;  // per address: skipped until then after a refused connect

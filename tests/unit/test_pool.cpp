@@ -544,3 +544,19 @@ TEST_CASE("pool: a connection answered before its send completed is closed if th
   REQUIRE(f.answers.size() == 2);
   CHECK(f.answers[1].body == "b");
 }
+
+TEST_CASE("pool: the bytes of queued requests are bounded too, not only their number") {
+  Fixture f(1, 64);
+  REQUIRE(f.fetch("/busy"));  // holds the only connection: the rest queue
+  const std::string body(1 << 20, 'b');
+  UpstreamRequest post;
+  post.method = "POST";
+  post.target = "/upload";
+  post.body = body;
+  int queued = 0;
+  while (queued < 64 && f.fetch(post)) ++queued;
+  CHECK(queued >= 15);
+  CHECK(queued <= 16);  // about 16 MiB of requests wait, far fewer than the 64 slots
+  CHECK(f.pool->stats().errors[std::size_t(UpstreamError::Overloaded)].get() == 1);
+  CHECK(f.fetch("/small"));  // a small one still fits
+}

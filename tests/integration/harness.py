@@ -243,15 +243,6 @@ class Pipeliners:
         except OSError as e:
             return e.errno != errno.EAGAIN
 
-    def wait_written(self, timeout):
-        """Waits until every client wrote everything or was closed."""
-        end = time.monotonic() + timeout
-        while time.monotonic() < end:
-            if all(c is not None or n >= len(self.payload) for c, n in zip(self.closed_at, self.sent)):
-                return True
-            time.sleep(0.05)
-        return False
-
     def close(self):
         self._stop = True
         self._thread.join(timeout=5)

@@ -1,14 +1,20 @@
 #!/usr/bin/env python3
 """./dev bench: userd side by side with Hyper, nginx and two floors, on this machine, in one run.
 
-Each server under test runs pinned to CPU 0; wrk (and, for the proxy scenario, the shared upstream: nginx
-serving the dataset) run on the other CPUs. Servers are alternated A B C ... for --rounds rounds of --duration
-seconds after a warm-up; the figures are medians. Per server: req/s, p50/p99 latency, CPU microseconds per
-request (utime+stime of the server's process tree over the timed window / requests), peak RSS (VmHWM),
-non-2xx and socket errors. Every body is checked against the dataset before load. A malloc counter
+Jobs: static (wrk, 100 keep-alive connections), pipelined (16 requests per write), proxy (to a shared nginx
+upstream), the seed's pair (microservice1 and microservice2 of the same kind, both on the server core), and
+fixed rate (h2load offering the same 10,000 req/s to every server, static and proxy).
+
+Each server under test runs pinned to CPU 0; the load generator (and the shared upstream) run on the other
+CPUs. Every round runs each job's servers back to back, for --rounds rounds of --duration seconds after a
+warm-up; a target is judged on the median of its per-round ratios (this machine drifts within seconds, so
+only servers measured moments apart compare), printed with the interquartile range. Per server: req/s, latency,
+CPU microseconds per request (the server processes' run time from /proc/PID/task/*/schedstat over the
+timed window / requests), peak RSS
+(VmHWM), non-2xx and socket errors. Every body is checked against the dataset before load. A malloc counter
 (LD_PRELOAD) checks that userd allocates nothing over 10,000 keep-alive requests after warm-up.
 
-Writes docs/benchmarks.md, docs/benchmarks.json and docs/benchmarks.png.
+Writes docs/benchmarks.md, docs/benchmarks.json and docs/benchmarks.png (or --out DIR).
 """
 import argparse
 import datetime
@@ -30,7 +36,6 @@ ROOT = os.path.dirname(HERE)
 sys.path.insert(0, os.path.join(ROOT, "tests", "integration"))
 from harness import Server  # noqa: E402
 
-TICK = os.sysconf("SC_CLK_TCK")
 SERVER_CPU = "0"
 
 
@@ -59,14 +64,16 @@ def tree(pid):
 
 
 def cpu_seconds(pid):
+    """CPU time of pid's process tree: each thread's schedstat run time, in ns, where /proc/PID/stat counts in
+    clock ticks (10 ms), too coarse for a 2 s round at a fixed 10,000 req/s."""
     total = 0
     for p in tree(pid):
         try:
-            f = open(f"/proc/{p}/stat").read().rsplit(")", 1)[1].split()
-            total += int(f[11]) + int(f[12])
+            for t in os.listdir(f"/proc/{p}/task"):
+                total += int(open(f"/proc/{p}/task/{t}/schedstat").read().split()[0])
         except OSError:
             pass
-    return total / TICK
+    return total / 1e9
 
 
 def peak_rss_kb(pid):
@@ -84,15 +91,35 @@ def latency_us(text, pct):
     return float(m.group(1)) * {"us": 1, "ms": 1e3, "s": 1e6}[m.group(2)] if m else float("nan")
 
 
-def wrk(url, seconds, connections=100):
+def wrk(url, seconds, connections=100, script=None):
     out = subprocess.run(["taskset", "-c", load_cpus(), "wrk", "-t1", f"-c{connections}", f"-d{seconds}s",
-                          "--latency", url], capture_output=True, text=True, check=True).stdout
+                          "--latency", *(["-s", script] if script else []), url],
+                         capture_output=True, text=True, check=True).stdout
     non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     sock = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
     return {"requests": int(re.search(r"(\d+) requests in", out).group(1)),
             "rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)),
             "p50": latency_us(out, 50), "p99": latency_us(out, 99),
             "errors": (int(non2xx.group(1)) if non2xx else 0) + (sum(map(int, sock.groups())) if sock else 0)}
+
+
+def h2load_us(v):
+    m = re.fullmatch(r"([\d.]+)(us|ms|s)", v)
+    return float(m.group(1)) * {"us": 1, "ms": 1e3, "s": 1e6}[m.group(2)]
+
+
+def h2load(url, seconds, rate, connections=100):
+    """The same offered load for every server: `rate` requests per second spread over `connections`."""
+    out = subprocess.run(["taskset", "-c", load_cpus(), "h2load", "--h1", "-t1", f"-c{connections}",
+                          f"--rps={max(1, rate // connections)}", f"-D{seconds}", url],
+                         capture_output=True, text=True, check=True).stdout
+    req = re.search(r"requests: (\d+) total, \d+ started, (\d+) done, (\d+) succeeded, (\d+) failed, "
+                    r"(\d+) errored, (\d+) timeout", out)
+    codes = re.search(r"status codes: (\d+) 2xx", out)
+    lat = re.search(r"time for request:\s+(\S+)\s+(\S+)\s+(\S+)", out)
+    done = int(req.group(2))
+    return {"requests": done, "rps": done / seconds, "mean": h2load_us(lat.group(3)), "max": h2load_us(lat.group(2)),
+            "errors": int(req.group(4)) + int(req.group(5)) + int(req.group(6)) + done - int(codes.group(1))}
 
 
 def nginx_conf(tmp, port, mode, dataset, upstream_port=None):
@@ -196,81 +223,189 @@ def count_allocations(a, dataset, extra=()):
     return results
 
 
+PIPELINE = os.path.join(HERE, "pipeline.lua")
+
+
+def build_hyper(target_dir):
+    """The Hyper reference, built offline from Debian's crates (cargo reads hyper-ref/.cargo/config.toml only
+    from inside that folder)."""
+    if not shutil.which("cargo"):
+        sys.exit("bench: cargo not found; `./dev bench` installs it")
+    subprocess.run(["cargo", "build", "--release", "--offline", "-q"], cwd=os.path.join(HERE, "hyper-ref"),
+                   env=dict(os.environ, CARGO_TARGET_DIR=target_dir), check=True)
+    return os.path.join(target_dir, "release", "hyper-ref")
+
+# job: (title, how it loads the server)
+JOBS = {
+    "static": ("Static: `/v1/user` from memory, 100 keep-alive connections", "wrk"),
+    "pipelined": ("Pipelined: 16 requests per write (`benchmarks/pipeline.lua`), 100 connections", "pipelined"),
+    "proxy": ("Proxy: `/v1/user` → upstream `/v1/avatar` (nginx on the load core), 100 connections", "wrk"),
+    "pair": ("The seed's pair: microservice1 → microservice2 of the same kind, both on the server core; CPU of "
+             "both", "wrk"),
+    "fixed-static": ("Fixed rate, static: the same 10,000 req/s offered to every server (h2load, 100 connections)",
+                     "fixed"),
+    "fixed-proxy": ("Fixed rate, proxy: the same 10,000 req/s offered to every server (h2load, 100 connections)",
+                    "fixed"),
+}
+
+PANEL = {"static": "static, 100 keep-alive connections", "pipelined": "pipelined, 16 requests per write",
+         "proxy": "proxy to an nginx upstream", "pair": "the seed's pair (CPU of both services)",
+         "fixed-static": "static at a fixed 10,000 req/s", "fixed-proxy": "proxy at a fixed 10,000 req/s"}
+
+# (job, server, against, measure, limit): judged on the median over rounds of server's measure / against's.
+TARGETS = [
+    ("static", "userd io_uring", "io_uring floor", "cpu_us", 1.05),
+    ("pipelined", "userd io_uring", "userd epoll", "cpu_us", 1.0),
+    ("pipelined", "userd io_uring", "hyper", "cpu_us", 0.3),
+    ("pipelined", "userd io_uring", "nginx", "cpu_us", 0.2),
+    ("proxy", "userd io_uring", "hyper", "cpu_us", 0.5),
+    ("proxy", "userd io_uring", "nginx", "cpu_us", 0.7),
+    ("pair", "userd", "hyper", "cpu_us", 0.35),
+    ("pair", "userd", "nginx", "cpu_us", 0.5),
+    ("fixed-static", "userd io_uring", "hyper", "cpu_us", 0.6),
+    ("fixed-static", "userd io_uring", "hyper", "mean", 1.0),
+    ("fixed-static", "userd io_uring", "nginx", "mean", 1.0),
+    ("fixed-proxy", "userd io_uring", "hyper", "cpu_us", 0.6),
+    ("fixed-proxy", "userd io_uring", "hyper", "mean", 1.0),
+    ("fixed-proxy", "userd io_uring", "nginx", "mean", 1.0),
+]
+# Goals beyond the targets: below what a naive server on the same kernel interface costs.
+GOALS = [
+    ("static", "userd io_uring", "io_uring floor", "cpu_us", 0.95),
+    ("pipelined", "userd io_uring", "epoll floor", "cpu_us", 1.0),
+]
+MEASURE = {"cpu_us": "CPU µs/req", "mean": "mean latency"}
+
+
+class Entry:
+    """One server of one job: the processes whose CPU counts and the port the load goes to."""
+
+    def __init__(self, procs):
+        self.procs = procs
+        self.port = procs[-1].port
+
+    def cpu(self):
+        return sum(cpu_seconds(p.pid) for p in self.procs)
+
+    def rss_kb(self):
+        return sum(peak_rss_kb(p.pid) for p in self.procs)
+
+
+def load(kind, port, seconds, rate):
+    url = f"http://127.0.0.1:{port}/v1/user"
+    if kind == "fixed":
+        return h2load(url, seconds, rate)
+    return wrk(url, seconds, script=PIPELINE if kind == "pipelined" else None)
+
+
 def main():
     ap = argparse.ArgumentParser()
-    for k in ("userd", "floor-uring", "floor-epoll", "hyper", "alloc-counter", "dataset"):
+    for k in ("userd", "floor-uring", "floor-epoll", "alloc-counter", "dataset"):
         ap.add_argument(f"--{k}", required=True)
-    ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--duration", type=int, default=5)
+    ap.add_argument("--hyper", help="the hyper-ref binary; without it, built from benchmarks/hyper-ref")
+    ap.add_argument("--hyper-target-dir", default=os.path.join(ROOT, "build", "hyper-ref"),
+                    help="cargo's target folder when building hyper-ref")
+    ap.add_argument("--rounds", type=int, default=15)
+    ap.add_argument("--duration", type=int, default=2)
     ap.add_argument("--warmup", type=int, default=2)
-    ap.add_argument("--quick", action="store_true", help="one round of 2 s: proves the harness, judges nothing")
+    ap.add_argument("--rate", type=int, default=10000, help="offered req/s in the fixed-rate jobs")
+    ap.add_argument("--jobs", default=",".join(JOBS), help="comma-separated subset of " + ",".join(JOBS))
+    ap.add_argument("--quick", action="store_true", help="three rounds of 1 s: proves the harness, judges nothing")
     ap.add_argument("--out", default=os.path.join(ROOT, "docs"))
+    ap.add_argument("--print-tables", action="store_true", help="print the report's tables when done")
     ap.add_argument("--from-json", help="rewrite the report and chart from a earlier run's benchmarks.json")
     a = ap.parse_args()
     if a.from_json:
         saved = json.load(open(a.from_json))
-        a.rounds, a.duration, a.quick = (saved["method"][k] for k in ("rounds", "duration_s", "quick"))
+        for k in ("rounds", "duration", "quick", "rate"):
+            setattr(a, k, saved["method"][k])
         report(a, saved["results"], saved["allocations"], saved["machine"])
         return
     if a.quick:
-        a.rounds, a.duration, a.warmup = 1, 2, 1
+        a.rounds, a.duration, a.warmup = 3, 1, 1
+    missing = [t for t in ("wrk", "h2load", "nginx", "taskset", "gnuplot") if not shutil.which(t)]
+    if missing:
+        sys.exit(f"bench: {', '.join(missing)} not found; `./dev bench` installs them")
+    if not a.hyper:
+        a.hyper = build_hyper(a.hyper_target_dir)
+    jobs = [j for j in a.jobs.split(",") if j]
+    if any(j not in JOBS for j in jobs):
+        sys.exit(f"bench: --jobs takes {','.join(JOBS)}")
     dataset = open(a.dataset, "rb").read()
     tmp = tempfile.mkdtemp(prefix="userd-bench-")
     pin = ["taskset", "-c", SERVER_CPU]
     started = []
 
-    def start(argv, port=None, env=None):
-        srv = Announced(argv, port, env) if port else Server(argv, env=env)
+    def start(argv, port=None):
+        srv = Announced(argv, port) if port else Server(argv)
         started.append(srv)
-        check_body(srv.port, dataset)
         return srv
 
-    results = {"static": {}, "proxy": {}}
+    def nginx(mode, upstream_port=None, cpus=SERVER_CPU):
+        p = free_port()
+        return start(["taskset", "-c", cpus, "nginx", "-c", nginx_conf(tmp, p, mode, dataset, upstream_port)], port=p)
+
+    def userd(backend, *extra):
+        return start(pin + [a.userd, "--listen", "127.0.0.1:0", "--threads", "1", "--backend", backend, *extra])
+
+    results = {j: {} for j in jobs}
     try:
-        # The shared upstream for the proxy scenario: nginx serving the dataset, off the server CPU.
-        up_port = free_port()
-        start(["taskset", "-c", load_cpus(), "nginx", "-c", nginx_conf(tmp, up_port, "static", dataset)],
-              port=up_port)
+        # The shared upstream for the proxy jobs: nginx serving the dataset, off the server CPU.
+        up_port = nginx("static", cpus=load_cpus()).port
         data_file = os.path.join(tmp, "avatars.json")
         open(data_file, "wb").write(dataset)
-        upstream_url = f"http://127.0.0.1:{up_port}/v1/avatar"
-        servers = {"static": {}, "proxy": {}}
-        for backend in ("io_uring", "epoll"):
-            servers["static"][f"userd {backend}"] = start(
-                pin + [a.userd, "--listen", "127.0.0.1:0", "--threads", "1", "--backend", backend])
-            servers["proxy"][f"userd {backend}"] = start(
-                pin + [a.userd, "--listen", "127.0.0.1:0", "--threads", "1", "--backend", backend,
-                           "--upstream", upstream_url])
-        servers["static"]["hyper"] = start(pin + [a.hyper, "--listen", "127.0.0.1:0", "--static", data_file])
-        servers["proxy"]["hyper"] = start(pin + [a.hyper, "--listen", "127.0.0.1:0", "--upstream", upstream_url])
-        p = free_port()
-        servers["static"]["nginx"] = start(pin + ["nginx", "-c", nginx_conf(tmp, p, "static", dataset)], port=p)
-        p = free_port()
-        servers["proxy"]["nginx"] = start(pin + ["nginx", "-c", nginx_conf(tmp, p, "proxy", dataset, up_port)],
-                                          port=p)
-        servers["static"]["io_uring floor"] = start(pin + [a.floor_uring, "0"])
-        servers["static"]["epoll floor"] = start(pin + [a.floor_epoll, "0"])
+        upstream = f"http://127.0.0.1:{up_port}/v1/avatar"
+        hyper_static = lambda: start(pin + [a.hyper, "--listen", "127.0.0.1:0", "--static", data_file])  # noqa: E731
+        hyper_proxy = lambda url: start(pin + [a.hyper, "--listen", "127.0.0.1:0", "--upstream", url])  # noqa: E731
 
-        for scenario, group in servers.items():
-            for name, srv in group.items():
-                wrk(f"http://127.0.0.1:{srv.port}/v1/user", a.warmup)
-                results[scenario][name] = {"rounds": []}
+        def static_set(floors):
+            s = {f"userd {b}": Entry([userd(b)]) for b in ("io_uring", "epoll")}
+            s["hyper"], s["nginx"] = Entry([hyper_static()]), Entry([nginx("static")])
+            if floors:
+                s["io_uring floor"] = Entry([start(pin + [a.floor_uring, "0"])])
+                s["epoll floor"] = Entry([start(pin + [a.floor_epoll, "0"])])
+            return s
+
+        def proxy_set():
+            s = {f"userd {b}": Entry([userd(b, "--upstream", upstream)]) for b in ("io_uring", "epoll")}
+            s["hyper"], s["nginx"] = Entry([hyper_proxy(upstream)]), Entry([nginx("proxy", up_port)])
+            return s
+
+        def pair_set():
+            m2 = userd("io_uring")
+            s = {"userd": Entry([m2, userd("io_uring", "--upstream", f"http://127.0.0.1:{m2.port}/v1/avatar")])}
+            m2 = hyper_static()
+            s["hyper"] = Entry([m2, hyper_proxy(f"http://127.0.0.1:{m2.port}/v1/user")])
+            m2 = nginx("static")
+            s["nginx"] = Entry([m2, nginx("proxy", m2.port)])
+            return s
+
+        make = {"static": lambda: static_set(True), "pipelined": lambda: static_set(True), "proxy": proxy_set,
+                "pair": pair_set, "fixed-static": lambda: static_set(False), "fixed-proxy": proxy_set}
+        servers = {j: make[j]() for j in jobs}
+        for j, group in servers.items():
+            for name, e in group.items():
+                check_body(e.port, dataset)
+                load(JOBS[j][1], e.port, a.warmup, a.rate)
+                results[j][name] = {"rounds": []}
         for rnd in range(a.rounds):
-            for scenario, group in servers.items():
-                for name, srv in group.items():
-                    c0 = cpu_seconds(srv.pid)
-                    w = wrk(f"http://127.0.0.1:{srv.port}/v1/user", a.duration)
-                    w["cpu_us"] = (cpu_seconds(srv.pid) - c0) * 1e6 / max(w["requests"], 1)
-                    results[scenario][name]["rounds"].append(w)
-                    print(f"round {rnd + 1} {scenario:6} {name:15} {w['rps']:9.0f} req/s  {w['cpu_us']:6.2f} CPU us/req"
-                          f"  p99 {w['p99']:7.0f} us  errors {w['errors']}", flush=True)
-        for scenario, group in servers.items():
-            for name, srv in group.items():
-                r = results[scenario][name]
-                for k in ("rps", "p50", "p99", "cpu_us"):
-                    r[k] = statistics.median(x[k] for x in r["rounds"])
+            for j, group in servers.items():
+                for name, e in group.items():
+                    c0 = e.cpu()
+                    w = load(JOBS[j][1], e.port, a.duration, a.rate)
+                    w["cpu_us"] = (e.cpu() - c0) * 1e6 / max(w["requests"], 1)
+                    results[j][name]["rounds"].append(w)
+                    lat = (f"mean {w['mean']:7.0f} us" if "mean" in w else f"p99 {w['p99']:7.0f} us")
+                    print(f"round {rnd + 1:2} {j:12} {name:15} {w['rps']:9.0f} req/s  {w['cpu_us']:6.2f} CPU us/req"
+                          f"  {lat}  errors {w['errors']}", flush=True)
+        for j, group in servers.items():
+            for name, e in group.items():
+                r = results[j][name]
+                for k in r["rounds"][0]:
+                    if k != "errors":
+                        r[k] = statistics.median(x[k] for x in r["rounds"])
                 r["errors"] = sum(x["errors"] for x in r["rounds"])
-                r["rss_kb"] = peak_rss_kb(srv.pid)
+                r["rss_kb"] = e.rss_kb()
     finally:
         for srv in started:
             try:
@@ -288,33 +423,58 @@ def main():
     report(a, results, allocs)
 
 
+def ratios(res, job, server, against, measure):
+    """Per-round ratios of server's measure to against's: the two ran moments apart in each round."""
+    return [x[measure] / y[measure] for x, y in zip(res[job][server]["rounds"], res[job][against]["rounds"])
+            if y[measure] > 0]
+
+
+def spread(v):
+    """Median and interquartile range."""
+    if len(v) < 2:
+        return v[0], v[0], v[0]
+    q = statistics.quantiles(v, n=4, method="inclusive")
+    return q[1], q[0], q[2]
+
+
+def judge(res, rows):
+    out = []
+    for job, server, against, measure, limit in rows:
+        if job not in res or server not in res[job] or against not in res[job]:
+            continue
+        med, q1, q3 = spread(ratios(res, job, server, against, measure))
+        out.append({"target": f"{job}: {server} {MEASURE[measure]} ≤ {limit:g} × {against}",
+                    "median": round(med, 3), "q1": round(q1, 3), "q3": round(q3, 3), "limit": limit,
+                    "met": med <= limit})
+    return out
+
+
 def targets(res, allocs):
-    s, p = res["static"], res["proxy"]
-    cpu = lambda g, n: g[n]["cpu_us"]  # noqa: E731
-    rows = [
-        ("static: userd io_uring <= 1.15 x io_uring floor", cpu(s, "userd io_uring"), 1.15 * cpu(s, "io_uring floor")),
-        ("static: userd io_uring <= 0.7 x nginx", cpu(s, "userd io_uring"), 0.7 * cpu(s, "nginx")),
-        ("proxy: userd io_uring <= 0.45 x Hyper", cpu(p, "userd io_uring"), 0.45 * cpu(p, "hyper")),
-        ("proxy: userd io_uring <= 0.65 x nginx", cpu(p, "userd io_uring"), 0.65 * cpu(p, "nginx")),
-        ("static: userd epoll <= nginx", cpu(s, "userd epoll"), cpu(s, "nginx")),
-        ("proxy: userd epoll <= nginx", cpu(p, "userd epoll"), cpu(p, "nginx")),
-        ("static: io_uring <= 0.95 x epoll", cpu(s, "userd io_uring"), 0.95 * cpu(s, "userd epoll")),
-        ("proxy: io_uring <= 0.95 x epoll", cpu(p, "userd io_uring"), 0.95 * cpu(p, "userd epoll")),
-    ]
-    out = [(name, f"{have:.2f} µs", f"{limit:.2f} µs", have <= limit) for name, have, limit in rows]
-    for sc, g in res.items():
+    out = judge(res, TARGETS)
+    for job in ("static", "proxy"):
         for b in ("io_uring", "epoll"):
-            u = g[f"userd {b}"]
-            out.append((f"{sc}: userd {b} peak RSS <= Hyper's", f"{u['rss_kb'] / 1024:.1f} MiB",
-                        f"{g['hyper']['rss_kb'] / 1024:.1f} MiB", u["rss_kb"] <= g["hyper"]["rss_kb"]))
-            out.append((f"{sc}: userd {b} p99 <= Hyper's", f"{u['p99']:.0f} µs", f"{g['hyper']['p99']:.0f} µs",
-                        u["p99"] <= g["hyper"]["p99"]))
+            if job not in res:
+                continue
+            u, h = res[job][f"userd {b}"], res[job]["hyper"]
+            out.append({"target": f"{job}: userd {b} peak RSS ≤ Hyper's", "measured": f"{u['rss_kb'] / 1024:.1f} MiB",
+                        "limit": f"{h['rss_kb'] / 1024:.1f} MiB", "met": u["rss_kb"] <= h["rss_kb"]})
+            med, q1, q3 = spread(ratios(res, job, f"userd {b}", "hyper", "p99"))
+            out.append({"target": f"{job}: userd {b} p99 ≤ Hyper's", "median": round(med, 3), "q1": round(q1, 3),
+                        "q3": round(q3, 3), "limit": 1.0, "met": med <= 1.0})
     errors = sum(r["errors"] for g in res.values() for r in g.values())
-    out.append(("zero errors (non-2xx, socket errors), all servers", str(errors), "0", errors == 0))
+    out.append({"target": "zero errors (non-2xx, socket errors, failed requests), all servers", "measured": str(errors),
+                "limit": "0", "met": errors == 0})
     for sc, per in allocs.items():
         for b, n in per.items():
-            out.append((f"{sc}: userd {b} allocations over 10,000 keep-alive requests", str(n), "0", n == 0))
+            out.append({"target": f"{sc}: userd {b} allocations over 10,000 keep-alive requests", "measured": str(n),
+                        "limit": "0", "met": n == 0})
     return out
+
+
+def cell(t):
+    if "median" in t:
+        return f"{t['median']:.3f}", f"{t['q1']:.3f}–{t['q3']:.3f}", f"{t['limit']:g}"
+    return t["measured"], "", t["limit"]
 
 
 def report(a, res, allocs, machine=None):
@@ -322,38 +482,52 @@ def report(a, res, allocs, machine=None):
     machine = machine or {"cpus": os.cpu_count(), "model": next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo")
                                                       if l.startswith("model name")), "?"),
                "kernel": platform.release(), "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
-    tg = targets(res, allocs)
-    json.dump({"machine": machine, "method": {"rounds": a.rounds, "duration_s": a.duration, "quick": a.quick},
-               "results": res, "allocations": allocs,
-               "targets": [{"target": t[0], "measured": t[1], "limit": t[2], "met": t[3]} for t in tg]},
+    tg, goals = targets(res, allocs), judge(res, GOALS)
+    json.dump({"machine": machine, "method": {"rounds": a.rounds, "duration": a.duration, "quick": a.quick,
+                                              "rate": a.rate},
+               "results": res, "allocations": allocs, "targets": tg, "goals": goals},
               open(os.path.join(a.out, "benchmarks.json"), "w"), indent=1)
     chart(a, res)
     lines = ["# Benchmarks", "",
              "Regenerated by `./dev bench` (`benchmarks/bench.py`); do not edit by hand. Raw figures: "
              "[benchmarks.json](benchmarks.json).", "",
              f"Machine: {machine['cpus']} CPUs ({machine['model']}), Linux {machine['kernel']}, {machine['date']}."
-             + (" **Quick mode: one 2 s round, figures not meaningful.**" if a.quick else ""), "",
+             + (" **Quick mode: three 1 s rounds, figures not meaningful.**" if a.quick else ""), "",
              "## Method", "",
-             f"Each server runs pinned to CPU {SERVER_CPU} with one thread or worker; `wrk -t1 -c100` and (proxy) the "
-             "shared upstream, nginx serving the dataset from memory, run on the other CPU. Servers alternate A B C "
-             f"... for {a.rounds} round(s) of {a.duration} s after a warm-up; figures are medians. CPU µs/request is "
-             "utime+stime of the server's process tree over each timed window divided by the requests wrk completed. "
-             "Peak RSS is VmHWM at the end. Every body was checked against the dataset before load.", "",
+             f"Each server runs pinned to CPU {SERVER_CPU} with one thread or worker; the load generator (`wrk -t1`, "
+             "or h2load for the fixed-rate jobs) and, for the proxy jobs, the shared upstream (nginx serving the "
+             "dataset from memory) run on the other CPU. Each round runs every job's servers back to back, "
+             f"{a.duration} s each, for {a.rounds} rounds after a warm-up. A server's figures below are medians "
+             "over rounds; ratios (targets, \"vs Hyper\") are medians of per-round ratios, because this machine "
+             "drifts within seconds and only servers measured moments apart compare; the interquartile range of "
+             "those ratios is printed beside them. CPU µs/request is the run time of the server's threads "
+             "(`/proc/PID/task/*/schedstat`, in ns: `/proc/PID/stat`'s 10 ms ticks are too coarse for 2 s at a fixed "
+             "rate) over each timed window divided by the requests completed. Peak RSS is VmHWM at the end. Every body was "
+             "checked against the dataset before load.", "",
              "Servers: userd (`--threads 1`, each backend); Hyper 0.14 + tokio (`benchmarks/hyper-ref`, Debian's "
              "crates); nginx 1.22 (one worker, `return 200` from memory / `proxy_pass` over a keep-alive upstream "
-             "pool); two floors (`benchmarks/floor_*.cpp`: the canned response for each request seen, no parsing).", ""]
-    for sc, title in (("static", "Static: `/v1/user` from memory"), ("proxy", "Proxy: `/v1/user` → upstream `/v1/avatar`")):
-        g = res[sc]
-        h = g["hyper"]
-        lines += [f"## {title}", "", "| server | req/s | p50 | p99 | CPU µs/req | CPU vs Hyper | peak RSS | errors |",
-                  "|---|---|---|---|---|---|---|---|"]
+             "pool); two floors (`benchmarks/floor_*.cpp`: canned responses for the requests seen in each read, "
+             "all in one send, no parsing).", ""]
+    for job, g in res.items():
+        fixed = JOBS[job][1] == "fixed"
+        lines += [f"## {JOBS[job][0]}", "",
+                  "| server | req/s | " + ("mean | max" if fixed else "p50 | p99") +
+                  " | CPU µs/req | CPU vs Hyper (IQR) | peak RSS | errors |", "|---|---|---|---|---|---|---|---|"]
         for name, r in g.items():
-            lines.append(f"| {name} | {r['rps']:,.0f} | {r['p50']:.0f} µs | {r['p99']:.0f} µs | {r['cpu_us']:.2f} | "
-                         f"{r['cpu_us'] / h['cpu_us']:.2f}× | {r['rss_kb'] / 1024:.1f} MiB | {r['errors']} |")
+            med, q1, q3 = spread(ratios(res, job, name, "hyper", "cpu_us"))
+            lat = (f"{r['mean']:.0f} µs | {r['max']:.0f} µs" if fixed else
+                   # wrk records no latency for pipelined requests
+                   "— | —" if job == "pipelined" else f"{r['p50']:.0f} µs | {r['p99']:.0f} µs")
+            lines.append(f"| {name} | {r['rps']:,.0f} | {lat} | {r['cpu_us']:.2f} | {med:.2f}× ({q1:.2f}–{q3:.2f}) | "
+                         f"{r['rss_kb'] / 1024:.1f} MiB | {r['errors']} |")
         lines.append("")
-    lines += ["## Targets", "", "| target | measured | limit | met |", "|---|---|---|---|"]
-    lines += [f"| {t[0]} | {t[1]} | {t[2]} | {'yes' if t[3] else '**no**'} |" for t in tg]
-    lines += ["", "![CPU per request and throughput](benchmarks.png)", "",
+    lines += ["## Targets", "", "Ratios are medians of per-round ratios; IQR is their interquartile range.", "",
+              "| target | measured | IQR | limit | met |", "|---|---|---|---|---|"]
+    lines += [f"| {t['target']} | " + " | ".join(cell(t)) + f" | {'yes' if t['met'] else '**no**'} |" for t in tg]
+    lines += ["", "Goals beyond the targets (issue 12): below the naive floors.", "",
+              "| goal | measured | IQR | limit | met |", "|---|---|---|---|---|"]
+    lines += [f"| {t['target']} | " + " | ".join(cell(t)) + f" | {'yes' if t['met'] else '**no**'} |" for t in goals]
+    lines += ["", "![CPU per request, one panel per job](benchmarks.png)", "",
               "## Context", "",
               "The seed's Hyper microservice1 reported about 80,000 req/s with `wrk -t12 -c100 -d15s` on a "
               "12-thread laptop, using 16–32 MB (`../shared/docs/seed-hyper-results.txt`): another machine and all "
@@ -362,34 +536,46 @@ def report(a, res, allocs, machine=None):
     if os.path.exists(notes):
         lines += [open(notes).read()]
     open(os.path.join(a.out, "benchmarks.md"), "w").write("\n".join(lines))
-    met = sum(t[3] for t in tg)
+    if getattr(a, "print_tables", False):
+        print("\n".join(lines[lines.index("## Method"):lines.index("## Context")]))
+    else:
+        print("\n".join(f"{t['target']}: " + " ".join(x for x in cell(t) if x) + (" met" if t["met"] else " MISSED")
+                        for t in tg + goals))
+    met = sum(t["met"] for t in tg)
     print(f"bench: {met} of {len(tg)} targets met; wrote {a.out}/benchmarks.md, .json, .png")
 
 
 def chart(a, res):
+    """One panel per job, axes from zero, each bar labelled with its value and its ratio to Hyper."""
     if not shutil.which("gnuplot"):
         print("bench: gnuplot not found, no chart", file=sys.stderr)
         return
     tmp = tempfile.mkdtemp()
-    dat = os.path.join(tmp, "d.dat")
-    with open(dat, "w") as f:
-        for sc, g in res.items():
+    panels = []
+    for i, (job, g) in enumerate(res.items()):
+        dat = os.path.join(tmp, f"{i}.dat")
+        with open(dat, "w") as f:
             for name, r in g.items():
-                f.write(f"\"{sc}: {name}\" {r['cpu_us']:.3f} {r['rps'] / 1000:.1f}\n")
-    script = f"""set terminal pngcairo size 1100,520 font ",10"
+                med = spread(ratios(res, job, name, "hyper", "cpu_us"))[0]
+                f.write(f"\"{name}\" {r['cpu_us']:.3f} \"{r['cpu_us']:.2f}\" \"{med:.2f}× Hyper\"\n")
+        top = max(r["cpu_us"] for r in g.values()) * 1.3
+        panels.append(f"""set title "{PANEL[job]}"
+set yrange [0:{top:.2f}]
+set xrange [-0.6:{len(g) - 0.4}]
+plot "{dat}" using 0:2:xtic(1) with boxes lc rgb "#3070b0", \\
+     "" using 0:2:3 with labels offset 0,1.6, "" using 0:2:4 with labels offset 0,0.7 font ",8"
+""")
+    rows = (len(panels) + 2) // 3
+    script = f"""set terminal pngcairo size 1500,{450 * rows} font ",10" noenhanced
 set output "{os.path.join(a.out, 'benchmarks.png')}"
-set multiplot layout 1,2
-set style data histograms
+set multiplot layout {rows},{min(3, len(panels))} title "CPU µs per request on one server core (lower is better); each bar: value, and ratio to Hyper (median of rounds)"
 set style fill solid 0.8 border -1
-set boxwidth 0.8
-set xtics rotate by -40 left
+set boxwidth 0.7
+set xtics rotate by -25 left
 set grid ytics
 set key off
-set title "CPU µs per request (lower is better)"
-plot "{dat}" using 2:xtic(1) lc rgb "#3070b0"
-set title "thousand requests per second (one server CPU)"
-plot "{dat}" using 3:xtic(1) lc rgb "#50a050"
-unset multiplot
+set ylabel "CPU µs / request"
+{"".join(panels)}unset multiplot
 """
     subprocess.run(["gnuplot"], input=script, text=True, check=True)
     shutil.rmtree(tmp, ignore_errors=True)

@@ -40,8 +40,8 @@ inline int serve(const char* name, userd::Server& server, const userd::ServerCon
     std::fprintf(stderr, "%s: cannot start: %s\n", name, r.error().what);
     return 1;
   }
-  std::fprintf(stderr, "%s: listening on %s:%u (%.*s)\n", name, cfg.host.c_str(), server.port(),
-               int(server.backend().size()), server.backend().data());
+  std::fprintf(stderr, "%s: listening on %s:%u (%.*s)\n", name, cfg.plain ? cfg.host.c_str() : cfg.tls->host.c_str(),
+               cfg.plain ? server.port() : server.tls_port(), int(server.backend().size()), server.backend().data());
   int sig;
   sigwait(&set, &sig);
   if (before_stop) before_stop();

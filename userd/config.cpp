@@ -50,15 +50,18 @@ std::string parse_listen(std::string_view s, std::string& host, std::uint16_t& p
   return parse_port(s.substr(colon + 1), port);
 }
 
-std::string parse_url(std::string_view url, std::string& host, std::uint16_t& port, std::string& path) {
+std::string parse_url(std::string_view url, std::string& host, std::uint16_t& port, std::string& path, bool* tls) {
   std::string_view rest = url;
-  if (rest.substr(0, 7) != "http://") return fmt::format("invalid --upstream '{}': expected http://HOST:PORT/PATH", url);
-  rest.remove_prefix(7);
+  const bool https = rest.substr(0, 8) == "https://";
+  if (tls) *tls = https;
+  if (rest.substr(0, 7) != "http://" && !(https && tls))
+    return fmt::format("invalid --upstream '{}': expected http{}://HOST:PORT/PATH", url, tls ? "[s]" : "");
+  rest.remove_prefix(https ? 8 : 7);
   std::size_t slash = rest.find('/');
   std::string_view authority = rest.substr(0, slash);
   path = slash == std::string_view::npos ? "/" : std::string(rest.substr(slash));
   if (std::string e = check_path(path, "upstream path"); !e.empty()) return e;
-  port = 80;
+  port = https ? 443 : 80;
   std::string_view h = authority;
   if (!authority.empty() && authority.front() == '[') {  // [v6]:port
     std::size_t close = authority.find(']');
@@ -81,19 +84,27 @@ std::string parse_url(std::string_view url, std::string& host, std::uint16_t& po
 std::string usage() {
   return "usage: userd [flags]\n"
          "Serves GET /v1/user and GET /v1/avatar (a JSON list of users) over HTTP/1.1 on io_uring, plus\n"
-         "GET /healthz and GET /metrics (Prometheus). SIGTERM/SIGINT stop it gracefully.\n"
+         "GET /healthz and GET /metrics (Prometheus). SIGTERM/SIGINT stop it gracefully; SIGHUP reloads the TLS\n"
+         "certificate and key.\n"
          "\n"
-         "  --listen HOST:PORT   address to listen on (env M1_DOMAIN, M1_PORT; default 0.0.0.0:8080)\n"
+         "  --listen HOST:PORT   address to listen on (env M1_DOMAIN, M1_PORT; default 0.0.0.0:8080, or none\n"
+         "                       when only --tls-listen is given)\n"
+         "  --tls-listen HOST:PORT  serve HTTPS there too (TLS 1.2/1.3, ALPN http/1.1); needs --tls-cert, --tls-key\n"
+         "  --tls-cert FILE      PEM certificate (leaf first, then its chain); SIGHUP reloads it and the key\n"
+         "  --tls-key FILE       PEM private key of --tls-cert\n"
+         "  --tls-client-ca FILE mutual TLS: clients must present a certificate signed by a CA in this PEM file\n"
          "  --user-path PATH     path of the user route (env M1_PATH; default /v1/user)\n"
          "  --threads N          loop threads (default 0: one per CPU the process may run on)\n"
          "  --backend KIND       auto, io_uring or epoll (default auto: io_uring, else epoll with a log line)\n"
          "  --data FILE          serve this JSON array of objects (default: the embedded dataset)\n"
-         "  --upstream URL       proxy the user path to http://HOST:PORT/PATH (env M2_DOMAIN, M2_PORT, M2_PATH;\n"
+         "  --upstream URL       proxy the user path to http[s]://HOST:PORT/PATH (env M2_DOMAIN, M2_PORT, M2_PATH;\n"
          "                       default: none, the user path serves the dataset)\n"
          "  --upstream-timeout S seconds for the whole upstream exchange, then 504 (default 2)\n"
          "  --upstream-conns N   keep-alive connections to the upstream per thread (default 64)\n"
          "  --upstream-queue N   requests that may wait for an upstream connection, per thread; beyond it 503\n"
          "                       at once (default 1024)\n"
+         "  --upstream-ca FILE   verify an https upstream against these CAs (PEM) instead of the system store\n"
+         "  --upstream-insecure  do not verify an https upstream's certificate (encrypts, proves nothing)\n"
          "  --no-validate        forward the upstream body without checking it is JSON (default: validate)\n"
          "  --header-timeout S   a request head must complete within S seconds of its first byte, else 408 (10)\n"
          "  --body-timeout S     a request body must complete within S seconds of its head, else 408 (30)\n"
@@ -105,12 +116,20 @@ std::string usage() {
          "  --access-log PATH|-  one line per request, appended to PATH or written to stdout (off)\n"
          "  --extra-routes N     add N placeholder routes (/extra/N/{id}): to measure what routing costs (0)\n"
          "  --help               this text\n"
-         "  --version            version, kernel, and the io_uring features and opcodes it offers\n"
+         "  --version            version, kernel, the io_uring features and opcodes it offers, and TLS\n"
          "Socket activation: with LISTEN_PID/LISTEN_FDS set (systemd), the inherited sockets are used instead.\n";
 }
 
 std::string parse_config(int argc, const char* const* argv, const Getenv& getenv, Config& out) {
   unsigned timeout_ms = 2000, conns = 64, queue = 1024;
+  bool listen_given = false;  // a plain listener was asked for (flag or M1_*): kept beside --tls-listen
+  std::string upstream_ca;
+  bool upstream_insecure = false;
+  auto tls = [&]() -> TlsConfig& {
+    if (!out.server.tls) out.server.tls.emplace();
+    return *out.server.tls;
+  };
+  bool tls_listen = false;
   // The seed's variables first; flags override them below.
   if (const char* d = getenv("M1_DOMAIN"); d && *d) {
     std::string_view v = d;
@@ -119,9 +138,11 @@ std::string parse_config(int argc, const char* const* argv, const Getenv& getenv
     if (!v.empty() && v.back() == '/') v.remove_suffix(1);
     if (v.size() >= 2 && v.front() == '[' && v.back() == ']') v = v.substr(1, v.size() - 2);
     out.server.host = std::string(v);
+    listen_given = true;
   }
   if (const char* p = getenv("M1_PORT"); p && *p) {
     if (std::string e = parse_port(p, out.server.port); !e.empty()) return "M1_PORT: " + e;
+    listen_given = true;
   }
   if (const char* p = getenv("M1_PATH"); p && *p) {
     if (std::string e = check_path(p, "M1_PATH"); !e.empty()) return e;
@@ -137,7 +158,7 @@ std::string parse_config(int argc, const char* const* argv, const Getenv& getenv
     const char* path = getenv("M2_PATH");
     url += path && *path ? path : "/v1/avatar";
     UpstreamConfig& u = out.server.upstreams.emplace_back();
-    if (std::string e = parse_url(url, u.host, u.port, out.upstream_path); !e.empty())
+    if (std::string e = parse_url(url, u.host, u.port, out.upstream_path, &u.tls); !e.empty())
       return "M2_DOMAIN/M2_PORT/M2_PATH: " + e;
     out.proxy = true;
   }
@@ -168,6 +189,21 @@ std::string parse_config(int argc, const char* const* argv, const Getenv& getenv
     } else if (arg == "--listen") {
       if (!need(err)) return err;
       if (std::string e = parse_listen(value, out.server.host, out.server.port); !e.empty()) return e;
+      listen_given = true;
+    } else if (arg == "--tls-listen") {
+      if (!need(err)) return err;
+      if (std::string e = parse_listen(value, tls().host, tls().port); !e.empty()) return "--tls-listen: " + e;
+      tls_listen = true;
+    } else if (arg == "--tls-cert" || arg == "--tls-key" || arg == "--tls-client-ca") {
+      if (!need(err)) return err;
+      if (value.empty()) return fmt::format("{} needs a file name", arg);
+      (arg == "--tls-cert" ? tls().cert_file : arg == "--tls-key" ? tls().key_file : tls().client_ca_file) = value;
+    } else if (arg == "--upstream-ca") {
+      if (!need(err)) return err;
+      if (value.empty()) return "--upstream-ca needs a file name";
+      upstream_ca = std::string(value);
+    } else if (arg == "--upstream-insecure") {
+      upstream_insecure = true;
     } else if (arg == "--user-path") {
       if (!need(err)) return err;
       if (std::string e = check_path(value, "--user-path"); !e.empty()) return e;
@@ -186,8 +222,8 @@ std::string parse_config(int argc, const char* const* argv, const Getenv& getenv
     } else if (arg == "--upstream") {
       if (!need(err)) return err;
       out.server.upstreams.assign(1, UpstreamConfig{});
-      if (std::string e = parse_url(value, out.server.upstreams[0].host, out.server.upstreams[0].port, out.upstream_path);
-          !e.empty())
+      UpstreamConfig& u = out.server.upstreams[0];
+      if (std::string e = parse_url(value, u.host, u.port, out.upstream_path, &u.tls); !e.empty())
         return e;
       out.proxy = true;
     } else if (arg == "--upstream-timeout") {
@@ -243,11 +279,22 @@ std::string parse_config(int argc, const char* const* argv, const Getenv& getenv
     }
   }
   if (out.user_path == "/v1/avatar") return "the user path must differ from /v1/avatar";
+  if (out.server.tls && !tls_listen) return "--tls-cert, --tls-key and --tls-client-ca need --tls-listen";
+  if (tls_listen && (out.server.tls->cert_file.empty() || out.server.tls->key_file.empty()))
+    return "--tls-listen needs --tls-cert and --tls-key";
+  out.server.plain = !tls_listen || listen_given;
   for (UpstreamConfig& u : out.server.upstreams) {
     u.timeout_ms = timeout_ms;
     u.max_conns = conns;
     u.max_queue = queue;
+    if (u.tls) {
+      u.ca_file = upstream_ca;
+      u.insecure = upstream_insecure;
+    }
   }
+  const bool any_tls = !out.server.upstreams.empty() && out.server.upstreams[0].tls;
+  if ((!upstream_ca.empty() || upstream_insecure) && !any_tls)
+    return "--upstream-ca and --upstream-insecure need an https:// upstream";
   return {};
 }
 

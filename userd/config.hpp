@@ -30,8 +30,10 @@ using Getenv = std::function<const char*(const char*)>;
 std::string parse_config(int argc, const char* const* argv, const Getenv& getenv, Config& out);
 // Splits "HOST:PORT", ":PORT" or "[V6]:PORT". Empty on success, else the message.
 std::string parse_listen(std::string_view s, std::string& host, std::uint16_t& port);
-// Splits "http://HOST[:PORT][/PATH]" (port 80, path "/" by default). Empty on success, else the message.
-std::string parse_url(std::string_view url, std::string& host, std::uint16_t& port, std::string& path);
+// Splits "http://HOST[:PORT][/PATH]" (port 80, path "/" by default), and with tls given "https://..." too (port
+// 443; *tls says which). Empty on success, else the message.
+std::string parse_url(std::string_view url, std::string& host, std::uint16_t& port, std::string& path,
+                      bool* tls = nullptr);
 std::string usage();
 
 }  // namespace userd::app

@@ -1,6 +1,7 @@
-// userd/main.cpp: the daemon: config, dataset, routes, start, then wait for SIGINT/SIGTERM and stop cleanly.
-// Exit codes: 0 after a signal, 1 when the server cannot start (address in use), 2 for a bad flag or dataset,
-// or when --backend io_uring was asked for and the kernel refuses it.
+// userd/main.cpp: the daemon: config, dataset, routes, start, then wait for SIGINT/SIGTERM and stop cleanly
+// (SIGHUP reloads the TLS certificate and key). Exit codes: 0 after a signal, 1 when the server cannot start
+// (address in use), 2 for a bad flag, dataset or TLS file, or when --backend io_uring was asked for and the
+// kernel refuses it.
 #include <fmt/format.h>
 #include <signal.h>
 #include <fcntl.h>
@@ -36,7 +37,8 @@ int main(int argc, char** argv) {
   if (cfg.version) {
     utsname u{};
     uname(&u);
-    fmt::print("userd {}\nkernel: {} {}\n{}\n", USERD_VERSION, u.sysname, u.release, describe_backends());
+    fmt::print("userd {}\nkernel: {} {}\n{}\nTLS: {}\n", USERD_VERSION, u.sysname, u.release, describe_backends(),
+               describe_tls());
     return 0;
   }
 
@@ -54,6 +56,13 @@ int main(int argc, char** argv) {
     return 2;
   }
 
+  if (cfg.server.tls) {
+    if (std::string why = check_tls(*cfg.server.tls); !why.empty()) {
+      fmt::print(stderr, "userd: {}\n", why);
+      return 2;
+    }
+  }
+
   if (!cfg.access_log.empty()) {
     cfg.server.access_log_fd =
         cfg.access_log == "-" ? 1 : ::open(cfg.access_log.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0640);
@@ -68,6 +77,7 @@ int main(int argc, char** argv) {
   sigemptyset(&stop_signals);
   sigaddset(&stop_signals, SIGINT);
   sigaddset(&stop_signals, SIGTERM);
+  sigaddset(&stop_signals, SIGHUP);
   pthread_sigmask(SIG_BLOCK, &stop_signals, nullptr);
   signal(SIGPIPE, SIG_IGN);  // sends use MSG_NOSIGNAL; this guards anything that does not
 
@@ -109,14 +119,28 @@ int main(int argc, char** argv) {
     fmt::print(stderr, "userd: using {} inherited socket(s) (socket activation)\n", cfg.server.listen_fds.size());
   if (cfg.proxy) {
     const UpstreamConfig& u = cfg.server.upstreams[0];
-    fmt::print(stderr, "userd: {} proxies to http://{}:{}{}\n", cfg.user_path, u.host, u.port, cfg.upstream_path);
+    fmt::print(stderr, "userd: {} proxies to http{}://{}:{}{}{}\n", cfg.user_path, u.tls ? "s" : "", u.host, u.port,
+               cfg.upstream_path, u.tls && u.insecure ? " (certificate not verified: --upstream-insecure)" : "");
   }
-  fmt::print(stderr, "userd: listening on {}{}{}:{} ({}, {} threads)\n", v6 ? "[" : "", cfg.server.host, v6 ? "]" : "",
-             server.port(), server.backend(), server.threads());
+  if (cfg.server.plain)
+    fmt::print(stderr, "userd: listening on {}{}{}:{} ({}, {} threads)\n", v6 ? "[" : "", cfg.server.host,
+               v6 ? "]" : "", server.port(), server.backend(), server.threads());
+  if (cfg.server.tls) {
+    const bool tv6 = cfg.server.tls->host.find(':') != std::string::npos;
+    fmt::print(stderr, "userd: HTTPS listening on {}{}{}:{} ({}, {} threads)\n", tv6 ? "[" : "", cfg.server.tls->host,
+               tv6 ? "]" : "", server.tls_port(), server.backend(), server.threads());
+  }
   std::fflush(stderr);
 
   int sig = 0;
-  sigwait(&stop_signals, &sig);
+  while (sigwait(&stop_signals, &sig) == 0 && sig == SIGHUP) {
+    // A bad file keeps the old certificate: a reload never takes HTTPS down.
+    std::string why;
+    if (!cfg.server.tls) fmt::print(stderr, "userd: SIGHUP: no TLS certificate to reload\n");
+    else if (server.reload_tls(&why)) fmt::print(stderr, "userd: SIGHUP: TLS certificate and key reloaded\n");
+    else fmt::print(stderr, "userd: SIGHUP: keeping the previous TLS certificate: {}\n", why);
+    std::fflush(stderr);
+  }
   fmt::print(stderr, "userd: {} received, stopping\n", sig == SIGINT ? "SIGINT" : "SIGTERM");
   server.stop();
   server.wait();

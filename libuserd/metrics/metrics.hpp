@@ -47,6 +47,10 @@ struct ThreadMetrics {
   Counter recv_pauses;          // receives ended by backpressure
   Counter alloc_failures;       // connections closed because memory ran out
   Counter bad_responses;        // handler responses refused (CR/LF/NUL in a header, contradictory framing)
+  Counter tls_handshakes;        // TLS handshakes completed
+  Counter tls_resumed;           // of which resumed a session (a ticket)
+  Counter tls_handshake_failures;  // TLS connections closed before their handshake completed (bad, stalled)
+  Counter tls_record_failures;   // TLS connections closed after it: a bad record, a renegotiation attempt
 
   void record(std::size_t route, int status, std::uint64_t micros) noexcept {
     requests[route * (kCodes.size() + 1) + code_index(status)].add();

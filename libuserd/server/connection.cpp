@@ -77,7 +77,10 @@ void Connection::OutQueue::note_bytes(std::size_t from) {
   total += len;
 }
 
-void Connection::open(int fd, std::uint32_t slot) noexcept {
+bool Connection::open(int fd, std::uint32_t slot, SSL_CTX* tls) noexcept {
+  tls_on_ = tls != nullptr;
+  tls_closing_ = false;
+  if (tls_on_ && !tls_.start(tls)) return false;
   sock_.fd = fd;
   slot_ = slot;
   state_ = State::Open;
@@ -93,6 +96,14 @@ void Connection::open(int fd, std::uint32_t slot) noexcept {
   peer_[0] = '\0';
   if (ctx_->access_log) describe_peer(fd, peer_, sizeof peer_);
   update_timer();
+  return true;
+}
+
+// Output not yet sent: plaintext queued, and on TLS the records waiting in the session or in flight.
+std::size_t Connection::queued() const noexcept {
+  std::size_t n = out_[0].total + out_[1].total;
+  if (tls_on_) n += tls_.pending() + (sock_.send_inflight ? send_left_ : 0);
+  return n;
 }
 
 // After a pause the first receive takes one buffer only: a client with megabytes queued in the kernel would
@@ -133,7 +144,7 @@ void Connection::update_recv() noexcept {
   if (peer_eof_ || (state_ != State::Open && state_ != State::Lingering)) return;
   bool want = true;
   if (state_ == State::Open && !close_after_flush_) {
-    const std::size_t out = out_[0].total + out_[1].total;
+    const std::size_t out = queued();
     const bool stuck_in = !reading() && in_.size() > (recv_paused_ ? kInLowWater : kInHighWater);
     recv_paused_ = recv_paused_ ? out > kOutLowWater || stuck_in : out > kOutHighWater || stuck_in;
     want = !recv_paused_;
@@ -159,7 +170,8 @@ void Connection::update_timer() noexcept {
   if (state_ == State::Lingering) want = Timer::Linger;
   else if (state_ != State::Open) want = Timer::None;
   else if (sock_.send_inflight) want = Timer::Send;
-  else if (awaiting_ || out_[0].total || out_[1].total) want = Timer::None;
+  else if (awaiting_ || queued()) want = Timer::None;
+  else if (tls_on_ && !tls_.established()) want = Timer::Header;  // a stalled handshake, like a stalled head
   else if (reader_.head_done()) want = Timer::Body;
   else if (!in_.empty()) want = Timer::Header;
   else want = Timer::Idle;
@@ -169,7 +181,7 @@ void Connection::update_timer() noexcept {
 }
 
 void Connection::release_buffers(std::size_t keep) noexcept {
-  for (core::ByteBuffer* b : {&in_, &out_[0].bytes, &out_[1].bytes, &log_request_}) {
+  for (core::ByteBuffer* b : {&in_, &out_[0].bytes, &out_[1].bytes, &log_request_, &tls_out_}) {
     if (b->capacity() <= keep || !b->empty()) continue;
     ctx_->released_bytes += b->capacity();
     b->release();
@@ -187,7 +199,7 @@ void Connection::release_buffers(std::size_t keep) noexcept {
 
 void Connection::drain() noexcept {
   if (state_ != State::Open) return;  // lingering or closing: ends by itself
-  const bool idle = !awaiting_ && !sock_.send_inflight && !out_[0].total && !out_[1].total && in_.empty() && !reader_.head_done();
+  const bool idle = !awaiting_ && !sock_.send_inflight && !queued() && in_.empty() && !reader_.head_done();
   if (idle) {
     abort();
     return;
@@ -225,6 +237,10 @@ void Connection::on_timeout(Timer t) noexcept {
     abort();  // idle, linger, or output that made no progress
     return;
   }
+  if (tls_on_ && !tls_.established()) {  // no HTTP yet to answer in
+    tls_failed();
+    return;
+  }
   // Header or body not complete in time: nothing more is read from this client.
   in_.clear();
   guarded([&] {
@@ -235,14 +251,64 @@ void Connection::on_timeout(Timer t) noexcept {
 }
 
 bool Connection::reading() const noexcept {
-  return state_ == State::Open && !awaiting_ && !close_after_flush_ &&
-         out_[0].total + out_[1].total <= kOutHighWater;
+  return state_ == State::Open && !awaiting_ && !close_after_flush_ && queued() <= kOutHighWater;
 }
 
 void Connection::on_recv(char* data, std::size_t n) noexcept {
   // Lingering, or the last response is queued: what the peer still sends is read and dropped.
   if (state_ != State::Open || close_after_flush_) return;
+  if (tls_on_) return on_tls_recv(data, n);
+  guarded([&] { on_plain(data, n); });
+}
+
+// Records in, plaintext out into the loop's scratch buffer, which the HTTP code then reads like a receive buffer
+// (what it does not finish is copied into in_, as always). Every record the session holds is decrypted now, so
+// nothing waits inside OpenSSL for a receive that may never come.
+void Connection::on_tls_recv(const char* data, std::size_t n) noexcept {
+  if (!tls_.feed(data, n)) {
+    if (ctx_->metrics) ctx_->metrics->alloc_failures.add();
+    abort();
+    return;
+  }
+  if (!tls_.established()) {
+    const tls::Session::Status st = tls_.handshake();
+    if (st == tls::Session::Status::Failed) return tls_failed();
+    if (ctx_->metrics && st == tls::Session::Status::Ok) {
+      ctx_->metrics->tls_handshakes.add();
+      if (tls_.resumed()) ctx_->metrics->tls_resumed.add();
+    }
+    if (st == tls::Session::Status::WantMore) {  // the handshake's own records go out
+      guarded([&] {
+        flush();
+        update_waits();
+      });
+      return;
+    }
+  }
+  while (state_ == State::Open && !close_after_flush_) {
+    const long r = tls_.read(ctx_->tls_plain.get(), LoopContext::kTlsScratch);
+    if (r == 0) break;
+    if (r == -2) return tls_failed();
+    if (r == -1) {  // close_notify: like EOF, answer what was asked, then close
+      peer_eof_ = true;
+      break;
+    }
+    guarded([&] { on_plain(ctx_->tls_plain.get(), std::size_t(r)); });
+  }
   guarded([&] {
+    flush();
+    update_waits();
+  });
+}
+
+// A bad handshake or record: nothing sent in it can be trusted, and nothing can be answered.
+void Connection::tls_failed() noexcept {
+  if (ctx_->metrics) (tls_.established() ? ctx_->metrics->tls_record_failures : ctx_->metrics->tls_handshake_failures).add();
+  abort();
+}
+
+void Connection::on_plain(char* data, std::size_t n) {
+  {
     if (in_.empty()) {
       std::size_t used = process(data, n);
       if (used < n) keep_unfinished(data + used, n - used);
@@ -257,7 +323,7 @@ void Connection::on_recv(char* data, std::size_t n) noexcept {
     }
     flush();
     update_waits();
-  });
+  }
 }
 
 void Connection::resume() {
@@ -395,6 +461,11 @@ bool Connection::decode(const http::RequestHead& head, Request& request) {
   return true;
 }
 
+TlsInfo Connection::tls_info() const noexcept {
+  if (!tls_on_) return {};
+  return {true, tls_.version(), tls_.peer_subject()};
+}
+
 std::string_view Connection::peer() const noexcept {
   if (!peer_[0] && sock_.fd >= 0) describe_peer(sock_.fd, peer_, sizeof peer_);
   return peer_;
@@ -431,7 +502,7 @@ bool Connection::stream_begin(std::uint32_t seq, const Response& head) noexcept 
 
 bool Connection::stream_write(std::uint32_t seq, std::string_view data, bool end) noexcept {
   if (!streaming_ || seq != seq_ || state_ != State::Open) return false;
-  if (!end && out_[0].total + out_[1].total > kOutHighWater) return false;
+  if (!end && queued() > kOutHighWater) return false;
   bool ok = false;
   guarded([&] {
     OutQueue& q = out_[filling_];
@@ -472,7 +543,7 @@ bool Connection::stream_write(std::uint32_t seq, std::string_view data, bool end
 void Connection::stream_on_writable(std::uint32_t seq, std::function<void()> fn) {
   if (!streaming_ || seq != seq_ || state_ != State::Open) return;
   writable_ = std::move(fn);
-  if (out_[0].total + out_[1].total <= kOutLowWater && !writable_due_) {
+  if (queued() <= kOutLowWater && !writable_due_) {
     writable_due_ = true;
     ctx_->writable_due.push_back({slot_, sock_.gen});
   }
@@ -600,10 +671,19 @@ void Connection::write_continue() {
 void Connection::flush() {
   if (sock_.send_inflight || (state_ != State::Open)) return;
   OutQueue& q = out_[filling_];
+  if (tls_on_ && (q.total || tls_.pending())) return seal(q);
   if (q.total == 0) {
     if (awaiting_) return;
-    if (peer_eof_) abort();
-    else if (close_after_flush_) finish();
+    if (peer_eof_) {
+      abort();
+    } else if (close_after_flush_ && tls_on_ && tls_.established() && !tls_closing_) {
+      tls_closing_ = true;  // the last response is out: close_notify, then the half-close
+      tls_.close_notify();
+      if (tls_.pending()) return seal(q);
+      finish();
+    } else if (close_after_flush_) {
+      finish();
+    }
     return;
   }
   filling_ ^= 1;
@@ -612,6 +692,32 @@ void Connection::flush() {
     iov_.push_back({const_cast<char*>(s.external ? s.external : q.bytes.data() + s.offset), s.len});
   iov_next_ = 0;
   send_left_ = q.total;
+  submit_send();
+}
+
+// TLS: the queue becomes records at once (one record for a flush that fits the scratch buffer, rather than one
+// per segment) and the records go out as one send. The queue is then empty and keeps filling.
+void Connection::seal(OutQueue& q) {
+  bool ok = true;
+  if (q.total && q.segments.size() > 1 && q.total <= LoopContext::kTlsScratch) {
+    char* p = ctx_->tls_seal.get();
+    for (const Segment& s : q.segments) {
+      std::memcpy(p, s.external ? s.external : q.bytes.data() + s.offset, s.len);
+      p += s.len;
+    }
+    ok = tls_.write(ctx_->tls_seal.get(), q.total);
+  } else {
+    for (const Segment& s : q.segments)
+      if (ok) ok = tls_.write(s.external ? s.external : q.bytes.data() + s.offset, s.len);
+  }
+  q.clear();
+  if (!ok) throw std::bad_alloc();  // a memory BIO fails to grow only when memory ran out
+  tls_out_.clear();
+  tls_.take(tls_out_);
+  iov_.clear();
+  iov_.push_back({tls_out_.data(), tls_out_.size()});
+  iov_next_ = 0;
+  send_left_ = tls_out_.size();
   submit_send();
 }
 
@@ -655,7 +761,7 @@ void Connection::on_send(int res) noexcept {
     resume();
     flush();
     update_waits();
-    if (streaming_ && writable_ && !writable_due_ && out_[0].total + out_[1].total <= kOutLowWater) {
+    if (streaming_ && writable_ && !writable_due_ && queued() <= kOutLowWater) {
       writable_due_ = true;
       ctx_->writable_due.push_back({slot_, sock_.gen});
     }
@@ -727,6 +833,8 @@ void Connection::maybe_release() noexcept {
   out_[1].clear();
   iov_.clear();
   log_request_.clear();
+  tls_.reset();
+  tls_out_.clear();
   release_buffers(kKeepOnClose);
 }
 

@@ -11,6 +11,7 @@
 #include <cstdint>
 #include <ctime>
 #include <functional>
+#include <memory>
 #include <string_view>
 #include <vector>
 
@@ -23,6 +24,7 @@
 #include "libuserd/io/socket.hpp"
 #include "libuserd/metrics/metrics.hpp"
 #include "libuserd/server/timers.hpp"
+#include "libuserd/tls/tls.hpp"
 #include "userd/responder.hpp"
 #include "userd/router.hpp"
 
@@ -45,8 +47,9 @@ class Connection {
 
   explicit Connection(LoopContext& ctx) noexcept : ctx_(&ctx) {}
 
-  // Takes a freshly accepted socket and arms its receive.
-  void open(int fd, std::uint32_t slot) noexcept;
+  // Takes a freshly accepted socket and arms its receive. With tls, the connection speaks TLS (a handshake
+  // first); false when its state could not be made (out of memory): the socket is the caller's to close.
+  bool open(int fd, std::uint32_t slot, SSL_CTX* tls = nullptr) noexcept;
 
   // Completions routed here by the worker.
   void on_recv(char* data, std::size_t n) noexcept;  // data is writable and ours until this returns
@@ -75,6 +78,7 @@ class Connection {
   std::uint32_t slot() const noexcept { return slot_; }
   bool awaiting_reply() const noexcept { return awaiting_; }
   std::string_view peer() const noexcept;  // "address:port" of the client
+  TlsInfo tls_info() const noexcept;
   std::uint32_t seq() const noexcept { return seq_; }
   // The slot may be reused once the socket is closed and no completion is pending for it.
   bool released() const noexcept { return state_ == State::Free; }
@@ -101,6 +105,11 @@ class Connection {
     void note_bytes(std::size_t from);  // bytes appended since `from` become (part of) a segment
   };
 
+  void on_plain(char* data, std::size_t n);
+  void on_tls_recv(const char* data, std::size_t n) noexcept;
+  void tls_failed() noexcept;
+  void seal(OutQueue& q);
+  std::size_t queued() const noexcept;
   std::size_t process(char* buf, std::size_t len);
   void keep_unfinished(char* req, std::size_t avail);
   void resume();
@@ -170,6 +179,13 @@ class Connection {
   std::size_t iov_next_ = 0;    // first iovec not yet fully sent
   std::size_t send_left_ = 0;
   msghdr msg_{};
+
+  // TLS: records in and out pass through tls_; tls_out_ holds the records of the send in flight. Plaintext
+  // output is encrypted as soon as it is flushed, so out_ stays empty between flushes.
+  bool tls_on_ = false;
+  bool tls_closing_ = false;  // close_notify queued
+  tls::Session tls_;
+  core::ByteBuffer tls_out_;
 };
 
 // What all connections of one loop thread share. Read-only for connections but for now_ms.
@@ -196,6 +212,10 @@ struct LoopContext {
   // Streams whose on_writable callback is due: run by the worker after the turn's completions, never from
   // inside another connection call.
   std::vector<std::pair<std::uint32_t, std::uint16_t>> writable_due;
+  // TLS connections decrypt into tls_plain (parsed from there like a receive buffer) and gather a flush's
+  // segments into tls_seal, so that a response becomes one record: one of each per loop thread.
+  static constexpr std::size_t kTlsScratch = 16 * 1024;
+  std::unique_ptr<char[]> tls_plain, tls_seal;
 };
 
 }  // namespace userd::server

@@ -23,6 +23,8 @@ std::string_view Request::header(std::string_view name) const noexcept {
   return {};
 }
 
+TlsInfo Request::tls() const noexcept { return conn_ ? conn_->tls_info() : TlsInfo{}; }
+
 std::string_view Request::param(std::string_view name) const noexcept {
   if (!params_) return {};
   for (std::size_t i = 0; i < params_->count; ++i)

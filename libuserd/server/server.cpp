@@ -19,6 +19,7 @@
 #include "libuserd/io/epoll_backend.hpp"
 #include "libuserd/io/uring_backend.hpp"
 #include "libuserd/server/worker.hpp"
+#include "libuserd/tls/tls.hpp"
 
 namespace userd {
 
@@ -29,6 +30,7 @@ struct Server::Impl {
   std::vector<std::unique_ptr<server::Worker>> workers;
   std::vector<std::thread> threads;
   std::uint16_t port = 0;
+  std::uint16_t tls_port = 0;
   std::string_view backend;
   bool started = false;
 };
@@ -86,6 +88,32 @@ Result<int> make_listener(const sockaddr_storage& addr, socklen_t len) noexcept 
   return fd;
 }
 
+std::uint16_t bound_port(int fd) noexcept {
+  sockaddr_storage ss{};
+  socklen_t len = sizeof ss;
+  getsockname(fd, reinterpret_cast<sockaddr*>(&ss), &len);
+  if (ss.ss_family == AF_INET6) return ntohs(reinterpret_cast<sockaddr_in6*>(&ss)->sin6_port);
+  return ntohs(reinterpret_cast<sockaddr_in*>(&ss)->sin_port);
+}
+
+// n listeners on host:port sharing one port (SO_REUSEPORT), appended to fds; port tells which one it is.
+Result<void> bind_all(const std::string& host, std::uint16_t& port, unsigned n, std::vector<int>& fds) noexcept {
+  socklen_t len = 0;
+  auto addr = resolve(host, port, len);
+  if (!addr) return Unexpected<Error>{addr.error()};
+  for (unsigned i = 0; i < n; ++i) {
+    auto fd = make_listener(*addr, len);
+    if (!fd) return Unexpected<Error>{fd.error()};
+    fds.push_back(*fd);
+    if (i == 0) {  // the others must share the port the first one got
+      port = bound_port(*fd);
+      if (addr->ss_family == AF_INET6) reinterpret_cast<sockaddr_in6*>(&*addr)->sin6_port = htons(port);
+      else reinterpret_cast<sockaddr_in*>(&*addr)->sin_port = htons(port);
+    }
+  }
+  return {};
+}
+
 // Every address an upstream name resolves to (a numeric one: itself), without repeats.
 std::vector<upstream::Target::Address> resolve_all(const std::string& host, std::uint16_t port) {
   addrinfo hints{};
@@ -108,13 +136,6 @@ std::vector<upstream::Target::Address> resolve_all(const std::string& host, std:
   return out;
 }
 
-std::uint16_t bound_port(int fd) noexcept {
-  sockaddr_storage ss{};
-  socklen_t len = sizeof ss;
-  getsockname(fd, reinterpret_cast<sockaddr*>(&ss), &len);
-  if (ss.ss_family == AF_INET6) return ntohs(reinterpret_cast<sockaddr_in6*>(&ss)->sin6_port);
-  return ntohs(reinterpret_cast<sockaddr_in*>(&ss)->sin_port);
-}
 
 Result<std::unique_ptr<io::Backend>> make_backend(const ServerConfig& cfg, BackendKind kind) noexcept {
   if (kind == BackendKind::Epoll) {
@@ -187,13 +208,36 @@ Result<void> Server::start() {
     if (t.addrs.empty()) return fail(Errc::BadInput, EINVAL, "resolve upstream address");
     const bool v6 = u.host.find(':') != std::string::npos;
     t.host_header = (v6 ? "[" + u.host + "]" : u.host) + ":" + std::to_string(u.port);
+    if (u.tls) {
+      std::string why;
+      t.tls = tls::client_context(u.ca_file, u.insecure, why);
+      if (!t.tls) {
+        if (s.cfg.log) s.cfg.log("upstream TLS: " + why);
+        else std::fprintf(stderr, "userd: upstream TLS: %s\n", why.c_str());
+        return fail(Errc::BadInput, 0, "upstream tls");
+      }
+    }
     s.upstreams.push_back(std::move(t));
   }
-  std::vector<int> fds;
+  tls::Context tls_ctx;
+  if (s.cfg.tls) {
+    std::string why;
+    tls_ctx = tls::server_context(*s.cfg.tls, why);
+    if (!tls_ctx) {
+      if (s.cfg.log) s.cfg.log("TLS: " + why);
+      else std::fprintf(stderr, "userd: TLS: %s\n", why.c_str());
+      return fail(Errc::BadInput, 0, "tls");
+    }
+  }
+  if (!s.cfg.plain && !s.cfg.tls) return fail(Errc::BadInput, EINVAL, "no listener (plain is off and tls is unset)");
+  std::vector<int> fds, tls_fds;
   auto close_all = [&] {
     for (int fd : fds) ::close(fd);
+    for (int fd : tls_fds) ::close(fd);
   };
-  if (!s.cfg.listen_fds.empty()) {  // inherited: each thread its own descriptor, shared sockets dup'd
+  if (!s.cfg.plain) {
+    fds.assign(n, -1);
+  } else if (!s.cfg.listen_fds.empty()) {  // inherited: each thread its own descriptor, shared sockets dup'd
     for (unsigned i = 0; i < n; ++i) {
       int fd = i < s.cfg.listen_fds.size() ? s.cfg.listen_fds[i] : fcntl(s.cfg.listen_fds[i % s.cfg.listen_fds.size()], F_DUPFD_CLOEXEC, 3);
       if (fd < 0) {
@@ -205,28 +249,28 @@ Result<void> Server::start() {
     }
     s.port = bound_port(fds[0]);
   }
-  socklen_t len = 0;
-  auto addr = resolve(s.cfg.host, s.cfg.port, len);
-  if (!addr) return Unexpected<Error>{addr.error()};
-  for (unsigned i = fds.size(); i < n; ++i) {
-    auto fd = make_listener(*addr, len);
-    if (!fd) {
+  if (fds.empty()) {
+    s.port = s.cfg.port;
+    if (auto r = bind_all(s.cfg.host, s.port, n, fds); !r) {
       close_all();
-      return Unexpected<Error>{fd.error()};
+      return r;
     }
-    fds.push_back(*fd);
-    if (i == 0) {  // the others must share the port the first one got
-      s.port = bound_port(*fd);
-      if (addr->ss_family == AF_INET6) reinterpret_cast<sockaddr_in6*>(&*addr)->sin6_port = htons(s.port);
-      else reinterpret_cast<sockaddr_in*>(&*addr)->sin_port = htons(s.port);
+  }
+  if (s.cfg.tls) {
+    s.tls_port = s.cfg.tls->port;
+    if (auto r = bind_all(s.cfg.tls->host, s.tls_port, n, tls_fds); !r) {
+      close_all();
+      return r;
     }
+  } else {
+    tls_fds.assign(n, -1);
   }
 
   // Each backend is made on its own thread (io_uring's SINGLE_ISSUER binds a ring to its creator); start()
   // waits for every thread's verdict so a refusal is reported here, not lost in a thread.
   std::vector<std::promise<Result<std::string_view>>> verdicts(n);
   for (unsigned i = 0; i < n; ++i) {
-    s.workers.push_back(std::make_unique<server::Worker>(s.cfg, s.router, fds[i], s.upstreams));
+    s.workers.push_back(std::make_unique<server::Worker>(s.cfg, s.router, fds[i], tls_fds[i], tls_ctx, s.upstreams));
     server::Worker* w = s.workers.back().get();
     std::promise<Result<std::string_view>>* verdict = &verdicts[i];
     s.threads.emplace_back([w, verdict, &cfg = s.cfg, kind = *kind] {
@@ -254,6 +298,30 @@ Result<void> Server::start() {
 }
 
 std::uint16_t Server::port() const noexcept { return impl_->port; }
+std::uint16_t Server::tls_port() const noexcept { return impl_->tls_port; }
+
+Result<void> Server::reload_tls(std::string* why) {
+  Impl& s = *impl_;
+  std::string reason;
+  if (!s.cfg.tls || !s.started) {
+    if (why) *why = "TLS is not configured";
+    return fail(Errc::BadInput, EINVAL, "tls");
+  }
+  tls::Context ctx = tls::server_context(*s.cfg.tls, reason);
+  if (!ctx) {
+    if (why) *why = reason;
+    return fail(Errc::BadInput, 0, "tls");
+  }
+  for (auto& w : s.workers) w->replace_tls(ctx);
+  return {};
+}
+
+std::string check_tls(const TlsConfig& cfg) {
+  std::string why;
+  return tls::server_context(cfg, why) ? std::string() : why;
+}
+
+std::string describe_tls() { return tls::describe(); }
 std::string_view Server::backend() const noexcept { return impl_->backend; }
 unsigned Server::threads() const noexcept { return unsigned(impl_->workers.size()); }
 
@@ -337,12 +405,20 @@ std::string Server::metrics_text() const {
       {"userd_handler_timeouts_total", &metrics::ThreadMetrics::handler_timeouts},
       {"userd_recv_pauses_total", &metrics::ThreadMetrics::recv_pauses},
       {"userd_alloc_failures_total", &metrics::ThreadMetrics::alloc_failures},
-      {"userd_bad_responses_total", &metrics::ThreadMetrics::bad_responses}};
+      {"userd_bad_responses_total", &metrics::ThreadMetrics::bad_responses},
+      {"userd_tls_handshakes_total", &metrics::ThreadMetrics::tls_handshakes},
+      {"userd_tls_resumed_total", &metrics::ThreadMetrics::tls_resumed},
+      {"userd_tls_handshake_failures_total", &metrics::ThreadMetrics::tls_handshake_failures},
+      {"userd_tls_record_failures_total", &metrics::ThreadMetrics::tls_record_failures}};
   const char* bound_help[] = {"Connections closed because their output made no progress for the send timeout.",
                               "Requests answered 503 because their handler did not answer in time.",
                               "Times a connection stopped being read because too much was queued (backpressure).",
                               "Connections closed because memory could not be allocated.",
-                              "Handler responses refused with 500 (CR, LF or NUL in a header, contradictory framing)."};
+                              "Handler responses refused with 500 (CR, LF or NUL in a header, contradictory framing).",
+                              "TLS handshakes completed.",
+                              "TLS handshakes that resumed a session (a ticket) instead of a full handshake.",
+                              "TLS connections closed before their handshake completed (bad, refused or stalled).",
+                              "TLS connections closed after their handshake: a bad record or a renegotiation attempt."};
   for (std::size_t k = 0; k < std::size(bounds); ++k) {
     series(out, bounds[k].first, "counter", bound_help[k]);
     sample(out, bounds[k].first, sum([&](const server::Worker& w) { return (w.metrics().*bounds[k].second).get(); }));

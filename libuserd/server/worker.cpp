@@ -24,9 +24,15 @@ constexpr int kTickMs = 100;
 constexpr std::size_t kTrimAfter = 1 << 20;
 }  // namespace
 
-Worker::Worker(const ServerConfig& cfg, const Router& router, int listen_fd,
+Worker::Worker(const ServerConfig& cfg, const Router& router, int listen_fd, int tls_fd, tls::Context tls,
                const std::vector<upstream::Target>& upstreams) noexcept
-    : cfg_(cfg), listen_fd_(listen_fd), metrics_(router.route_count()), targets_(upstreams) {
+    : cfg_(cfg), tls_(std::move(tls)), metrics_(router.route_count()), targets_(upstreams) {
+  listeners_[0].fd = listen_fd;
+  listeners_[1].fd = tls_fd;
+  if (tls_fd >= 0) {
+    ctx_.tls_plain.reset(new char[LoopContext::kTlsScratch]);
+    ctx_.tls_seal.reset(new char[LoopContext::kTlsScratch]);
+  }
   ctx_.router = &router;
   ctx_.metrics = &metrics_;
   if (cfg.access_log_fd >= 0) ctx_.access_log = &access_log_;
@@ -49,7 +55,17 @@ Worker::~Worker() {
   backend_.reset();  // tears the ring down first: armed operations hold references to the sockets
   for (auto& c : conns_) c->teardown();
   for (auto& p : pools_) p->teardown();
-  if (listen_fd_ >= 0) ::close(listen_fd_);
+  for (Listener& l : listeners_)
+    if (l.fd >= 0) ::close(l.fd);
+  if (SSL_CTX* c = next_tls_.exchange(nullptr)) SSL_CTX_free(c);
+}
+
+void Worker::replace_tls(tls::Context ctx) noexcept {
+  if (SSL_CTX* old = next_tls_.exchange(ctx.release(), std::memory_order_acq_rel)) SSL_CTX_free(old);
+}
+
+void Worker::adopt_tls() noexcept {
+  if (SSL_CTX* c = next_tls_.exchange(nullptr, std::memory_order_acq_rel)) tls_ = tls::Context(c);
 }
 
 void Worker::refresh_clock() noexcept {
@@ -76,7 +92,8 @@ void Worker::run(std::unique_ptr<io::Backend> backend) noexcept {
   wakeable_.store(backend_.get(), std::memory_order_release);
   refresh_clock();
   last_tick_ms_ = ctx_.now_ms;
-  arm_accept();
+  for (unsigned i = 0; i < 2; ++i)
+    if (listeners_[i].fd >= 0) arm_accept(i);
   io::Completion batch[kBatch];
   std::uint64_t drain_deadline = 0;
   while (true) {
@@ -87,6 +104,7 @@ void Worker::run(std::unique_ptr<io::Backend> backend) noexcept {
     if (draining_ && (conns_.size() == free_.size() || ctx_.now_ms >= drain_deadline)) break;
     int n = backend_->wait(batch, kTickMs);
     refresh_clock();
+    if (next_tls_.load(std::memory_order_relaxed)) adopt_tls();
     for (int i = 0; i < n; ++i) on_completion(batch[i]);
     if (!ctx_.writable_due.empty()) run_writables();
     if (ctx_.now_ms - last_tick_ms_ >= std::uint64_t(kTickMs)) tick();
@@ -111,8 +129,10 @@ void Worker::flush_access_log() noexcept {
 // connections, and let the others finish their request.
 void Worker::begin_drain() noexcept {
   draining_ = true;
-  accept_paused_ = false;
-  ::shutdown(listen_fd_, SHUT_RDWR);
+  for (Listener& l : listeners_) {
+    l.paused = false;
+    if (l.fd >= 0) ::shutdown(l.fd, SHUT_RDWR);
+  }
   for (auto& c : conns_) {
     if (c->released()) continue;  // already on free_: after() must see each release once
     c->drain();
@@ -125,16 +145,22 @@ void Worker::stop() noexcept {
   if (io::Backend* b = wakeable_.load(std::memory_order_acquire)) b->wake();
 }
 
-void Worker::arm_accept() noexcept {
-  backend_->accept(listen_fd_, io::tag(io::Op::Accept));
-  accept_armed_ = true;
-  accept_paused_ = false;
+void Worker::arm_accept(unsigned which) noexcept {
+  backend_->accept(listeners_[which].fd, io::tag(io::Op::Accept, which));
+  listeners_[which].armed = true;
+  listeners_[which].paused = false;
+}
+
+void Worker::arm_paused_accepts() noexcept {
+  if (draining_) return;
+  for (unsigned i = 0; i < 2; ++i)
+    if (listeners_[i].paused) arm_accept(i);
 }
 
 void Worker::tick() noexcept {
   last_tick_ms_ = ctx_.now_ms;
   if (!access_log_.empty()) flush_access_log();
-  if (accept_paused_ && !draining_) arm_accept();
+  arm_paused_accepts();
   auto expired = [this](Connection& c, Timer t) {
     c.on_timeout(t);
     after(c);
@@ -160,7 +186,7 @@ void Worker::after(Connection& c) noexcept {
   if (!c.released()) return;
   free_.push_back(c.slot());
   metrics_.connections_open.sub();
-  if (accept_paused_ && !draining_) arm_accept();  // a descriptor came free
+  arm_paused_accepts();  // a descriptor came free
 }
 
 void Worker::on_completion(const io::Completion& c) noexcept {
@@ -201,7 +227,8 @@ void Worker::on_completion(const io::Completion& c) noexcept {
 }
 
 void Worker::on_accept(const io::Completion& c) noexcept {
-  if (!c.more) accept_armed_ = false;
+  const unsigned which = io::tag_slot(c.tag) & 1;
+  if (!c.more) listeners_[which].armed = false;
   if (c.res >= 0 && conns_.size() - free_.size() >= cfg_.max_conns) {
     metrics_.connections_refused.add();  // over the limit: the newcomer is closed, the others keep what they hold
     backend_->close(c.res);
@@ -219,25 +246,30 @@ void Worker::on_accept(const io::Completion& c) noexcept {
       } catch (const std::bad_alloc&) {
         metrics_.alloc_failures.add();
         backend_->close(c.res);
-        return arm_accept_after(c);
+        return arm_accept_after(which, c);
       }
       slot = std::uint32_t(conns_.size() - 1);
     }
+    if (!conns_[slot]->open(c.res, slot, which == 1 ? tls_.get() : nullptr)) {
+      metrics_.alloc_failures.add();  // no memory for its TLS state
+      free_.push_back(slot);
+      backend_->close(c.res);
+      return arm_accept_after(which, c);
+    }
     metrics_.connections_accepted.add();
     metrics_.connections_open.add();
-    conns_[slot]->open(c.res, slot);
   }
-  arm_accept_after(c);
+  arm_accept_after(which, c);
 }
 
-void Worker::arm_accept_after(const io::Completion& c) noexcept {
-  if (accept_armed_ || draining_) return;
+void Worker::arm_accept_after(unsigned which, const io::Completion& c) noexcept {
+  if (listeners_[which].armed || draining_) return;
   // Out of descriptors or memory: re-arming now would fail again at once and spin. Wait for a close or a tick.
   if (c.res == -EMFILE || c.res == -ENFILE || c.res == -ENOMEM || c.res == -ENOBUFS) {
-    accept_paused_ = true;
+    listeners_[which].paused = true;
     log_accept_pause(-c.res);
   } else {
-    arm_accept();
+    arm_accept(which);
   }
 }
 

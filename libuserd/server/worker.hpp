@@ -21,13 +21,16 @@ namespace userd::server {
 
 class Worker final : public ReplyTarget {
  public:
-  Worker(const ServerConfig& cfg, const Router& router, int listen_fd,
+  // listen_fd serves plain HTTP, tls_fd HTTPS with tls; either may be -1.
+  Worker(const ServerConfig& cfg, const Router& router, int listen_fd, int tls_fd, tls::Context tls,
          const std::vector<upstream::Target>& upstreams) noexcept;
   ~Worker();
 
   // Runs on the worker's own thread: takes the backend made there, serves until stop().
   void run(std::unique_ptr<io::Backend> backend) noexcept;
   void stop() noexcept;  // any thread
+  // Any thread: new TLS handshakes on this loop use ctx from its next turn; open connections keep theirs.
+  void replace_tls(tls::Context ctx) noexcept;
 
   // Responder entry points. reply() from another thread copies the answer into the inbox and wakes the loop;
   // the rest are for the worker's thread.
@@ -51,9 +54,11 @@ class Worker final : public ReplyTarget {
   Connection* find(std::uint32_t slot, std::uint16_t gen) const noexcept;
   void on_completion(const io::Completion& c) noexcept;
   void on_accept(const io::Completion& c) noexcept;
-  void arm_accept_after(const io::Completion& c) noexcept;  // the accept ended: re-arm it, or pause
+  void arm_accept_after(unsigned which, const io::Completion& c) noexcept;  // the accept ended: re-arm, or pause
   void after(Connection& conn) noexcept;  // frees the slot once the connection is released
-  void arm_accept() noexcept;
+  void arm_accept(unsigned which) noexcept;
+  void arm_paused_accepts() noexcept;
+  void adopt_tls() noexcept;
   void tick() noexcept;
   void refresh_clock() noexcept;
   void log_accept_pause(int err) noexcept;
@@ -79,7 +84,15 @@ class Worker final : public ReplyTarget {
   };
 
   const ServerConfig& cfg_;
-  int listen_fd_;
+  // [0] plain HTTP, [1] TLS; the index is the accept tag's slot.
+  struct Listener {
+    int fd = -1;
+    bool armed = false;
+    bool paused = false;  // EMFILE/ENFILE: re-armed when a connection closes or on the next tick
+  };
+  Listener listeners_[2];
+  tls::Context tls_;                             // what new TLS connections on this loop are made with
+  std::atomic<SSL_CTX*> next_tls_{nullptr};      // a reload's context, adopted at the top of a loop turn
   std::unique_ptr<io::Backend> backend_;
   LoopContext ctx_;
   core::ByteBuffer access_log_;  // this thread's lines since the last flush
@@ -90,8 +103,6 @@ class Worker final : public ReplyTarget {
   std::vector<std::uint32_t> free_;
   const std::vector<upstream::Target>& targets_;
   std::vector<std::unique_ptr<upstream::Pool>> pools_;  // one per upstream, made in run() on this thread
-  bool accept_armed_ = false;
-  bool accept_paused_ = false;  // EMFILE/ENFILE: re-armed when a connection closes or on the next tick
   bool draining_ = false;       // stop() was called: no accepting, connections finish and close
   std::uint64_t last_tick_ms_ = 0;
   std::uint64_t accept_pauses_ = 0;

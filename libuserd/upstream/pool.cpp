@@ -40,7 +40,9 @@ Pool::Pool(const Target& target, std::uint16_t index, io::Backend& backend, cons
   refused_until_.assign(target.addrs.size(), 0);
 }
 
-Pool::~Pool() = default;
+Pool::~Pool() {
+  if (session_) SSL_SESSION_free(session_);
+}
 
 void Pool::teardown() noexcept {
   for (Conn& c : conns_) {
@@ -181,9 +183,67 @@ void Pool::start(std::uint32_t i, const Job& job, std::string_view request) {
 
 void Pool::submit_send(std::uint32_t i) noexcept {
   Conn& c = conns_[i];
+  if (target_.tls) return tls_flush(i);
   c.iov = {c.out.data() + c.out_sent, c.out.size() - c.out_sent};
   c.sock.send_inflight = true;
   backend_.send(c.sock.fd, tag_for(io::Op::UpSend, i), &c.iov, 1, &c.msg);
+}
+
+// HTTPS: the request is encrypted once the handshake is done; whatever records are waiting (the handshake's own,
+// or the request's) go out as one send. A failed encryption (out of memory) sends nothing: the deadline ends it.
+void Pool::tls_flush(std::uint32_t i) noexcept {
+  Conn& c = conns_[i];
+  if (c.sock.send_inflight || !c.tls.active()) return;
+  if (c.tls.established() && c.out_sent < c.out.size()) {
+    if (!c.tls.write(c.out.data() + c.out_sent, c.out.size() - c.out_sent)) return;
+    c.out_sent = c.out.size();
+  }
+  if (c.tls.pending() == 0) return;
+  try {
+    c.tls_out.clear();
+    c.tls.take(c.tls_out);
+  } catch (const std::bad_alloc&) {
+    return;
+  }
+  c.tls_sent = 0;
+  c.iov = {c.tls_out.data(), c.tls_out.size()};
+  c.sock.send_inflight = true;
+  backend_.send(c.sock.fd, tag_for(io::Op::UpSend, i), &c.iov, 1, &c.msg);
+}
+
+// HTTPS: records in, the response's plaintext into c.in (where parse() reads it, padding kept behind it).
+void Pool::tls_recv(std::uint32_t i, const io::Completion& comp) {
+  Conn& c = conns_[i];
+  if (!c.tls.feed(comp.data, std::size_t(comp.res))) throw std::bad_alloc();
+  if (!c.tls.established()) {
+    const tls::Session::Status st = c.tls.handshake();
+    if (st == tls::Session::Status::Failed) {  // a certificate that does not verify, or not TLS at all
+      if (c.job.done) return fail(i, UpstreamError::Unreachable);
+      return close(i);
+    }
+    tls_flush(i);  // the handshake's next records, or (done) the request
+    if (st == tls::Session::Status::WantMore) return;
+  }
+  constexpr std::size_t kChunk = 16 * 1024;
+  while (c.state != State::Closing && c.state != State::Free) {
+    const long r = c.tls.read(c.in.prepare(kChunk + kUpstreamBodyPadding), kChunk);
+    if (r == 0) break;
+    if (r < 0 || c.state != State::Busy || !c.job.done) {
+      // close_notify, a bad record, or plaintext nobody asked for: this connection is done. A response that
+      // ends at the close is complete, as over plain TCP.
+      if (r == -1 && c.state == State::Busy && c.job.done) {
+        const http::ReadStep s = c.reader.finish_at_close(c.in.data(), c.in.size());
+        if (s.status == http::ReadStatus::Done) return complete(i, s.total);
+        return retry_or_fail(i, UpstreamError::Closed);
+      }
+      if (c.job.done) return fail(i, UpstreamError::BadResponse);
+      return close(i);
+    }
+    c.got_bytes = true;
+    c.in.commit(std::size_t(r));
+    parse(i);
+  }
+  tls_flush(i);  // a key update's answer, say
 }
 
 // The next address in turn that has not refused a connection lately (any, when all have).
@@ -261,6 +321,10 @@ void Pool::on_conn_completion(std::uint32_t i, const io::Completion& comp) {
       c.state = State::Busy;
       backend_.recv(c.sock.fd, tag_for(io::Op::UpRecv, i));
       c.sock.recv_armed = true;
+      if (target_.tls) {
+        if (!c.tls.start(target_.tls.get(), target_.cfg.host.c_str(), session_)) return fail(i, UpstreamError::Unreachable);
+        c.tls.handshake();  // the ClientHello
+      }
       submit_send(i);
       return;
     case io::Op::UpSend:
@@ -271,12 +335,26 @@ void Pool::on_conn_completion(std::uint32_t i, const io::Completion& comp) {
         if (c.state == State::Settling) return close(i);
         return retry_or_fail(i, UpstreamError::Closed);
       }
+      if (target_.tls) {
+        c.tls_sent += std::size_t(comp.res);
+        if (c.tls_sent < c.tls_out.size()) {  // the socket's buffer filled: send the rest
+          c.iov = {c.tls_out.data() + c.tls_sent, c.tls_out.size() - c.tls_sent};
+          c.sock.send_inflight = true;
+          backend_.send(c.sock.fd, tag_for(io::Op::UpSend, i), &c.iov, 1, &c.msg);
+          return;
+        }
+        tls_flush(i);
+        if (!c.sock.send_inflight && c.state == State::Settling) make_idle(i);
+        return;
+      }
       c.out_sent += std::size_t(comp.res);
       if (c.out_sent < c.out.size()) return submit_send(i);  // the socket's buffer filled: send the rest
       if (c.state == State::Settling) make_idle(i);
       return;
     case io::Op::UpRecv:
-      if (comp.res > 0 && c.state == State::Busy && c.job.done) {
+      if (comp.res > 0 && target_.tls && c.state != State::Closing) {
+        tls_recv(i, comp);
+      } else if (comp.res > 0 && c.state == State::Busy && c.job.done) {
         c.got_bytes = true;
         // Keep the padding free behind the bytes: the body is handed out in place.
         std::memcpy(c.in.prepare(std::size_t(comp.res) + kUpstreamBodyPadding), comp.data, std::size_t(comp.res));
@@ -342,6 +420,12 @@ void Pool::complete(std::uint32_t i, std::size_t total) {
   c.reused = true;
   // Not on idle_ during the callback: a fetch from it must not reuse the bytes r points into.
   c.state = reusable ? (c.sock.send_inflight ? State::Settling : State::Idle) : State::Busy;
+  if (target_.tls && reusable) {  // the session (and, on TLS 1.3, its ticket) for the next new connection
+    if (SSL_SESSION* s = c.tls.session_for_reuse()) {
+      if (session_) SSL_SESSION_free(session_);
+      session_ = s;
+    }
+  }
   deliver(job, r);
   if (!reusable) return close(i);
   c.in.clear();
@@ -411,6 +495,7 @@ void Pool::maybe_release(std::uint32_t i) {
   Conn& c = conns_[i];
   if (c.state != State::Closing || !c.sock.release(backend_)) return;
   c.state = State::Free;
+  c.tls.reset();
   stats_.open.sub();
   free_.push_back(i);
   pump();

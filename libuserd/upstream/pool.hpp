@@ -20,6 +20,7 @@
 #include "libuserd/io/socket.hpp"
 #include "libuserd/io/tag.hpp"
 #include "libuserd/metrics/metrics.hpp"
+#include "libuserd/tls/tls.hpp"
 #include "userd/upstream.hpp"
 
 namespace userd::upstream {
@@ -33,6 +34,7 @@ struct Target {
   };
   std::vector<Address> addrs;  // every address the name resolved to, in resolver order
   std::string host_header;     // "host:port"
+  tls::Context tls;            // a client context when cfg.tls (made once, in Server::start)
 };
 
 // Written by the pool's thread, read by a metrics scrape from any.
@@ -91,6 +93,11 @@ class Pool {
     msghdr msg{};
     core::ByteBuffer in;  // the response; capacity always leaves kUpstreamBodyPadding after the bytes
     http::MessageReader<http::ParsedResponse> reader;
+    // HTTPS: out is encrypted once the handshake is done (out_sent then counts it as sent) and tls_out holds
+    // the records of the send in flight; in receives the decrypted response.
+    tls::Session tls;
+    core::ByteBuffer tls_out;
+    std::size_t tls_sent = 0;
   };
 
   std::uint64_t tag_for(io::Op op, std::uint32_t i) const noexcept;
@@ -102,6 +109,8 @@ class Pool {
   bool enqueue(const Job& job, std::string_view request, bool front);
   std::size_t pick_address() noexcept;
   void submit_send(std::uint32_t i) noexcept;
+  void tls_flush(std::uint32_t i) noexcept;
+  void tls_recv(std::uint32_t i, const io::Completion& c);
   void parse(std::uint32_t i);
   void complete(std::uint32_t i, std::size_t total);
   void make_idle(std::uint32_t i);
@@ -128,6 +137,7 @@ class Pool {
   std::vector<std::uint64_t> refused_until_;  // per address: skipped until then after a refused connect
   std::size_t next_addr_ = 0;
   bool pumping_ = false;      // pump() re-entered from a callback or a release returns at once
+  SSL_SESSION* session_ = nullptr;  // HTTPS: the latest resumable session, offered by new connections
   PoolStats stats_;
 };
 

@@ -9,8 +9,8 @@ work=$(mktemp -d)
 trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$work"' EXIT
 passed=0
 
-start_example() {  # $1: program, run on an ephemeral port; sets example_pid and example_port
-  LD_LIBRARY_PATH="$work/prefix/lib" "$1" 127.0.0.1:0 2>"$work/err-example" &
+start_example() {  # $1: program, run on an ephemeral port (further arguments follow); sets example_pid, example_port
+  LD_LIBRARY_PATH="$work/prefix/lib" "$1" 127.0.0.1:0 "${@:2}" 2>"$work/err-example" &
   example_pid=$! example_port=""
   for _ in $(seq 100); do
     example_port=$(grep -o 'listening on [0-9.]*:[0-9]*' "$work/err-example" | grep -o '[0-9]*$' || true)
@@ -74,6 +74,15 @@ ticks=$(curl -fsS "http://127.0.0.1:$example_port/ticks?count=3")
 stop_example
 [ "$got" = $'{"n":0}\n{"n":1}\n{"n":2}' ] && [ "$ticks" = $'{"tick":0}\n{"tick":1}\n{"tick":2}' ] \
   || { echo "stream: $got / $ticks"; exit 1; }
+# HTTPS through ServerConfig::tls, with a certificate made here.
+# shellcheck disable=SC2046
+g++ -std=c++20 -Wall -Wextra -Werror "$src/examples/tls.cpp" -o "$work/tls" $(pkg-config --cflags --libs libuserd) -pthread
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -keyout "$work/key.pem" \
+  -out "$work/cert.pem" -days 1 -subj /CN=localhost -addext subjectAltName=DNS:localhost 2>/dev/null
+start_example "$work/tls" epoll "$work/cert.pem" "$work/key.pem"
+got=$(curl -fsS --cacert "$work/cert.pem" "https://localhost:$example_port/whoami")
+stop_example
+[ "$got" = "TLSv1.3 anonymous" ] || { echo "tls: $got"; exit 1; }
 passed=$((passed + 1))
 echo "install: out-of-tree build with pkg-config answers"
 

@@ -133,3 +133,37 @@ TEST_CASE("--extra-routes takes a count") {
   CHECK(run({"--extra-routes", "1000"}).cfg.extra_routes == 1000);
   CHECK(run({"--extra-routes", "x"}).error.find("invalid --extra-routes") == 0);
 }
+
+TEST_CASE("--tls-listen adds HTTPS; the plain listener stays only when asked for") {
+  Run tls_only = run({"--tls-listen", "127.0.0.1:8443", "--tls-cert", "c.pem", "--tls-key", "k.pem"});
+  REQUIRE(tls_only.error.empty());
+  REQUIRE(tls_only.cfg.server.tls);
+  CHECK(tls_only.cfg.server.tls->port == 8443);
+  CHECK(tls_only.cfg.server.tls->cert_file == "c.pem");
+  CHECK_FALSE(tls_only.cfg.server.plain);
+  Run both = run({"--listen", ":8080", "--tls-listen", ":8443", "--tls-cert", "c", "--tls-key", "k", "--tls-client-ca",
+                  "ca"});
+  CHECK((both.error.empty() && both.cfg.server.plain && both.cfg.server.tls->client_ca_file == "ca"));
+  Run seed = run({"--tls-listen", ":8443", "--tls-cert", "c", "--tls-key", "k"}, {{"M1_PORT", "3000"}});
+  CHECK((seed.error.empty() && seed.cfg.server.plain && seed.cfg.server.port == 3000));
+  CHECK(run({}).cfg.server.plain);
+  CHECK_FALSE(run({}).cfg.server.tls);
+  CHECK(run({"--tls-listen", ":8443"}).error == "--tls-listen needs --tls-cert and --tls-key");
+  CHECK(run({"--tls-listen", ":8443", "--tls-cert", "c"}).error == "--tls-listen needs --tls-cert and --tls-key");
+  CHECK(run({"--tls-cert", "c", "--tls-key", "k"}).error.find("need --tls-listen") != std::string::npos);
+  CHECK(run({"--tls-listen", "nowhere"}).error.find("--tls-listen: invalid") == 0);
+}
+
+TEST_CASE("an https upstream verifies by default; --upstream-ca and --upstream-insecure need one") {
+  Run r = run({"--upstream", "https://svc.internal/v1/avatar", "--upstream-ca", "ca.pem"});
+  REQUIRE(r.error.empty());
+  const userd::UpstreamConfig& u = r.cfg.server.upstreams[0];
+  CHECK((u.tls && u.host == "svc.internal" && u.port == 443 && u.ca_file == "ca.pem" && !u.insecure));
+  CHECK(run({"--upstream", "https://svc:8443/x", "--upstream-insecure"}).cfg.server.upstreams[0].insecure);
+  Run env = run({}, {{"M2_DOMAIN", "https://svc"}, {"M2_PORT", "9443"}});
+  CHECK((env.error.empty() && env.cfg.server.upstreams[0].tls && env.cfg.server.upstreams[0].port == 9443));
+  CHECK(run({"--upstream", "http://svc/x", "--upstream-insecure"}).error.find("need an https:// upstream") !=
+        std::string::npos);
+  CHECK(run({"--upstream-ca", "ca.pem"}).error.find("need an https:// upstream") != std::string::npos);
+  CHECK(run({"--upstream", "ftp://svc/x"}).error.find("expected http[s]://") != std::string::npos);
+}

@@ -39,6 +39,13 @@ struct RouteParams {
   std::size_t count = 0;
 };
 
+// What a request's connection negotiated: nothing on plain HTTP.
+struct TlsInfo {
+  bool on = false;
+  std::string_view version;         // "TLSv1.3"
+  std::string_view client_subject;  // the verified client certificate's subject (RFC 2253); empty when none
+};
+
 class Request {
  public:
 
@@ -60,6 +67,8 @@ class Request {
   std::string_view query_param(std::string_view name) const noexcept;
   // The client's address: "127.0.0.1:50432" or "[::1]:50432" (looked up on first use).
   std::string_view peer() const noexcept;
+  // Whether the request came over TLS, which version, and the client certificate's subject under mutual TLS.
+  TlsInfo tls() const noexcept;
 
   // GET path from ServerConfig::upstreams[upstream] on this loop thread; done(user, res, reply) runs when it
   // ends (never before fetch returns). False, and nothing happens, when there is no such upstream.

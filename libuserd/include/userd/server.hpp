@@ -8,6 +8,7 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -19,6 +20,19 @@
 namespace userd {
 
 enum class BackendKind : std::uint8_t { Auto, IoUring, Epoll };
+
+// HTTPS on the same loops (OpenSSL 3 through memory BIOs): TLS 1.2 and 1.3, ALPN http/1.1, session tickets.
+struct TlsConfig {
+  std::string host = "0.0.0.0";  // the TLS listener: numeric address or "localhost"
+  std::uint16_t port = 8443;     // 0: the kernel picks one; Server::tls_port() tells which
+  // The certificate (the file may hold a chain, leaf first) and its private key, PEM: files, or the PEM text
+  // itself in cert_pem / key_pem (used when the file name is empty).
+  std::string cert_file, key_file;
+  std::string cert_pem, key_pem;
+  // Mutual TLS: when set, a client must present a certificate signed by one of these CAs (PEM) or the handshake
+  // fails; Request::tls() then carries its subject.
+  std::string client_ca_file;
+};
 
 struct ServerConfig {
   std::string host = "0.0.0.0";  // numeric IPv4 or IPv6 address, or "localhost"
@@ -53,6 +67,10 @@ struct ServerConfig {
   unsigned drain_timeout_ms = 10'000;
   // Servers handlers may fetch from, by index (Request::fetch). Names are resolved once, in start().
   std::vector<UpstreamConfig> upstreams;
+  // Plain HTTP on host:port. False: only the TLS listener (tls must be set).
+  bool plain = true;
+  // HTTPS as well (or instead): its own listener per thread, served by the same loops.
+  std::optional<TlsConfig> tls;
   // Listening sockets already open (socket activation: LISTEN_FDS). When given, nothing is bound; threads take
   // them in turn, sharing one when there are fewer sockets than threads.
   std::vector<int> listen_fds;
@@ -63,6 +81,12 @@ struct ServerConfig {
   // Where the server's few log lines go (the io_uring fallback): one line each, no newline. Default: stderr.
   std::function<void(std::string_view)> log;
 };
+
+// Loads cfg's certificate and key as start() would: empty when they are usable, else one line saying which
+// file and what is wrong with it (for a daemon to report before it starts).
+std::string check_tls(const TlsConfig& cfg);
+// "OpenSSL 3.0.x; kTLS not used": the TLS library and whether the kernel offloads records.
+std::string describe_tls();
 
 // What this machine's kernel offers libuserd: io_uring features and opcodes, or why io_uring is unavailable.
 std::string describe_backends();
@@ -78,6 +102,10 @@ class Server {
   // a refused io_uring is logged once and epoll serves; with IoUring it fails with Errc::Unsupported.
   Result<void> start();
   std::uint16_t port() const noexcept;
+  std::uint16_t tls_port() const noexcept;  // 0 without ServerConfig::tls
+  // Any thread, after start(): loads the TLS certificate and key again (SIGHUP). New handshakes use them; open
+  // connections keep theirs. On failure the old ones stay and the error says why (Error::what is "tls").
+  Result<void> reload_tls(std::string* why = nullptr);
   std::string_view backend() const noexcept;  // "io_uring" or "epoll", after start()
   unsigned threads() const noexcept;
   // Prometheus text exposition (format 0.0.4) of every thread's counters, summed now. Any thread; it reads the

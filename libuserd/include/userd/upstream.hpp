@@ -23,6 +23,11 @@ struct UpstreamConfig {
   unsigned max_queue = 1024;   // per loop thread: requests waiting for a connection; beyond it Overloaded at once
   unsigned timeout_ms = 2000;  // the whole exchange: connect, send, the complete response
   std::size_t max_body = 1 << 20;
+  // HTTPS: the certificate is verified against ca_file (PEM), or the system's CA store when empty, and must name
+  // host (sent as SNI too); sessions are resumed across the pool's connections. insecure skips verification.
+  bool tls = false;
+  std::string ca_file;
+  bool insecure = false;
 };
 
 // What to ask an upstream. The pool writes Host, and Content-Length when there is a body (or the method is one

@@ -91,10 +91,11 @@ def latency_us(text, pct):
     return float(m.group(1)) * {"us": 1, "ms": 1e3, "s": 1e6}[m.group(2)] if m else float("nan")
 
 
-def wrk(url, seconds, connections=100, script=None):
+def wrk(url, seconds, connections=100, script=None, headers=(), env=None):
     out = subprocess.run(["taskset", "-c", load_cpus(), "wrk", "-t1", f"-c{connections}", f"-d{seconds}s",
-                          "--latency", *(["-s", script] if script else []), url],
-                         capture_output=True, text=True, check=True).stdout
+                          "--latency", *(["-s", script] if script else []),
+                          *[a for h in headers for a in ("-H", h)], url],
+                         capture_output=True, text=True, check=True, env=env).stdout
     non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     sock = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
     return {"requests": int(re.search(r"(\d+) requests in", out).group(1)),
@@ -124,6 +125,11 @@ def h2load(url, seconds, rate, connections=100):
 
 def nginx_conf(tmp, port, mode, dataset, upstream_port=None):
     body = dataset.decode().replace("\\", "\\\\").replace("'", "\\'")
+    listen = f"127.0.0.1:{port}"
+    if mode == "tls":  # the static answer over HTTPS; upstream_port carries the certificate folder
+        listen += (f" ssl; ssl_certificate {upstream_port}/cert.pem; ssl_certificate_key {upstream_port}/key.pem; "
+                   "ssl_protocols TLSv1.2 TLSv1.3; ssl_session_tickets on")
+        mode = "static"
     if mode == "static":
         loc = ("location = /v1/user { default_type application/json; add_header Engine nginx; "
                f"add_header Location /v1/user; return 200 '{body}'; }}\n"
@@ -141,7 +147,7 @@ http {{
   client_body_temp_path {tmp}; proxy_temp_path {tmp}; fastcgi_temp_path {tmp}; uwsgi_temp_path {tmp};
   scgi_temp_path {tmp};
   {up}
-  server {{ listen 127.0.0.1:{port}; {loc} }}
+  server {{ listen {listen}; {loc} }}
 }}
 """
     path = os.path.join(tmp, f"nginx-{port}.conf")
@@ -175,8 +181,12 @@ class Announced(Server):
         raise RuntimeError(f"{argv} did not listen on {port}")
 
 
-def check_body(port, dataset):
-    c = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+def check_body(port, dataset, scheme="http"):
+    if scheme == "https":
+        import ssl
+        c = http.client.HTTPSConnection("127.0.0.1", port, timeout=5, context=ssl._create_unverified_context())
+    else:
+        c = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
     c.request("GET", "/v1/user")
     r = c.getresponse()
     body = r.read()
@@ -208,7 +218,7 @@ def count_allocations(a, dataset, extra=()):
                 for _ in range(100):
                     time.sleep(0.02)
                     if os.path.exists(counter):
-                        v = int(open(counter).read())
+                        v = int(open(counter).read().split()[0])  # userd's own; OpenSSL's is second
                         os.unlink(counter)
                         return v
                 raise RuntimeError("no allocation count")
@@ -246,11 +256,16 @@ JOBS = {
                      "fixed"),
     "fixed-proxy": ("Fixed rate, proxy: the same 10,000 req/s offered to every server (h2load, 100 connections)",
                     "fixed"),
+    "tls": ("TLS keep-alive: static over TLS 1.3 (TLS_AES_128_GCM_SHA256, the same certificate), 100 connections",
+            "tls"),
+    "tls-handshake": ("TLS handshakes: a new TLS 1.3 connection per request (`Connection: close`), 100 connections; "
+                      "CPU µs per request is CPU per handshake", "handshake"),
 }
 
 PANEL = {"static": "static, 100 keep-alive connections", "pipelined": "pipelined, 16 requests per write",
          "proxy": "proxy to an nginx upstream", "pair": "the seed's pair (CPU of both services)",
-         "fixed-static": "static at a fixed 10,000 req/s", "fixed-proxy": "proxy at a fixed 10,000 req/s"}
+         "fixed-static": "static at a fixed 10,000 req/s", "fixed-proxy": "proxy at a fixed 10,000 req/s",
+         "tls": "static over TLS 1.3, keep-alive", "tls-handshake": "a TLS 1.3 handshake per request"}
 
 # (job, server, against, measure, limit): judged on the median over rounds of server's measure / against's.
 TARGETS = [
@@ -268,6 +283,10 @@ TARGETS = [
     ("fixed-proxy", "userd io_uring", "hyper", "cpu_us", 0.6),
     ("fixed-proxy", "userd io_uring", "hyper", "mean", 1.0),
     ("fixed-proxy", "userd io_uring", "nginx", "mean", 1.0),
+    ("tls", "userd io_uring", "nginx", "cpu_us", 1.0),
+    ("tls", "userd epoll", "nginx", "cpu_us", 1.0),
+    ("tls-handshake", "userd io_uring", "nginx", "cpu_us", 1.0),  # handshakes per CPU-second >= nginx's
+    ("tls-handshake", "userd epoll", "nginx", "cpu_us", 1.0),
 ]
 # Goals beyond the targets: below what a naive server on the same kernel interface costs.
 GOALS = [
@@ -280,9 +299,10 @@ MEASURE = {"cpu_us": "CPU µs/req", "mean": "mean latency"}
 class Entry:
     """One server of one job: the processes whose CPU counts and the port the load goes to."""
 
-    def __init__(self, procs):
+    def __init__(self, procs, scheme="http"):
         self.procs = procs
         self.port = procs[-1].port
+        self.scheme = scheme
 
     def cpu(self):
         return sum(cpu_seconds(p.pid) for p in self.procs)
@@ -291,10 +311,25 @@ class Entry:
         return sum(peak_rss_kb(p.pid) for p in self.procs)
 
 
-def load(kind, port, seconds, rate):
-    url = f"http://127.0.0.1:{port}/v1/user"
+# wrk's OpenSSL offers TLS 1.3 with TLS_AES_128_GCM_SHA256 only: every server then runs the same suite.
+TLS_CLIENT_CONF = """openssl_conf = conf
+[conf]
+ssl_conf = ssl
+[ssl]
+system_default = client
+[client]
+MinProtocol = TLSv1.3
+Ciphersuites = TLS_AES_128_GCM_SHA256
+"""
+
+
+def load(kind, e, seconds, rate, tls_env=None):
+    # A host name over TLS: wrk sends the URL's host as SNI, and rustls refuses an address there (RFC 6066).
+    url = f"{e.scheme}://{'localhost' if e.scheme == 'https' else '127.0.0.1'}:{e.port}/v1/user"
     if kind == "fixed":
         return h2load(url, seconds, rate)
+    if kind in ("tls", "handshake"):
+        return wrk(url, seconds, headers=["Connection: close"] if kind == "handshake" else (), env=tls_env)
     return wrk(url, seconds, script=PIPELINE if kind == "pipelined" else None)
 
 
@@ -348,6 +383,14 @@ def main():
     def userd(backend, *extra):
         return start(pin + [a.userd, "--listen", "127.0.0.1:0", "--threads", "1", "--backend", backend, *extra])
 
+    # One certificate for every TLS server, made here (no key is committed); ECDSA P-256, as a modern default.
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+                    "-keyout", f"{tmp}/key.pem", "-out", f"{tmp}/cert.pem", "-days", "1", "-subj", "/CN=localhost"],
+                   check=True, capture_output=True)
+    open(f"{tmp}/client.cnf", "w").write(TLS_CLIENT_CONF)
+    tls_env = dict(os.environ, OPENSSL_CONF=f"{tmp}/client.cnf")
+    tls_files = ["--tls-cert", f"{tmp}/cert.pem", "--tls-key", f"{tmp}/key.pem"]
+
     results = {j: {} for j in jobs}
     try:
         # The shared upstream for the proxy jobs: nginx serving the dataset, off the server CPU.
@@ -380,19 +423,27 @@ def main():
             s["nginx"] = Entry([m2, nginx("proxy", m2.port)])
             return s
 
-        make = {"static": lambda: static_set(True), "pipelined": lambda: static_set(True), "proxy": proxy_set,
+        def tls_set():
+            s = {f"userd {b}": Entry([start(pin + [a.userd, "--tls-listen", "127.0.0.1:0", *tls_files, "--threads", "1",
+                                                   "--backend", b])], "https") for b in ("io_uring", "epoll")}
+            s["hyper"] = Entry([start(pin + [a.hyper, "--listen", "127.0.0.1:0", "--static", data_file, *tls_files])],
+                               "https")
+            s["nginx"] = Entry([nginx("tls", tmp)], "https")
+            return s
+
+        make = {"tls": tls_set, "tls-handshake": tls_set, "static": lambda: static_set(True), "pipelined": lambda: static_set(True), "proxy": proxy_set,
                 "pair": pair_set, "fixed-static": lambda: static_set(False), "fixed-proxy": proxy_set}
         servers = {j: make[j]() for j in jobs}
         for j, group in servers.items():
             for name, e in group.items():
-                check_body(e.port, dataset)
-                load(JOBS[j][1], e.port, a.warmup, a.rate)
+                check_body(e.port, dataset, e.scheme)
+                load(JOBS[j][1], e, a.warmup, a.rate, tls_env)
                 results[j][name] = {"rounds": []}
         for rnd in range(a.rounds):
             for j, group in servers.items():
                 for name, e in group.items():
                     c0 = e.cpu()
-                    w = load(JOBS[j][1], e.port, a.duration, a.rate)
+                    w = load(JOBS[j][1], e, a.duration, a.rate, tls_env)
                     w["cpu_us"] = (e.cpu() - c0) * 1e6 / max(w["requests"], 1)
                     results[j][name]["rounds"].append(w)
                     lat = (f"mean {w['mean']:7.0f} us" if "mean" in w else f"p99 {w['p99']:7.0f} us")

@@ -1,7 +1,9 @@
 //! hyper-ref: the seed's Hyper microservice1 for side-by-side benchmarks.
 //!
 //! usage: hyper-ref --listen 127.0.0.1:PORT (--upstream http://HOST:PORT/PATH | --static FILE)
-//! Prints "hyper-ref: listening on ADDR" on stderr once bound.
+//!                  [--tls-cert FILE --tls-key FILE]
+//! Prints "hyper-ref: listening on ADDR" on stderr once bound. With a certificate it serves HTTPS through
+//! rustls (TLS 1.2 and 1.3, ALPN http/1.1, session tickets).
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -10,7 +12,11 @@ use hyper::body::Bytes;
 use hyper::client::HttpConnector;
 use hyper::header::{HeaderValue, CONTENT_TYPE, LOCATION};
 use hyper::service::{make_service_fn, service_fn};
+use hyper::server::conn::Http;
 use hyper::{Body, Client, Request, Response, Server, StatusCode, Uri};
+use tokio::net::TcpListener;
+use tokio_rustls::rustls;
+use tokio_rustls::TlsAcceptor;
 
 enum Mode {
     Proxy { client: Client<HttpConnector>, uri: Uri },
@@ -47,6 +53,7 @@ async fn main() {
     let args: Vec<String> = std::env::args().collect();
     let mut listen = "127.0.0.1:8080".to_string();
     let mut mode = None;
+    let (mut cert, mut key) = (None, None);
     let mut i = 1;
     while i + 1 < args.len() {
         match args[i].as_str() {
@@ -57,12 +64,17 @@ async fn main() {
             "--static" => {
                 mode = Some(Mode::Static { body: Bytes::from(std::fs::read(&args[i + 1]).expect("static file")) })
             }
+            "--tls-cert" => cert = Some(args[i + 1].clone()),
+            "--tls-key" => key = Some(args[i + 1].clone()),
             other => panic!("unknown flag {other}"),
         }
         i += 2;
     }
     let mode = Arc::new(mode.expect("--upstream or --static"));
     let addr: SocketAddr = listen.parse().expect("listen address");
+    if let (Some(cert), Some(key)) = (cert, key) {
+        return serve_tls(addr, mode, &cert, &key).await;
+    }
     let make = make_service_fn(move |_| {
         let mode = mode.clone();
         async move { Ok::<_, Infallible>(service_fn(move |req| handle(mode.clone(), req))) }
@@ -70,4 +82,45 @@ async fn main() {
     let server = Server::bind(&addr).serve(make);
     eprintln!("hyper-ref: listening on {}", server.local_addr());
     server.await.expect("server");
+}
+
+fn tls_config(cert: &str, key: &str) -> rustls::ServerConfig {
+    let certs = rustls_pemfile::certs(&mut std::io::BufReader::new(std::fs::File::open(cert).expect("cert")))
+        .expect("certificate PEM")
+        .into_iter()
+        .map(rustls::Certificate)
+        .collect();
+    let key = rustls_pemfile::pkcs8_private_keys(&mut std::io::BufReader::new(std::fs::File::open(key).expect("key")))
+        .expect("key PEM")
+        .remove(0);
+    let mut cfg = rustls::ServerConfig::builder()
+        .with_safe_defaults()
+        .with_no_client_auth()
+        .with_single_cert(certs, rustls::PrivateKey(key))
+        .expect("certificate and key");
+    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    cfg.ticketer = rustls::Ticketer::new().expect("ticketer");
+    cfg
+}
+
+// One task per connection: the TLS handshake, then Hyper's HTTP/1.1 connection on the decrypted stream.
+async fn serve_tls(addr: SocketAddr, mode: Arc<Mode>, cert: &str, key: &str) {
+    let acceptor = TlsAcceptor::from(Arc::new(tls_config(cert, key)));
+    let listener = TcpListener::bind(addr).await.expect("bind");
+    eprintln!("hyper-ref: listening on {}", listener.local_addr().expect("address"));
+    loop {
+        let (tcp, _) = match listener.accept().await {
+            Ok(c) => c,
+            Err(_) => continue,
+        };
+        let _ = tcp.set_nodelay(true);
+        let acceptor = acceptor.clone();
+        let mode = mode.clone();
+        tokio::spawn(async move {
+            if let Ok(tls) = acceptor.accept(tcp).await {
+                let service = service_fn(move |req| handle(mode.clone(), req));
+                let _ = Http::new().http1_only(true).serve_connection(tls, service).await;
+            }
+        });
+    }
 }

@@ -273,7 +273,13 @@ ParseResult parse_response(std::span<const char> buf, std::size_t prev_len, Pars
   const char* p = buf.data();
   const std::size_t n = buf.size();
   if (still_incomplete(p, n, prev_len, limits)) return more();
-  h = ParsedResponse{};
+  // Field by field: the header array (3.2 KB) is bounded by header_count and need not be zeroed for every response.
+  h.status = 0;
+  h.minor = 1;
+  h.header_count = 0;
+  h.content_length = 0;
+  h.has_content_length = h.chunked = h.until_close = false;
+  h.keep_alive = true;
   auto need_more = [&]() { return n > limits.max_head ? bad(HttpError::HeadTooLarge) : more(); };
   // "HTTP/1.x 200 " then a reason of field bytes (RFC 9112 4).
   constexpr std::string_view kHttp = "HTTP/1.";

@@ -2,7 +2,8 @@
 """A/B two userd binaries on the static or proxy job: alternated A B A B ..., pinned like ./dev bench, medians.
 For judging one change at a time on a noisy machine.
 
-usage: ab.py A_USERD B_USERD [--backend io_uring] [--pairs 6] [--duration 3] [--proxy] [--b-flags "..."]
+usage: ab.py A_USERD B_USERD [--backend io_uring] [--pairs 6] [--duration 3] [--proxy | --pipelined]
+             [--b-flags "..."]
 (--b-flags: extra userd flags for B only, e.g. "--extra-routes 1000" against the same binary as A)
 """
 import argparse
@@ -11,7 +12,7 @@ import statistics
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench import cpu_seconds, load_cpus, wrk, SERVER_CPU  # noqa: E402
+from bench import PIPELINE, cpu_seconds, load_cpus, wrk, SERVER_CPU  # noqa: E402
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests", "integration"))
 from harness import Server  # noqa: E402
 
@@ -24,6 +25,7 @@ def main():
     ap.add_argument("--pairs", type=int, default=6)
     ap.add_argument("--duration", type=int, default=3)
     ap.add_argument("--proxy", action="store_true")
+    ap.add_argument("--pipelined", action="store_true", help="16 requests per write (benchmarks/pipeline.lua)")
     ap.add_argument("--b-flags", default="")
     x = ap.parse_args()
     up = None
@@ -41,7 +43,7 @@ def main():
         for _ in range(x.pairs):
             for k, s in servers.items():
                 c0 = cpu_seconds(s.pid)
-                w = wrk(f"http://127.0.0.1:{s.port}/v1/user", x.duration)
+                w = wrk(f"http://127.0.0.1:{s.port}/v1/user", x.duration, script=PIPELINE if x.pipelined else None)
                 res[k].append(((cpu_seconds(s.pid) - c0) * 1e6 / w["requests"], w["rps"]))
     finally:
         for s in servers.values():

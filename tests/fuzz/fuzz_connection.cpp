@@ -6,39 +6,19 @@
 #include <string>
 
 #include "libuserd/server/connection.hpp"
-#include "tests/support/fake_backend.hpp"
-#include "tests/support/one_connection.hpp"
+#include "tests/support/fuzz_rig.hpp"
 
 using namespace userd;
 using namespace userd::server;
 
 extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size) {
   if (size < 2) return 0;
-  testing::FakeBackend kernel;
+  testing::FuzzRig rig;
+  testing::FakeBackend& kernel = rig.kernel;
   std::optional<Responder> held;
-  Router router;
-  router.get("/", [](const Request& req, Responder res) {
-    Response r;
-    r.body = req.query();
-    res.send(r);
-  });
-  router.route("POST", "/", [](const Request& req, Responder res) {
-    Response r;
-    r.body = req.body().substr(0, 16);
-    res.send(r);
-  });
-  router.get("/later", [&held](const Request&, Responder res) { held = res; });
-  LoopContext ctx;
-  ctx.backend = &kernel;
-  ctx.router = &router;
-  ctx.max_body = 1024;
-  ctx.limits.max_head = 512;
-  ctx.limits.max_target = 256;
-  ctx.date.update(0);
-  testing::OneConnection target;
-  ctx.replies = &target;
-  Connection conn(ctx);
-  target.conn = &conn;
+  rig.router.get("/later", [&held](const Request&, Responder res) { held = res; });
+  Connection conn(rig.ctx);
+  rig.target.conn = &conn;
   conn.open(3, 0);
   std::size_t cancels_seen = 0;
 
@@ -77,17 +57,6 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
     Response r;
     held->send(r);
   }
-  conn.on_recv_end(0);
-  for (int i = 0; i < 64 && kernel.pending_send >= 0; ++i) {
-    int sent = kernel.pending_send;
-    kernel.pending_send = -1;
-    conn.on_send(sent);
-  }
-  if (!conn.released()) conn.abort();
-  if (kernel.pending_send >= 0) {
-    kernel.pending_send = -1;
-    conn.on_send(-32);
-  }
-  if (!conn.released()) std::abort();
+  testing::FuzzRig::finish(conn, kernel);
   return 0;
 }

@@ -12,8 +12,7 @@
 
 #include "libuserd/server/connection.hpp"
 #include "libuserd/tls/tls.hpp"
-#include "tests/support/fake_backend.hpp"
-#include "tests/support/one_connection.hpp"
+#include "tests/support/fuzz_rig.hpp"
 
 using namespace userd;
 using namespace userd::server;
@@ -61,31 +60,13 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
   static const tls::Context client_ctx = tls::client_context("", true, why);
   if (!server_ctx || !client_ctx) std::abort();
 
-  testing::FakeBackend kernel;
-  Router router;
-  router.get("/", [](const Request& req, Responder res) {
-    Response r;
-    r.body = req.query();
-    res.send(r);
-  });
-  router.route("POST", "/", [](const Request& req, Responder res) {
-    Response r;
-    r.body = req.body().substr(0, 16);
-    res.send(r);
-  });
-  LoopContext ctx;
-  ctx.backend = &kernel;
-  ctx.router = &router;
-  ctx.max_body = 1024;
-  ctx.limits.max_head = 512;
-  ctx.limits.max_target = 256;
-  ctx.date.update(0);
+  testing::FuzzRig rig;
+  testing::FakeBackend& kernel = rig.kernel;
+  LoopContext& ctx = rig.ctx;
   ctx.tls_plain.reset(new char[LoopContext::kTlsScratch]);
   ctx.tls_seal.reset(new char[LoopContext::kTlsScratch]);
-  testing::OneConnection target;
-  ctx.replies = &target;
   Connection conn(ctx);
-  target.conn = &conn;
+  rig.target.conn = &conn;
   if (!conn.open(3, 0, server_ctx.get())) return 0;
   tls::Session client;
   if (!client.start(client_ctx.get(), "localhost")) return 0;
@@ -136,17 +117,6 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
   exchange();
 
   // The end: the client leaves; every operation completes; the slot must come free.
-  conn.on_recv_end(0);
-  for (int i = 0; i < 64 && kernel.pending_send >= 0; ++i) {
-    const int sent = kernel.pending_send;
-    kernel.pending_send = -1;
-    conn.on_send(sent);
-  }
-  if (!conn.released()) conn.abort();
-  if (kernel.pending_send >= 0) {
-    kernel.pending_send = -1;
-    conn.on_send(-32);
-  }
-  if (!conn.released()) std::abort();
+  testing::FuzzRig::finish(conn, kernel);
   return 0;
 }

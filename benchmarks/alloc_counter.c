@@ -4,6 +4,7 @@
  * calling malloc: OpenSSL 3.0's record layer allocates and frees a small block per record, which no caller can
  * change). Used by ./dev bench and the TLS tests to prove userd's steady state allocates nothing per request. */
 #define _GNU_SOURCE
+#include <dlfcn.h>
 #include <fcntl.h>
 #include <link.h>
 #include <string.h>
@@ -72,6 +73,16 @@ static int find_crypto(struct dl_phdr_info* info, size_t size, void* data) {
     }
   }
   return 1;
+}
+
+/* libuserd loads OpenSSL with dlopen on first use: look for libcrypto again once a library was loaded (here,
+ * outside the loader's lock, which malloc must never take). */
+void* dlopen(const char* file, int mode) {
+  static void* (*real)(const char*, int);
+  if (!real) real = (void* (*)(const char*, int))dlsym(RTLD_NEXT, "dlopen");
+  void* h = real(file, mode);
+  if (!crypto_hi) dl_iterate_phdr(find_crypto, 0);
+  return h;
 }
 
 __attribute__((constructor)) static void install(void) {

@@ -1,10 +1,6 @@
 // tls/tls.cpp: contexts (certificates, versions, ALPN, verification) and the per-connection memory-BIO session.
 #include "libuserd/tls/tls.hpp"
 
-#include <openssl/err.h>
-#include <openssl/pem.h>
-#include <openssl/x509v3.h>
-
 #include <arpa/inet.h>
 
 #include <cstring>
@@ -51,6 +47,10 @@ bool read_file(const std::string& path, std::string& out, std::string& why, cons
   return true;
 }
 
+struct BioFree {
+  void operator()(BIO* b) const noexcept { BIO_free(b); }
+};
+
 void common(SSL_CTX* ctx) {
   SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION);
   SSL_CTX_set_max_proto_version(ctx, TLS1_3_VERSION);
@@ -72,6 +72,10 @@ void on_info(const SSL* ssl, int where, int) {
 }
 
 Context server_context(const TlsConfig& cfg, std::string& why) {
+  if (!api().error.empty()) {
+    why = api().error;
+    return {};
+  }
   ERR_clear_error();
   std::string cert = cfg.cert_pem, key = cfg.key_pem;
   if (!cfg.cert_file.empty() && !read_file(cfg.cert_file, cert, why, "certificate")) return {};
@@ -90,7 +94,7 @@ Context server_context(const TlsConfig& cfg, std::string& why) {
   SSL_CTX* c = ctx.get();
   common(c);
   // The chain: the first certificate is the leaf, the rest go out as its chain.
-  std::unique_ptr<BIO, decltype(&BIO_free)> cb(BIO_new_mem_buf(cert.data(), int(cert.size())), BIO_free);
+  std::unique_ptr<BIO, BioFree> cb(BIO_new_mem_buf(cert.data(), int(cert.size())));
   X509* leaf = cb ? PEM_read_bio_X509_AUX(cb.get(), nullptr, nullptr, nullptr) : nullptr;
   if (!leaf || SSL_CTX_use_certificate(c, leaf) != 1) {
     if (leaf) X509_free(leaf);
@@ -107,7 +111,7 @@ Context server_context(const TlsConfig& cfg, std::string& why) {
     }
   }
   ERR_clear_error();  // the end of the chain reads as an error
-  std::unique_ptr<BIO, decltype(&BIO_free)> kb(BIO_new_mem_buf(key.data(), int(key.size())), BIO_free);
+  std::unique_ptr<BIO, BioFree> kb(BIO_new_mem_buf(key.data(), int(key.size())));
   EVP_PKEY* pkey = kb ? PEM_read_bio_PrivateKey(kb.get(), nullptr, nullptr, nullptr) : nullptr;
   if (!pkey) {
     why = key_name + " holds no usable PEM private key: " + drain_errors();
@@ -143,6 +147,10 @@ Context server_context(const TlsConfig& cfg, std::string& why) {
 }
 
 Context client_context(const std::string& ca_file, bool insecure, std::string& why) {
+  if (!api().error.empty()) {
+    why = api().error;
+    return {};
+  }
   ERR_clear_error();
   Context ctx(SSL_CTX_new(TLS_client_method()));
   if (!ctx) {
@@ -314,7 +322,9 @@ SSL_SESSION* Session::session_for_reuse() const noexcept {
 std::string Session::last_error() { return drain_errors(); }
 
 std::string describe() {
-  return std::string(OpenSSL_version(OPENSSL_VERSION)) + "; kTLS not used (records are encrypted in memory)";
+  if (!api().error.empty()) return api().error;
+  return std::string(OpenSSL_version(OPENSSL_VERSION)) + " (loaded when TLS is first used); kTLS not used "
+         "(records are encrypted in memory)";
 }
 
 }  // namespace userd::tls

@@ -4,13 +4,12 @@
 // Not here: when to read or send (server/connection.cpp, upstream/pool.cpp), flags (userd/config.cpp).
 #pragma once
 
-#include <openssl/ssl.h>
-
 #include <cstddef>
 #include <string>
 #include <string_view>
 
 #include "libuserd/core/byte_buffer.hpp"
+#include "libuserd/tls/openssl.hpp"
 #include "userd/server.hpp"
 
 namespace userd::tls {

@@ -336,6 +336,19 @@ class Listeners(unittest.TestCase):
         finally:
             stop_ok(self, srv)
 
+    def test_openssl_is_mapped_only_when_tls_is_served(self):
+        """libuserd loads libssl on first use: a plain-only daemon does not pay its 1.7 MiB of RSS."""
+        def maps_ssl(srv):
+            return any("libssl.so" in line or "libcrypto.so" in line for line in open(f"/proc/{srv.pid}/maps"))
+        plain = userd(tls=False, threads=1)
+        https = userd(threads=1)
+        try:
+            self.assertFalse(maps_ssl(plain))
+            self.assertTrue(maps_ssl(https))
+        finally:
+            stop_ok(self, plain)
+            stop_ok(self, https)
+
     def test_both_listeners_on_the_same_loops(self):
         srv = userd(threads=1)
         try:

@@ -78,9 +78,7 @@ void Connection::OutQueue::note_bytes(std::size_t from) {
 }
 
 bool Connection::open(int fd, std::uint32_t slot, SSL_CTX* tls) noexcept {
-  tls_on_ = tls != nullptr;
-  tls_closing_ = false;
-  if (tls_on_ && !tls_.start(tls)) return false;
+  if (tls && !tls_.start(tls)) return false;  // a TLS connection is one whose session is active
   sock_.fd = fd;
   slot_ = slot;
   state_ = State::Open;
@@ -102,7 +100,7 @@ bool Connection::open(int fd, std::uint32_t slot, SSL_CTX* tls) noexcept {
 // Output not yet sent: plaintext queued, and on TLS the records waiting in the session or in flight.
 std::size_t Connection::queued() const noexcept {
   std::size_t n = out_[0].total + out_[1].total;
-  if (tls_on_) n += tls_.pending() + (sock_.send_inflight ? send_left_ : 0);
+  if (tls_.active()) n += tls_.pending() + (sock_.send_inflight ? send_left_ : 0);
   return n;
 }
 
@@ -171,7 +169,7 @@ void Connection::update_timer() noexcept {
   else if (state_ != State::Open) want = Timer::None;
   else if (sock_.send_inflight) want = Timer::Send;
   else if (awaiting_ || queued()) want = Timer::None;
-  else if (tls_on_ && !tls_.established()) want = Timer::Header;  // a stalled handshake, like a stalled head
+  else if (tls_.active() && !tls_.established()) want = Timer::Header;  // a stalled handshake, like a stalled head
   else if (reader_.head_done()) want = Timer::Body;
   else if (!in_.empty()) want = Timer::Header;
   else want = Timer::Idle;
@@ -237,7 +235,7 @@ void Connection::on_timeout(Timer t) noexcept {
     abort();  // idle, linger, or output that made no progress
     return;
   }
-  if (tls_on_ && !tls_.established()) {  // no HTTP yet to answer in
+  if (tls_.active() && !tls_.established()) {  // no HTTP yet to answer in
     tls_failed();
     return;
   }
@@ -257,7 +255,7 @@ bool Connection::reading() const noexcept {
 void Connection::on_recv(char* data, std::size_t n) noexcept {
   // Lingering, or the last response is queued: what the peer still sends is read and dropped.
   if (state_ != State::Open || close_after_flush_) return;
-  if (tls_on_) return on_tls_recv(data, n);
+  if (tls_.active()) return on_tls_recv(data, n);
   guarded([&] { on_plain(data, n); });
 }
 
@@ -462,7 +460,7 @@ bool Connection::decode(const http::RequestHead& head, Request& request) {
 }
 
 TlsInfo Connection::tls_info() const noexcept {
-  if (!tls_on_) return {};
+  if (!tls_.active()) return {};
   return {true, tls_.version(), tls_.peer_subject()};
 }
 
@@ -671,14 +669,13 @@ void Connection::write_continue() {
 void Connection::flush() {
   if (sock_.send_inflight || (state_ != State::Open)) return;
   OutQueue& q = out_[filling_];
-  if (tls_on_ && (q.total || tls_.pending())) return seal(q);
+  if (tls_.active() && (q.total || tls_.pending())) return seal(q);
   if (q.total == 0) {
     if (awaiting_) return;
     if (peer_eof_) {
       abort();
-    } else if (close_after_flush_ && tls_on_ && tls_.established() && !tls_closing_) {
-      tls_closing_ = true;  // the last response is out: close_notify, then the half-close
-      tls_.close_notify();
+    } else if (close_after_flush_ && tls_.established() && !tls_.closing()) {
+      tls_.close_notify();  // the last response is out: close_notify, then the half-close
       if (tls_.pending()) return seal(q);
       finish();
     } else if (close_after_flush_) {

@@ -182,8 +182,6 @@ class Connection {
 
   // TLS: records in and out pass through tls_; tls_out_ holds the records of the send in flight. Plaintext
   // output is encrypted as soon as it is flushed, so out_ stays empty between flushes.
-  bool tls_on_ = false;
-  bool tls_closing_ = false;  // close_notify queued
   tls::Session tls_;
   core::ByteBuffer tls_out_;
 };

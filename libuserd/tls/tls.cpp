@@ -51,15 +51,29 @@ struct BioFree {
   void operator()(BIO* b) const noexcept { BIO_free(b); }
 };
 
-void common(SSL_CTX* ctx) {
-  SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION);
-  SSL_CTX_set_max_proto_version(ctx, TLS1_3_VERSION);
-  // TLS 1.2: forward-secret AEAD suites only (TLS 1.3's defaults are all of that kind already).
-  SSL_CTX_set_cipher_list(ctx, "ECDHE+AESGCM:ECDHE+CHACHA20");
-  // Records are encrypted into and out of memory we keep: no partial writes, and buffers kept between requests
+// What every context starts with: OpenSSL loaded, TLS 1.2 and 1.3 only, forward-secret AEAD suites for TLS 1.2
+// (TLS 1.3's defaults are all of that kind already), no renegotiation, no compression. Empty, with why, on
+// failure.
+Context new_context(const SSL_METHOD* (*method)(), std::string& why) {
+  if (!api().error.empty()) {
+    why = api().error;
+    return {};
+  }
+  ERR_clear_error();
+  Context ctx(SSL_CTX_new(method()));
+  if (!ctx) {
+    why = "SSL_CTX_new: " + drain_errors();
+    return {};
+  }
+  SSL_CTX* c = ctx.get();
+  SSL_CTX_set_min_proto_version(c, TLS1_2_VERSION);
+  SSL_CTX_set_max_proto_version(c, TLS1_3_VERSION);
+  SSL_CTX_set_cipher_list(c, "ECDHE+AESGCM:ECDHE+CHACHA20");
+  // Records are encrypted into and out of memory we keep: buffers stay between requests
   // (SSL_MODE_RELEASE_BUFFERS would allocate them again for every record).
-  SSL_CTX_set_mode(ctx, SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER);
-  SSL_CTX_set_options(ctx, SSL_OP_NO_RENEGOTIATION | SSL_OP_NO_COMPRESSION);
+  SSL_CTX_set_mode(c, SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER);
+  SSL_CTX_set_options(c, SSL_OP_NO_RENEGOTIATION | SSL_OP_NO_COMPRESSION);
+  return ctx;
 }
 
 }  // namespace
@@ -72,11 +86,6 @@ void on_info(const SSL* ssl, int where, int) {
 }
 
 Context server_context(const TlsConfig& cfg, std::string& why) {
-  if (!api().error.empty()) {
-    why = api().error;
-    return {};
-  }
-  ERR_clear_error();
   std::string cert = cfg.cert_pem, key = cfg.key_pem;
   if (!cfg.cert_file.empty() && !read_file(cfg.cert_file, cert, why, "certificate")) return {};
   if (!cfg.key_file.empty() && !read_file(cfg.key_file, key, why, "key")) return {};
@@ -86,13 +95,9 @@ Context server_context(const TlsConfig& cfg, std::string& why) {
     why = "TLS needs a certificate and a key";
     return {};
   }
-  Context ctx(SSL_CTX_new(TLS_server_method()));
-  if (!ctx) {
-    why = "SSL_CTX_new: " + drain_errors();
-    return {};
-  }
+  Context ctx = new_context(TLS_server_method, why);
+  if (!ctx) return {};
   SSL_CTX* c = ctx.get();
-  common(c);
   // The chain: the first certificate is the leaf, the rest go out as its chain.
   std::unique_ptr<BIO, BioFree> cb(BIO_new_mem_buf(cert.data(), int(cert.size())));
   X509* leaf = cb ? PEM_read_bio_X509_AUX(cb.get(), nullptr, nullptr, nullptr) : nullptr;
@@ -147,18 +152,9 @@ Context server_context(const TlsConfig& cfg, std::string& why) {
 }
 
 Context client_context(const std::string& ca_file, bool insecure, std::string& why) {
-  if (!api().error.empty()) {
-    why = api().error;
-    return {};
-  }
-  ERR_clear_error();
-  Context ctx(SSL_CTX_new(TLS_client_method()));
-  if (!ctx) {
-    why = "SSL_CTX_new: " + drain_errors();
-    return {};
-  }
+  Context ctx = new_context(TLS_client_method, why);
+  if (!ctx) return {};
   SSL_CTX* c = ctx.get();
-  common(c);
   static const unsigned char kH11[] = "\x08http/1.1";
   SSL_CTX_set_alpn_protos(c, kH11, sizeof kH11 - 1);
   if (!insecure) {
@@ -318,8 +314,6 @@ SSL_SESSION* Session::session_for_reuse() const noexcept {
   }
   return s;
 }
-
-std::string Session::last_error() { return drain_errors(); }
 
 std::string describe() {
   if (!api().error.empty()) return api().error;

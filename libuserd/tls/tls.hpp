@@ -71,6 +71,7 @@ class Session {
   void reset() noexcept;
   bool active() const noexcept { return ssl_ != nullptr; }
   bool established() const noexcept { return established_; }
+  bool closing() const noexcept { return shutdown_sent_; }  // close_notify was queued
 
   // Ciphertext received. False: out of memory.
   bool feed(const char* data, std::size_t n) noexcept;
@@ -93,8 +94,6 @@ class Session {
   std::string_view peer_subject() const noexcept { return subject_; }
   // For a client: the session to offer next time (owned by the caller: SSL_SESSION_free), or null.
   SSL_SESSION* session_for_reuse() const noexcept;
-  // The reason of the last failure, for a log line.
-  static std::string last_error();
 
  private:
   SSL* ssl_ = nullptr;

@@ -417,15 +417,17 @@ void Pool::complete(std::uint32_t i, std::size_t total) {
   const Job job = c.job;
   c.job = Job{};  // answered: a late send failure must not answer it again
   c.job.deadline = job.deadline;  // a send that never completes (Settling) still ends then
-  c.reused = true;
-  // Not on idle_ during the callback: a fetch from it must not reuse the bytes r points into.
-  c.state = reusable ? (c.sock.send_inflight ? State::Settling : State::Idle) : State::Busy;
-  if (target_.tls && reusable) {  // the session (and, on TLS 1.3, its ticket) for the next new connection
+  // A new connection's session (and, on TLS 1.3, its ticket) is what the next new connection offers; taken once
+  // per connection, at its first answer, not for every request on it.
+  if (target_.tls && reusable && !c.reused) {
     if (SSL_SESSION* s = c.tls.session_for_reuse()) {
       if (session_) SSL_SESSION_free(session_);
       session_ = s;
     }
   }
+  c.reused = true;
+  // Not on idle_ during the callback: a fetch from it must not reuse the bytes r points into.
+  c.state = reusable ? (c.sock.send_inflight ? State::Settling : State::Idle) : State::Busy;
   deliver(job, r);
   if (!reusable) return close(i);
   c.in.clear();

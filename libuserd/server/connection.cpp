@@ -300,9 +300,22 @@ void Connection::on_tls_recv(const char* data, std::size_t n) noexcept {
 }
 
 // A bad handshake or record: nothing sent in it can be trusted, and nothing can be answered.
+// A refused handshake leaves OpenSSL's alert (protocol version, certificate required...) in the session: it
+// goes out, then the connection closes the usual way (half-close, linger), so the client learns why. Nothing
+// more is read. Without an alert to send, or after the handshake, it closes at once.
 void Connection::tls_failed() noexcept {
-  if (ctx_->metrics) (tls_.established() ? ctx_->metrics->tls_record_failures : ctx_->metrics->tls_handshake_failures).add();
-  abort();
+  const bool handshake = !tls_.established();
+  if (ctx_->metrics) (handshake ? ctx_->metrics->tls_handshake_failures : ctx_->metrics->tls_record_failures).add();
+  if (!handshake || state_ != State::Open || sock_.send_inflight || tls_.pending() == 0) {
+    abort();
+    return;
+  }
+  in_.clear();
+  close_after_flush_ = true;
+  guarded([&] {
+    flush();
+    update_waits();
+  });
 }
 
 void Connection::on_plain(char* data, std::size_t n) {

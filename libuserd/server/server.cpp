@@ -14,6 +14,7 @@
 #include <cstdio>
 #include <cstring>
 #include <future>
+#include <system_error>
 #include <thread>
 
 #include "libuserd/io/epoll_backend.hpp"
@@ -159,11 +160,21 @@ std::string io_uring_disabled_sysctl() {
   return got == 1 ? ", kernel.io_uring_disabled=" + std::to_string(v) : std::string();
 }
 
-// Auto: a throw-away ring on this thread tells whether io_uring works here; the loop threads then make their
-// own. Deciding once keeps every thread on the same backend.
+// A throw-away ring tells whether io_uring works here; the loop threads then make their own. Deciding once keeps
+// every thread on the same backend. The probe runs on a thread of its own: its ring submits (a self-test receive,
+// the wake read), and tearing it down queues io_uring task work to the submitting thread, which interrupts that
+// thread's next blocking call with a timeout (EINTR from a recv with SO_RCVTIMEO). That must not be the caller's.
 Result<BackendKind> choose_backend(const ServerConfig& cfg) {
   if (cfg.backend == BackendKind::Epoll) return BackendKind::Epoll;
-  auto probe = make_backend(cfg, BackendKind::IoUring);
+  Result<void> probe;
+  try {
+    std::thread([&] {
+      auto ring = make_backend(cfg, BackendKind::IoUring);
+      if (!ring) probe = Unexpected<Error>{ring.error()};
+    }).join();
+  } catch (const std::system_error& e) {
+    return fail(Errc::NoMemory, e.code().value(), "probe thread");
+  }
   if (probe) return BackendKind::IoUring;
   const Error e = probe.error();
   if (cfg.backend == BackendKind::IoUring) return Unexpected<Error>{Error{Errc::Unsupported, e.sys, e.what}};

@@ -86,7 +86,7 @@ bool Connection::open(int fd, std::uint32_t slot, SSL_CTX* tls) noexcept {
   set_awaiting(false);
   reader_.reset(ctx_->max_body);
   continue_sent_ = false;
-  streaming_ = writable_due_ = false;
+  streaming_ = writable_due_ = inbox_waits_ = false;
   sock_.send_inflight = send_progress_ = false;
   sock_.recv_armed = recv_stopping_ = recv_paused_ = false;
   recv_probe_ = true;  // a client that opens with a flood is met like one resuming after a pause
@@ -512,8 +512,16 @@ bool Connection::stream_begin(std::uint32_t seq, const Response& head) noexcept 
 }
 
 bool Connection::stream_write(std::uint32_t seq, std::string_view data, bool end) noexcept {
-  if (!streaming_ || seq != seq_ || state_ != State::Open) return false;
   if (!end && queued() > kOutHighWater) return false;
+  return stream_append(seq, data, end);
+}
+
+bool Connection::stream_write_taken(std::uint32_t seq, std::string_view data) noexcept {
+  return stream_append(seq, data, false);
+}
+
+bool Connection::stream_append(std::uint32_t seq, std::string_view data, bool end) noexcept {
+  if (!streaming_ || seq != seq_ || state_ != State::Open) return false;
   bool ok = false;
   guarded([&] {
     OutQueue& q = out_[filling_];
@@ -558,6 +566,10 @@ void Connection::stream_on_writable(std::uint32_t seq, std::function<void()> fn)
     writable_due_ = true;
     ctx_->writable_due.push_back({slot_, sock_.gen});
   }
+}
+
+bool Connection::stream_takes_data() const noexcept {
+  return streaming_ && state_ == State::Open && queued() <= kOutHighWater;
 }
 
 void Connection::run_writable() noexcept {
@@ -771,7 +783,7 @@ void Connection::on_send(int res) noexcept {
     resume();
     flush();
     update_waits();
-    if (streaming_ && writable_ && !writable_due_ && queued() <= kOutLowWater) {
+    if (streaming_ && (writable_ || inbox_waits_) && !writable_due_ && queued() <= kOutLowWater) {
       writable_due_ = true;
       ctx_->writable_due.push_back({slot_, sock_.gen});
     }

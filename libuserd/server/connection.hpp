@@ -61,9 +61,19 @@ class Connection {
   // A streamed answer (Responder::stream, Stream::write/end/on_writable).
   bool stream_begin(std::uint32_t seq, const Response& head) noexcept;
   bool stream_write(std::uint32_t seq, std::string_view data, bool end) noexcept;
+  // Data its producer was already told was taken (off the loop, through the inbox): written even over the
+  // high-water mark, which the worker's own bound on waiting data keeps in check.
+  bool stream_write_taken(std::uint32_t seq, std::string_view data) noexcept;
   void stream_on_writable(std::uint32_t seq, std::function<void()> fn);
   // The worker calls this for each connection on ctx.writable_due, after a loop turn's completions.
   void run_writable() noexcept;
+  // Off-loop stream data the connection could not take yet (over the high-water mark) waits in the worker;
+  // stream_takes_data() says whether it can now, and inbox_waits() asks for a writable_due turn once output
+  // drains below the low-water mark (the worker clears it when it has delivered all).
+  bool stream_takes_data() const noexcept;
+  void inbox_waits(bool on) noexcept { inbox_waits_ = on; }
+  bool inbox_waiting() const noexcept { return inbox_waits_; }
+  bool streaming() const noexcept { return streaming_; }
   // Ends the connection now: pending output is dropped.
   void abort() noexcept;
   // A deadline passed (the worker's tick): idle and linger close; header and body answer 408 and close.
@@ -135,6 +145,7 @@ class Connection {
   void release_buffers(std::size_t keep) noexcept;
   template <class F>
   void guarded(F&& step) noexcept;
+  bool stream_append(std::uint32_t seq, std::string_view data, bool end) noexcept;
   void count(int status, std::size_t body_bytes);
 
   LoopContext* ctx_;
@@ -152,6 +163,7 @@ class Connection {
   bool draining_ = false;           // the server is stopping: the request being read is the last one
   bool streaming_ = false;          // request seq_ is being answered by a Stream (awaiting_ stays true)
   bool writable_due_ = false;       // on ctx.writable_due
+  bool inbox_waits_ = false;        // the worker holds stream data for this connection
   int stream_status_ = 0;
   std::size_t stream_bytes_ = 0;
   std::function<void()> writable_;  // Stream::on_writable's callback, until it runs

@@ -108,6 +108,7 @@ bool Stream::write(std::string_view data) const noexcept {
   return target_ && target_->stream_write(slot_, gen_, seq_, data, false);
 }
 bool Stream::end() const noexcept { return target_ && target_->stream_write(slot_, gen_, seq_, {}, true); }
+bool Stream::alive() const noexcept { return target_ && target_->awaiting(slot_, gen_, seq_); }
 void Stream::on_writable(std::function<void()> fn) const {
   if (target_) target_->stream_on_writable(slot_, gen_, seq_, std::move(fn));
 }

@@ -22,6 +22,11 @@ constexpr int kTickMs = 100;
 // Buffer memory given back by closing or idle connections before the worker returns free heap pages to the
 // kernel.
 constexpr std::size_t kTrimAfter = 1 << 20;
+// Stream data written from other threads waits until its connection takes it (below the connection's own
+// high-water mark): at most kStreamPending of it per stream, so a client that stops reading holds back only its
+// own producer, and kLoopPending per loop, so many such clients cannot add up. Past either, write() says false.
+constexpr std::size_t kStreamPending = 256 * 1024;
+constexpr std::size_t kLoopPending = 4 << 20;
 }  // namespace
 
 Worker::Worker(const ServerConfig& cfg, const Router& router, int listen_fd, int tls_fd, tls::Context tls,
@@ -49,6 +54,7 @@ Worker::Worker(const ServerConfig& cfg, const Router& router, int listen_fd, int
   if (cfg.log) ctx_.log = &cfg.log;
   awaited_.reset(new std::atomic<std::uint64_t>[cfg.max_conns ? cfg.max_conns : 1]());
   ctx_.awaited = awaited_.get();
+  stream_pending_.reset(new std::atomic<std::size_t>[cfg.max_conns ? cfg.max_conns : 1]());
 }
 
 Worker::~Worker() {
@@ -184,6 +190,7 @@ Connection* Worker::find(std::uint32_t slot, std::uint16_t gen) const noexcept {
 
 void Worker::after(Connection& c) noexcept {
   if (!c.released()) return;
+  if (!stalled_.empty()) drop_stalled(c.slot(), c.gen());
   free_.push_back(c.slot());
   metrics_.connections_open.sub();
   arm_paused_accepts();  // a descriptor came free
@@ -313,18 +320,24 @@ bool Worker::reply(std::uint32_t slot, std::uint16_t gen, std::uint32_t seq, con
 // Off the loop thread: the answer is copied (the caller's views may die as soon as send() returns) and the loop
 // is woken to deliver it. True means queued: the loop drops it if that request is no longer awaited by then.
 bool Worker::post(Kind kind, std::uint32_t slot, std::uint16_t gen, std::uint32_t seq, const Response& r) {
-  if (stop_.load(std::memory_order_relaxed)) return false;
-  // Stream data from another thread waits here until the loop takes it: bounded, so a producer that outruns
-  // the client is told (false) instead of growing the inbox.
-  constexpr std::size_t kInboxStreamBytes = 1 << 20;
-  if (kind == Kind::Write && inbox_bytes_.load(std::memory_order_relaxed) + r.body.size() > kInboxStreamBytes)
-    return false;
+  if (stop_.load(std::memory_order_relaxed) || slot >= cfg_.max_conns) return false;
+  // A producer that outruns its client is told (false) instead of growing what waits (kStreamPending). A
+  // write bigger than the bound is still taken when nothing waits, so that any write can get through.
+  const std::size_t cost = kind == Kind::Write ? pending_cost(r.body.size()) : 0;
+  if (kind == Kind::Write) {
+    const std::size_t stream = stream_pending_[slot].load(std::memory_order_relaxed);
+    const std::size_t loop = pending_bytes_.load(std::memory_order_relaxed);
+    if ((stream && stream + cost > kStreamPending) || (loop && loop + cost > kLoopPending)) return false;
+  }
   // The client left, or the request was answered (or ended, or timed out): nothing to queue. Every other kind
   // moves the request on (claim), so the inbox holds at most a begin and an answer per request, plus bounded
   // stream data. The loop checks again when it takes it, since the connection may change meanwhile.
   if (!claim(kind, slot, gen, seq)) return false;
   Posted p{kind, slot, gen, seq, r.status, std::string(r.content_type), std::string(r.body), {}, {}};
-  if (kind == Kind::Write) inbox_bytes_.fetch_add(r.body.size(), std::memory_order_relaxed);
+  if (cost) {
+    pending_bytes_.fetch_add(cost, std::memory_order_relaxed);
+    stream_pending_[slot].fetch_add(cost, std::memory_order_relaxed);
+  }
   for (const Header& h : r.headers) {
     p.header_bytes.append(h.name).append(h.value);
     p.header_lengths.push_back(h.name.size());
@@ -341,6 +354,16 @@ bool Worker::post(Kind kind, std::uint32_t slot, std::uint16_t gen, std::uint32_
   return true;
 }
 
+std::size_t Worker::pending_cost(std::size_t body) noexcept { return body + sizeof(Posted); }
+
+// What a delivered or dropped write stops holding against the bounds.
+void Worker::settle(const Posted& p) noexcept {
+  if (p.kind != Kind::Write) return;
+  const std::size_t cost = pending_cost(p.body.size());
+  pending_bytes_.fetch_sub(cost, std::memory_order_relaxed);
+  stream_pending_[p.slot].fetch_sub(cost, std::memory_order_relaxed);
+}
+
 void Worker::drain_inbox() noexcept {
   {
     std::lock_guard<std::mutex> lock(inbox_mutex_);
@@ -348,35 +371,96 @@ void Worker::drain_inbox() noexcept {
   }
   for (Posted& p : draining_inbox_) {
     Connection* conn = find(p.slot, p.gen);
-    if (!conn) continue;
-    try {
-      posted_headers_.clear();
-      std::size_t off = 0;
-      for (std::size_t i = 0; i + 1 < p.header_lengths.size(); i += 2) {
-        const std::string_view name(p.header_bytes.data() + off, p.header_lengths[i]);
-        const std::string_view value(p.header_bytes.data() + off + p.header_lengths[i], p.header_lengths[i + 1]);
-        off += p.header_lengths[i] + p.header_lengths[i + 1];
-        posted_headers_.push_back({name, value});
+    if (!conn) {
+      settle(p);
+      continue;
+    }
+    // Stream data its connection cannot take yet waits, and so does everything after it on that stream (the
+    // end too): the producer was told yes, so it is delivered later, in order, never dropped.
+    if ((p.kind == Kind::Write || p.kind == Kind::End) &&
+        (conn->inbox_waiting() || (p.kind == Kind::Write && conn->streaming() && !conn->stream_takes_data()))) {
+      try {
+        stalled_.push_back(std::move(p));
+        conn->inbox_waits(true);
+        continue;
+      } catch (const std::bad_alloc&) {
+        if (conn->inbox_waiting()) {  // behind data that waits: sent now it would be out of order, dropped a hole
+          settle(p);
+          conn->abort();
+          after(*conn);
+          continue;
+        }
+        // nothing waits ahead of it: the connection takes it now, over its mark
       }
-    } catch (const std::bad_alloc&) {
-      continue;  // the request stays awaited: its handler deadline answers it
     }
-    Response r;
-    r.status = p.status;
-    r.content_type = p.content_type;
-    r.body = p.body;
-    r.headers = posted_headers_;
-    switch (p.kind) {
-      case Kind::Reply: conn->reply(p.seq, r); break;
-      case Kind::Begin: conn->stream_begin(p.seq, r); break;
-      case Kind::Write: conn->stream_write(p.seq, p.body, false); break;
-      case Kind::End: conn->stream_write(p.seq, {}, true); break;
-    }
+    deliver(p, *conn);
     after(*conn);
   }
-  for (const Posted& p : draining_inbox_)
-    if (p.kind == Kind::Write) inbox_bytes_.fetch_sub(p.body.size(), std::memory_order_relaxed);
   draining_inbox_.clear();
+}
+
+// Hands a posted answer to its connection, which drops it if that request is no longer the one awaited.
+void Worker::deliver(Posted& p, Connection& conn) noexcept {
+  try {
+    posted_headers_.clear();
+    std::size_t off = 0;
+    for (std::size_t i = 0; i + 1 < p.header_lengths.size(); i += 2) {
+      const std::string_view name(p.header_bytes.data() + off, p.header_lengths[i]);
+      const std::string_view value(p.header_bytes.data() + off + p.header_lengths[i], p.header_lengths[i + 1]);
+      off += p.header_lengths[i] + p.header_lengths[i + 1];
+      posted_headers_.push_back({name, value});
+    }
+  } catch (const std::bad_alloc&) {
+    settle(p);
+    return;  // the request stays awaited: its handler deadline answers it
+  }
+  Response r;
+  r.status = p.status;
+  r.content_type = p.content_type;
+  r.body = p.body;
+  r.headers = posted_headers_;
+  switch (p.kind) {
+    case Kind::Reply: conn.reply(p.seq, r); break;
+    case Kind::Begin: conn.stream_begin(p.seq, r); break;
+    case Kind::Write: conn.stream_write_taken(p.seq, p.body); break;
+    case Kind::End: conn.stream_write(p.seq, {}, true); break;
+  }
+  settle(p);
+}
+
+// The connection's output drained below its low-water mark: what waited for it goes now, in order, until the
+// connection is full again.
+void Worker::deliver_stalled(Connection& conn) noexcept {
+  conn.inbox_waits(false);
+  bool full = false;
+  std::size_t keep = 0;
+  for (std::size_t i = 0; i < stalled_.size(); ++i) {
+    Posted& p = stalled_[i];
+    const bool ours = p.slot == conn.slot() && p.gen == conn.gen();
+    if (ours && !full && p.kind == Kind::Write && conn.streaming() && !conn.stream_takes_data()) full = true;
+    if (!ours || full) {
+      if (keep != i) stalled_[keep] = std::move(p);
+      ++keep;
+      continue;
+    }
+    deliver(p, conn);
+  }
+  stalled_.erase(stalled_.begin() + std::ptrdiff_t(keep), stalled_.end());
+  if (full) conn.inbox_waits(true);
+}
+
+// The connection is gone: what waited for it is dropped (its producer's next write says false).
+void Worker::drop_stalled(std::uint32_t slot, std::uint16_t gen) noexcept {
+  std::size_t keep = 0;
+  for (std::size_t i = 0; i < stalled_.size(); ++i) {
+    if (stalled_[i].slot == slot && stalled_[i].gen == gen) {
+      settle(stalled_[i]);
+      continue;
+    }
+    if (keep != i) stalled_[keep] = std::move(stalled_[i]);
+    ++keep;
+  }
+  stalled_.erase(stalled_.begin() + std::ptrdiff_t(keep), stalled_.end());
 }
 
 bool Worker::stream_begin(std::uint32_t slot, std::uint16_t gen, std::uint32_t seq, const Response& head) noexcept {
@@ -416,6 +500,7 @@ void Worker::run_writables() noexcept {
     const auto [slot, gen] = ctx_.writable_due.back();
     ctx_.writable_due.pop_back();
     if (Connection* conn = find(slot, gen)) {
+      if (conn->inbox_waiting()) deliver_stalled(*conn);
       conn->run_writable();
       after(*conn);
     }

@@ -82,6 +82,11 @@ class Worker final : public ReplyTarget {
     std::string content_type, body, header_bytes;  // header names and values back to back
     std::vector<std::size_t> header_lengths;        // name, value, name, value...
   };
+  static std::size_t pending_cost(std::size_t body) noexcept;
+  void settle(const Posted& p) noexcept;
+  void deliver(Posted& p, Connection& conn) noexcept;
+  void deliver_stalled(Connection& conn) noexcept;
+  void drop_stalled(std::uint32_t slot, std::uint16_t gen) noexcept;
 
   const ServerConfig& cfg_;
   // [0] plain HTTP, [1] TLS; the index is the accept tag's slot.
@@ -113,9 +118,13 @@ class Worker final : public ReplyTarget {
   std::mutex inbox_mutex_;        // taken only by threads that answer off the loop, and by the loop to drain
   std::vector<Posted> inbox_;     // guarded by inbox_mutex_
   std::vector<Posted> draining_inbox_;  // the loop's: swapped with inbox_ under the mutex
+  std::vector<Posted> stalled_;  // stream data and ends whose connection could not take them yet, in order
   std::vector<Header> posted_headers_;
-  std::atomic<std::size_t> inbox_bytes_{0};
-  std::unique_ptr<std::atomic<std::uint64_t>[]> awaited_;  // by slot (max_conns of them): see LoopContext  // stream data waiting in the inbox: bounded for off-loop writers
+  // Stream data written off the loop and not yet taken by its connection (inbox or stalled_), in bytes plus a
+  // Posted each: the loop's total, and by slot. Bounded (kLoopPending, kStreamPending in worker.cpp).
+  std::atomic<std::size_t> pending_bytes_{0};
+  std::unique_ptr<std::atomic<std::size_t>[]> stream_pending_;
+  std::unique_ptr<std::atomic<std::uint64_t>[]> awaited_;  // by slot (max_conns of them): see LoopContext
 };
 
 }  // namespace userd::server

@@ -107,7 +107,8 @@ std::vector<std::string> read_bodies(int fd, std::size_t count) {
 void each_backend(unsigned threads, const std::function<void(userd::Router&)>& make_routes,
                   const std::function<void(userd::Server&)>& body) {
   for (auto kind : {userd::BackendKind::IoUring, userd::BackendKind::Epoll}) {
-    CAPTURE(kind == userd::BackendKind::IoUring ? "io_uring" : "epoll");
+    const std::string backend = kind == userd::BackendKind::IoUring ? "io_uring" : "epoll";  // printed, not a pointer
+    CAPTURE(backend);
     userd::Router router;
     make_routes(router);
     userd::ServerConfig cfg;
@@ -191,7 +192,10 @@ TEST_CASE("a stream written and ended from another thread arrives whole, chunked
       producers.emplace_back([s = res.stream(head), n] {
         for (int i = 0; i < n; ++i) {
           const std::string line = std::to_string(i) + "\n";
-          while (!s.write(line)) std::this_thread::sleep_for(std::chrono::milliseconds(1));  // inbox full: later
+          while (!s.write(line)) {  // the inbox is full, or the stream is over (then no retry can help)
+            if (!s.alive()) return;
+            std::this_thread::sleep_for(std::chrono::milliseconds(1));
+          }
         }
         s.end();
       });
@@ -301,5 +305,145 @@ TEST_CASE("from another thread: send after the client left, a second send, and s
       CHECK_FALSE(held[0].send(r));
     });
     ::close(kept);
+  });
+}
+
+// A producer off the loop that outruns its client: write() may say false (the inbox is full) and the producer
+// retries, but every write that said true must reach the client, in order, even though the connection's own
+// output was past its high-water mark when the loop took the data from the inbox.
+TEST_CASE("a stream from another thread to a client that reads late loses no accepted write") {
+  std::vector<std::thread> producers;
+  std::mutex m;
+  std::atomic<int> refused{0};
+  constexpr int kLines = 3000;  // 3 MB: past the connection's 64 KiB and the inbox's 1 MiB
+  auto routes = [&](userd::Router& router) {
+    router.get("/big", [&](const userd::Request&, userd::Responder res) {
+      userd::Response head;
+      head.content_type = "text/plain";
+      std::lock_guard<std::mutex> l(m);
+      producers.emplace_back([s = res.stream(head), &refused] {
+        std::string line(1000, 'x');
+        for (int i = 0; i < kLines; ++i) {
+          const std::string n = std::to_string(i);
+          line.replace(0, n.size() + 1, n + ' ');
+          while (!s.write(line)) {
+            if (!s.alive()) return;
+            refused.fetch_add(1);
+            std::this_thread::sleep_for(std::chrono::milliseconds(1));
+          }
+        }
+        s.end();
+      });
+    });
+  };
+  each_backend(1, routes, [&](userd::Server& server) {
+    refused = 0;
+    const int fd = connect_to(server.port());
+    int small = 32 * 1024;  // a small receive window, so the server's output backs up while this client sleeps
+    setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &small, sizeof small);
+    const std::string req = "GET /big HTTP/1.1\r\nHost: t\r\n\r\n";
+    [[maybe_unused]] ssize_t w = ::send(fd, req.data(), req.size(), MSG_NOSIGNAL);
+    for (int i = 0; i < 1000 && refused.load() == 0; ++i)  // until the producer has filled everything
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    std::string all;
+    char buf[65536];
+    for (int i = 0; i < 20000 && all.find("\r\n0\r\n\r\n") == std::string::npos; ++i) {
+      const ssize_t n = ::recv(fd, buf, sizeof buf, 0);
+      if (n <= 0) break;
+      all.append(buf, std::size_t(n));
+    }
+    ::close(fd);
+    {
+      std::lock_guard<std::mutex> l(m);
+      for (auto& t : producers) t.join();
+      producers.clear();
+    }
+    std::string body;
+    std::size_t pos = all.find("\r\n\r\n");
+    REQUIRE(pos != std::string::npos);
+    pos += 4;
+    while (pos < all.size()) {
+      const std::size_t eol = all.find("\r\n", pos);
+      const std::size_t len = std::stoul(all.substr(pos, eol - pos), nullptr, 16);
+      if (len == 0) break;
+      body += all.substr(eol + 2, len);
+      pos = eol + 2 + len + 2;
+    }
+    int lines = 0;
+    bool in_order = body.size() == std::size_t(kLines) * 1000;
+    for (std::size_t at = 0; in_order && at < body.size(); at += 1000, ++lines)
+      in_order = body.compare(at, std::to_string(lines).size() + 1, std::to_string(lines) + ' ') == 0;
+    CHECK(body.size() == std::size_t(kLines) * 1000);
+    CHECK(in_order);
+    CHECK(refused.load() > 0);  // the inbox did push back: the case this test is about happened
+  });
+}
+
+TEST_CASE("Stream::alive from another thread: true while the stream takes writes, false after its end or its client") {
+  std::mutex m;
+  std::vector<userd::Stream> held;
+  auto routes = [&](userd::Router& router) {
+    held.clear();
+    router.get("/s", [&](const userd::Request&, userd::Responder res) {
+      userd::Response head;
+      std::lock_guard<std::mutex> l(m);
+      held.push_back(res.stream(head));
+    });
+  };
+  auto elsewhere = [&](const std::function<void()>& f) {
+    std::thread([&] {
+      std::lock_guard<std::mutex> l(m);
+      f();
+    }).join();
+  };
+  auto open_stream = [&](std::uint16_t port) {
+    const int fd = connect_to(port);
+    const std::string req = "GET /s HTTP/1.1\r\nHost: t\r\n\r\n";
+    [[maybe_unused]] ssize_t w = ::send(fd, req.data(), req.size(), MSG_NOSIGNAL);
+    for (int i = 0; i < 400; ++i) {
+      {
+        std::lock_guard<std::mutex> l(m);
+        if (!held.empty()) break;
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(5));
+    }
+    return fd;
+  };
+  each_backend(1, routes, [&](userd::Server& server) {
+    CHECK_FALSE(userd::Stream().alive());
+    const int ended = open_stream(server.port());
+    elsewhere([&] {
+      REQUIRE(held.size() == 1);
+      CHECK(held[0].alive());
+      CHECK(held[0].write("a"));
+      CHECK(held[0].end());
+      CHECK_FALSE(held[0].alive());  // at once: the end is taken, not yet delivered
+      CHECK_FALSE(held[0].write("b"));
+      held.clear();
+    });
+    std::string all;
+    char buf[4096];
+    while (all.find("\r\n0\r\n\r\n") == std::string::npos) {
+      const ssize_t n = ::recv(ended, buf, sizeof buf, 0);
+      if (n <= 0) break;
+      all.append(buf, std::size_t(n));
+    }
+    CHECK(all.find("\r\n1\r\na\r\n0\r\n\r\n") != std::string::npos);
+    ::close(ended);
+
+    const int gone = open_stream(server.port());
+    linger reset{1, 0};
+    setsockopt(gone, SOL_SOCKET, SO_LINGER, &reset, sizeof reset);
+    ::close(gone);
+    bool dead = false;
+    for (int i = 0; i < 200 && !dead; ++i) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(5));
+      elsewhere([&] { dead = !held[0].alive(); });
+    }
+    CHECK(dead);
+    elsewhere([&] {
+      CHECK_FALSE(held[0].write("c"));
+      held.clear();
+    });
   });
 }

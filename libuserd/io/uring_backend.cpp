@@ -5,10 +5,8 @@
 #include <liburing.h>
 #include <sys/eventfd.h>
 #include <sys/mman.h>
-#include <sys/resource.h>
 #include <unistd.h>
 
-#include <algorithm>
 #include <cerrno>
 #include <cstring>
 #include <new>
@@ -58,8 +56,6 @@ class UringBackend final : public Backend {
       return fail(Errc::Unsupported, ENOSYS, "io_uring probe");
     }
     io_uring_register_ring_fd(&ring_);  // saves a file lookup per enter; optional (5.18)
-    if (p.features & IORING_FEAT_CQE_SKIP) skip_ = IOSQE_CQE_SKIP_SUCCESS;
-    register_files();
 
     nbufs_ = cfg.buffers;
     buf_size_ = cfg.buffer_size;
@@ -122,7 +118,7 @@ class UringBackend final : public Backend {
       }
       io_uring_cq_advance(&ring_, n);
     }
-    close(sv[0]);  // through the file table it was put in
+    ::close(sv[0]);
     ::close(sv[1]);
     if (!got || !armed || !ended) return fail(Errc::Unsupported, err ? err : ENOSYS, "io_uring multishot recv self-test");
     return {};
@@ -137,18 +133,15 @@ class UringBackend final : public Backend {
   }
 
   void recv(int fd, std::uint64_t t, bool multishot) noexcept override {
-    const int f = fixed(fd);
     io_uring_sqe* s = sqe();
-    if (multishot) io_uring_prep_recv_multishot(s, f >= 0 ? f : fd, nullptr, 0, 0);
-    else io_uring_prep_recv(s, f >= 0 ? f : fd, nullptr, buf_size_, 0);
-    s->flags |= IOSQE_BUFFER_SELECT | (f >= 0 ? IOSQE_FIXED_FILE : 0);
+    if (multishot) io_uring_prep_recv_multishot(s, fd, nullptr, 0, 0);
+    else io_uring_prep_recv(s, fd, nullptr, buf_size_, 0);
+    s->flags |= IOSQE_BUFFER_SELECT;
     s->buf_group = kGroup;
     set_tag(s, t);
   }
 
   void send(int fd, std::uint64_t t, const iovec* iov, unsigned n, msghdr* msg) noexcept override {
-    const int f = fixed(fd);
-    if (f >= 0) fd = f;
     io_uring_sqe* s = sqe();
     // No MSG_WAITALL: a send that fills the socket's buffer completes with what it sent, so the caller sees
     // progress (its send deadline) and sends the rest. MSG_NOSIGNAL: a reset peer gives -EPIPE, not SIGPIPE.
@@ -160,7 +153,6 @@ class UringBackend final : public Backend {
       msg->msg_iovlen = n;
       io_uring_prep_sendmsg(s, fd, msg, MSG_NOSIGNAL);
     }
-    if (f >= 0) s->flags |= IOSQE_FIXED_FILE;
     set_tag(s, t);
   }
 
@@ -183,22 +175,7 @@ class UringBackend final : public Backend {
   }
 
   void shutdown(int fd, int how) noexcept override { ::shutdown(fd, how); }
-  void close(int fd) noexcept override {
-    if (fd >= 0 && std::size_t(fd) < files_.size() && files_[std::size_t(fd)] == fd) {
-      // The table holds a reference of its own: without this the socket would outlive its close. If the number
-      // is reused before the update is submitted, files_[fd] names the new socket by then, which is right too.
-      files_[std::size_t(fd)] = -1;
-      io_uring_sqe* u = sqe();
-      if (u != &lost_) {
-        io_uring_prep_files_update(u, &files_[std::size_t(fd)], 1, fd);
-        u->flags |= skip_;
-        io_uring_sqe_set_data64(u, tag(Op::None));
-      } else {
-        io_uring_register_files_update(&ring_, unsigned(fd), &files_[std::size_t(fd)], 1);
-      }
-    }
-    ::close(fd);
-  }
+  void close(int fd) noexcept override { ::close(fd); }
 
   int wait(std::span<Completion> out, int timeout_ms) noexcept override {
     if (recycled_) {  // one release store per turn for all buffers given back
@@ -283,34 +260,6 @@ class UringBackend final : public Backend {
     lost_done_.push_back({t, -EBUSY, false, false, 0, nullptr});
   }
 
-  // Registered files: a socket this ring receives or sends on goes into the ring's file table, at its own fd
-  // number, through a FILES_UPDATE linked before its first operation; later operations then skip the file
-  // lookup and reference count each one otherwise pays. Sockets numbered past the table stay plain.
-  void register_files() noexcept {
-    rlimit rl{};
-    std::size_t n = getrlimit(RLIMIT_NOFILE, &rl) == 0 ? std::size_t(rl.rlim_cur) : 0;
-    n = std::min<std::size_t>(n, kMaxFiles);
-    if (n == 0 || io_uring_register_files_sparse(&ring_, unsigned(n)) < 0) return;  // optional (5.19)
-    try {
-      files_.assign(n, -1);
-    } catch (const std::bad_alloc&) {
-      io_uring_unregister_files(&ring_);
-    }
-  }
-
-  int fixed(int fd) noexcept {
-    if (fd < 0 || std::size_t(fd) >= files_.size()) return -1;
-    int& slot = files_[std::size_t(fd)];
-    if (slot == fd) return fd;
-    io_uring_sqe* u = sqe();
-    if (u == &lost_) return -1;
-    slot = fd;  // read by the kernel when the update is submitted: the array must not move (it never grows)
-    io_uring_prep_files_update(u, &slot, 1, fd);
-    u->flags |= IOSQE_IO_LINK | skip_;  // the operation that follows runs only once the file is in the table
-    io_uring_sqe_set_data64(u, tag(Op::None));
-    return fd;
-  }
-
   void arm_wake() noexcept {
     io_uring_sqe* s = sqe();
     io_uring_prep_read(s, wake_fd_, &wake_value_, sizeof wake_value_, 0);
@@ -327,9 +276,6 @@ class UringBackend final : public Backend {
   int wake_fd_ = -1;
   std::uint64_t wake_value_ = 0;
   bool overflowed_ = false;
-  static constexpr std::size_t kMaxFiles = 65536;
-  std::vector<int> files_;  // by fd number: fd when it is in the ring's file table, else -1; never resized
-  unsigned skip_ = 0;       // IOSQE_CQE_SKIP_SUCCESS where the kernel has it: a file update needs no completion
   io_uring_sqe lost_{};                 // where an operation goes when the ring takes no SQE
   std::vector<Completion> lost_done_;  // and its -EBUSY completion, returned by the next wait()
   BackendStats stats_;

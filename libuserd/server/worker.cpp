@@ -471,8 +471,19 @@ bool Worker::stream_write(std::uint32_t slot, std::uint16_t gen, std::uint32_t s
                           bool end) noexcept {
   Response r;
   r.body = data;
-  return answer(end ? Kind::End : Kind::Write, slot, gen, seq, r,
-                [&](Connection& c) { return c.stream_write(seq, data, end); });
+  return answer(end ? Kind::End : Kind::Write, slot, gen, seq, r, [&](Connection& c) {
+    if (!c.inbox_waiting()) return c.stream_write(seq, data, end);
+    // On the loop, with data from another thread still waiting for this connection: a write would overtake it
+    // (false: on_writable runs once it is out), and so would the end, which instead waits behind it.
+    if (!end || !c.streaming() || seq != c.seq()) return false;
+    try {
+      stalled_.push_back(Posted{Kind::End, slot, gen, seq, 0, {}, {}, {}, {}});
+    } catch (const std::bad_alloc&) {
+      return false;
+    }
+    claim(Kind::End, slot, gen, seq);  // answered from now on: later writes and ends are refused
+    return true;
+  });
 }
 
 // The transition a request's published token makes for an answer from another thread: a reply or a stream's

@@ -455,3 +455,103 @@ TEST_CASE("Stream::alive from another thread: true while the stream takes writes
     });
   });
 }
+
+// A stream written from a thread and ended on the loop (here by another request's handler, which runs there):
+// the end must wait behind the data the thread was told was taken, not overtake it and cut the body short.
+TEST_CASE("a stream ended on the loop while data written from another thread still waits arrives whole") {
+  std::vector<std::thread> producers;
+  std::mutex m;
+  std::optional<userd::Stream> stream;
+  std::atomic<int> written{0};
+  std::atomic<bool> refused{false};
+  std::atomic<int> ended{-1};
+  auto routes = [&](userd::Router& router) {
+    router.get("/big", [&](const userd::Request&, userd::Responder res) {
+      userd::Response head;
+      std::lock_guard<std::mutex> l(m);
+      stream = res.stream(head);
+      // Writes until everything is full (the kernel's socket buffers too: up to tcp_wmem's 4 MiB), that is
+      // until the server has refused for 200 ms on end; then data surely waits in the server, and it stops.
+      producers.emplace_back([s = *stream, &written, &refused] {
+        std::string line(1000, 'x');
+        for (int i = 0, no = 0; i < 60'000 && no < 200;) {
+          const std::string n = std::to_string(i);
+          line.replace(0, n.size() + 1, n + ' ');
+          if (s.write(line)) {
+            written.store(++i);
+            no = 0;
+          } else {
+            ++no;
+            std::this_thread::sleep_for(std::chrono::milliseconds(1));
+          }
+        }
+        refused = true;
+      });
+    });
+    router.get("/finish", [&](const userd::Request&, userd::Responder res) {
+      std::lock_guard<std::mutex> l(m);
+      ended = stream ? int(stream->end()) : -1;
+      userd::Response r;
+      r.body = "ok";
+      res.send(r);
+    });
+  };
+  each_backend(1, routes, [&](userd::Server& server) {
+    written = 0;
+    refused = false;
+    ended = -1;
+    const int fd = connect_to(server.port());
+    int small = 32 * 1024;
+    setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &small, sizeof small);
+    const std::string req = "GET /big HTTP/1.1\r\nHost: t\r\n\r\n";
+    [[maybe_unused]] ssize_t w = ::send(fd, req.data(), req.size(), MSG_NOSIGNAL);
+    {
+      std::unique_lock<std::mutex> l(m, std::defer_lock);
+      for (int i = 0; i < 6000 && !refused; ++i) std::this_thread::sleep_for(std::chrono::milliseconds(10));
+      l.lock();
+      for (auto& t : producers) t.join();
+      producers.clear();
+    }
+    REQUIRE(refused.load());
+    const int other = connect_to(server.port());
+    const std::string fin = "GET /finish HTTP/1.1\r\nHost: t\r\n\r\n";
+    w = ::send(other, fin.data(), fin.size(), MSG_NOSIGNAL);
+    CHECK(read_bodies(other, 1) == std::vector<std::string>{"ok"});
+    ::close(other);
+    CHECK(ended.load() == 1);
+    std::string all;
+    char buf[65536];
+    for (int i = 0; i < 100'000; ++i) {
+      const ssize_t n = ::recv(fd, buf, sizeof buf, 0);
+      if (n <= 0) break;
+      all.append(buf, std::size_t(n));
+      if (all.size() >= 7 && all.compare(all.size() - 7, 7, "\r\n0\r\n\r\n") == 0) break;
+    }
+    ::close(fd);
+    std::string body;
+    std::size_t pos = all.find("\r\n\r\n");
+    REQUIRE(pos != std::string::npos);
+    pos += 4;
+    bool terminated = false;
+    while (pos < all.size()) {
+      const std::size_t eol = all.find("\r\n", pos);
+      if (eol == std::string::npos) break;
+      const std::size_t len = std::stoul(all.substr(pos, eol - pos), nullptr, 16);
+      if (len == 0) {
+        terminated = true;
+        break;
+      }
+      body.append(all, eol + 2, len);
+      pos = eol + 2 + len + 2;
+    }
+    const std::size_t lines = std::size_t(written.load());
+    bool in_order = body.size() == lines * 1000;
+    for (std::size_t i = 0; in_order && i < lines; ++i)
+      in_order = body.compare(i * 1000, std::to_string(i).size() + 1, std::to_string(i) + ' ') == 0;
+    CHECK(terminated);
+    CHECK(body.size() == lines * 1000);
+    CHECK(in_order);
+    std::lock_guard<std::mutex> l(m);
+    stream.reset();
+  });
+}

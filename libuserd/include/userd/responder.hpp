@@ -33,15 +33,16 @@ struct Response {
 class Stream {
  public:
   // Copies data into the response. False, and nothing written, when the client has gone, the stream has ended,
-  // or the server is stopping; on the loop thread also when more than 64 KiB of output is queued (wait for
-  // on_writable); from another thread, the data goes through the loop's inbox and waits there until the
+  // or the server is stopping; on the loop thread also when more than 64 KiB of output is queued, or data
+  // written from another thread still waits (wait for on_writable); from another thread, the data goes through the loop's inbox and waits there until the
   // connection can take it, and write() also says false when this stream already has 256 KiB waiting (or the
   // loop 4 MiB). True means it will be sent, in order, unless the client leaves.
   bool write(std::string_view data) const noexcept;
   // Loop thread only: fn runs once, on the loop thread, when queued output is below 16 KiB (on the next loop
   // turn if it is already). Register again from fn for more.
   void on_writable(std::function<void()> fn) const;
-  // The end of the body; the connection then goes on with the client's next request. Any thread.
+  // The end of the body; the connection then goes on with the client's next request. Any thread; it goes out
+  // after every write that said true.
   bool end() const noexcept;
   // True while writes can still be taken: the client is there, the stream has not ended, the server runs. A
   // producer off the loop whose write() said false asks this to tell "too much waiting" (try again) from the

@@ -568,8 +568,8 @@ void Connection::stream_on_writable(std::uint32_t seq, std::function<void()> fn)
   }
 }
 
-bool Connection::stream_takes_data() const noexcept {
-  return streaming_ && state_ == State::Open && queued() <= kOutHighWater;
+bool Connection::stream_backed_up() const noexcept {
+  return streaming_ && state_ == State::Open && queued() > kOutHighWater;
 }
 
 void Connection::run_writable() noexcept {

@@ -67,10 +67,10 @@ class Connection {
   void stream_on_writable(std::uint32_t seq, std::function<void()> fn);
   // The worker calls this for each connection on ctx.writable_due, after a loop turn's completions.
   void run_writable() noexcept;
-  // Off-loop stream data the connection could not take yet (over the high-water mark) waits in the worker;
-  // stream_takes_data() says whether it can now, and inbox_waits() asks for a writable_due turn once output
-  // drains below the low-water mark (the worker clears it when it has delivered all).
-  bool stream_takes_data() const noexcept;
+  // Off-loop stream data the connection cannot take yet waits in the worker: stream_backed_up() says when (a
+  // stream past the high-water mark), and inbox_waits() asks for a writable_due turn once output drains below
+  // the low-water mark (the worker clears it when it has delivered all).
+  bool stream_backed_up() const noexcept;
   void inbox_waits(bool on) noexcept { inbox_waits_ = on; }
   bool inbox_waiting() const noexcept { return inbox_waits_; }
   bool streaming() const noexcept { return streaming_; }

@@ -378,7 +378,7 @@ void Worker::drain_inbox() noexcept {
     // Stream data its connection cannot take yet waits, and so does everything after it on that stream (the
     // end too): the producer was told yes, so it is delivered later, in order, never dropped.
     if ((p.kind == Kind::Write || p.kind == Kind::End) &&
-        (conn->inbox_waiting() || (p.kind == Kind::Write && conn->streaming() && !conn->stream_takes_data()))) {
+        (conn->inbox_waiting() || (p.kind == Kind::Write && conn->stream_backed_up()))) {
       try {
         stalled_.push_back(std::move(p));
         conn->inbox_waits(true);
@@ -437,7 +437,7 @@ void Worker::deliver_stalled(Connection& conn) noexcept {
   for (std::size_t i = 0; i < stalled_.size(); ++i) {
     Posted& p = stalled_[i];
     const bool ours = p.slot == conn.slot() && p.gen == conn.gen();
-    if (ours && !full && p.kind == Kind::Write && conn.streaming() && !conn.stream_takes_data()) full = true;
+    if (ours && !full && p.kind == Kind::Write && conn.stream_backed_up()) full = true;
     if (!ours || full) {
       if (keep != i) stalled_[keep] = std::move(p);
       ++keep;

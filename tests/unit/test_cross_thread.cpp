@@ -103,6 +103,47 @@ std::vector<std::string> read_bodies(int fd, std::size_t count) {
   return bodies;
 }
 
+// One chunked response read until its last chunk has come (or the connection ends): its head, its body
+// de-chunked, and whether the last chunk came.
+struct Chunked {
+  std::string head, body;
+  bool ended = false;
+};
+Chunked read_chunked(int fd) {
+  std::string all;
+  char buf[65536];
+  for (int i = 0; i < 100'000; ++i) {
+    if (all.size() >= 7 && all.compare(all.size() - 7, 7, "\r\n0\r\n\r\n") == 0) break;
+    const ssize_t n = ::recv(fd, buf, sizeof buf, 0);
+    if (n <= 0) break;
+    all.append(buf, std::size_t(n));
+  }
+  Chunked r;
+  const std::size_t head_end = all.find("\r\n\r\n");
+  if (head_end == std::string::npos) return r;
+  r.head = all.substr(0, head_end);
+  for (std::size_t pos = head_end + 4; pos < all.size();) {
+    const std::size_t eol = all.find("\r\n", pos);
+    if (eol == std::string::npos) break;
+    const std::size_t len = std::stoul(all.substr(pos, eol - pos), nullptr, 16);
+    if (len == 0) {
+      r.ended = true;
+      break;
+    }
+    r.body.append(all, eol + 2, len);
+    pos = eol + 2 + len + 2;
+  }
+  return r;
+}
+
+// True when body is exactly `lines` lines of 1000 bytes, the i-th starting with "i ".
+bool numbered_lines(const std::string& body, std::size_t lines) {
+  if (body.size() != lines * 1000) return false;
+  for (std::size_t i = 0; i < lines; ++i)
+    if (body.compare(i * 1000, std::to_string(i).size() + 1, std::to_string(i) + ' ') != 0) return false;
+  return true;
+}
+
 // Runs body once per backend with a server of `threads` loop threads on 127.0.0.1, started with the routes
 // make_routes adds; a backend this kernel refuses is skipped.
 void each_backend(unsigned threads, const std::function<void(userd::Router&)>& make_routes,
@@ -206,33 +247,18 @@ TEST_CASE("a stream written and ended from another thread arrives whole, chunked
     const int fd = connect_to(server.port());
     const std::string req = "GET /s/2000 HTTP/1.1\r\nHost: t\r\n\r\n";
     [[maybe_unused]] ssize_t w = ::send(fd, req.data(), req.size(), MSG_NOSIGNAL);
-    std::string all;
-    char buf[65536];
-    while (all.find("\r\n0\r\n\r\n") == std::string::npos) {
-      const ssize_t n = ::recv(fd, buf, sizeof buf, 0);
-      if (n <= 0) break;
-      all.append(buf, std::size_t(n));
-    }
+    const Chunked got = read_chunked(fd);
     ::close(fd);
     {
       std::lock_guard<std::mutex> l(m);
       for (auto& t : producers) t.join();
       producers.clear();
     }
-    // De-chunk and check every line in order.
-    std::string body;
-    std::size_t pos = all.find("\r\n\r\n") + 4;
-    while (pos < all.size()) {
-      const std::size_t eol = all.find("\r\n", pos);
-      const std::size_t len = std::stoul(all.substr(pos, eol - pos), nullptr, 16);
-      if (len == 0) break;
-      body += all.substr(eol + 2, len);
-      pos = eol + 2 + len + 2;
-    }
     std::string want;
     for (int i = 0; i < 2000; ++i) want += std::to_string(i) + "\n";
-    CHECK(all.find("Transfer-Encoding: chunked") != std::string::npos);
-    CHECK(body == want);
+    CHECK(got.head.find("Transfer-Encoding: chunked") != std::string::npos);
+    CHECK(got.ended);
+    CHECK(got.body == want);
   });
 }
 
@@ -352,14 +378,7 @@ TEST_CASE("a stream from another thread to a client that reads late loses no acc
     [[maybe_unused]] ssize_t w = ::send(fd, req.data(), req.size(), MSG_NOSIGNAL);
     for (int i = 0; i < 3000 && refused.load() == 0; ++i)  // until the producer has filled everything
       std::this_thread::sleep_for(std::chrono::milliseconds(10));
-    std::string all;
-    char buf[65536];
-    for (int i = 0; i < 100'000; ++i) {
-      const ssize_t n = ::recv(fd, buf, sizeof buf, 0);
-      if (n <= 0) break;
-      all.append(buf, std::size_t(n));
-      if (all.size() >= 7 && all.compare(all.size() - 7, 7, "\r\n0\r\n\r\n") == 0) break;
-    }
+    const Chunked got = read_chunked(fd);
     ::close(fd);
     {
       std::lock_guard<std::mutex> l(m);
@@ -367,23 +386,10 @@ TEST_CASE("a stream from another thread to a client that reads late loses no acc
       producers.clear();
     }
     REQUIRE(refused.load() > 0);  // the server did push back: the case this test is about happened
-    std::string body;
-    std::size_t pos = all.find("\r\n\r\n");
-    REQUIRE(pos != std::string::npos);
-    pos += 4;
-    while (pos < all.size()) {
-      const std::size_t eol = all.find("\r\n", pos);
-      const std::size_t len = std::stoul(all.substr(pos, eol - pos), nullptr, 16);
-      if (len == 0) break;
-      body.append(all, eol + 2, len);
-      pos = eol + 2 + len + 2;
-    }
     const std::size_t lines = std::size_t(written.load());
-    bool in_order = body.size() == lines * 1000;
-    for (std::size_t i = 0; in_order && i < lines; ++i)
-      in_order = body.compare(i * 1000, std::to_string(i).size() + 1, std::to_string(i) + ' ') == 0;
-    CHECK(body.size() == lines * 1000);
-    CHECK(in_order);
+    CHECK(got.ended);
+    CHECK(got.body.size() == lines * 1000);
+    CHECK(numbered_lines(got.body, lines));
   });
 }
 
@@ -429,14 +435,9 @@ TEST_CASE("Stream::alive from another thread: true while the stream takes writes
       CHECK_FALSE(held[0].write("b"));
       held.clear();
     });
-    std::string all;
-    char buf[4096];
-    while (all.find("\r\n0\r\n\r\n") == std::string::npos) {
-      const ssize_t n = ::recv(ended, buf, sizeof buf, 0);
-      if (n <= 0) break;
-      all.append(buf, std::size_t(n));
-    }
-    CHECK(all.find("\r\n1\r\na\r\n0\r\n\r\n") != std::string::npos);
+    const Chunked got = read_chunked(ended);
+    CHECK(got.ended);
+    CHECK(got.body == "a");
     ::close(ended);
 
     const int gone = open_stream(server.port());
@@ -519,38 +520,12 @@ TEST_CASE("a stream ended on the loop while data written from another thread sti
     CHECK(read_bodies(other, 1) == std::vector<std::string>{"ok"});
     ::close(other);
     CHECK(ended.load() == 1);
-    std::string all;
-    char buf[65536];
-    for (int i = 0; i < 100'000; ++i) {
-      const ssize_t n = ::recv(fd, buf, sizeof buf, 0);
-      if (n <= 0) break;
-      all.append(buf, std::size_t(n));
-      if (all.size() >= 7 && all.compare(all.size() - 7, 7, "\r\n0\r\n\r\n") == 0) break;
-    }
+    const Chunked got = read_chunked(fd);
     ::close(fd);
-    std::string body;
-    std::size_t pos = all.find("\r\n\r\n");
-    REQUIRE(pos != std::string::npos);
-    pos += 4;
-    bool terminated = false;
-    while (pos < all.size()) {
-      const std::size_t eol = all.find("\r\n", pos);
-      if (eol == std::string::npos) break;
-      const std::size_t len = std::stoul(all.substr(pos, eol - pos), nullptr, 16);
-      if (len == 0) {
-        terminated = true;
-        break;
-      }
-      body.append(all, eol + 2, len);
-      pos = eol + 2 + len + 2;
-    }
     const std::size_t lines = std::size_t(written.load());
-    bool in_order = body.size() == lines * 1000;
-    for (std::size_t i = 0; in_order && i < lines; ++i)
-      in_order = body.compare(i * 1000, std::to_string(i).size() + 1, std::to_string(i) + ' ') == 0;
-    CHECK(terminated);
-    CHECK(body.size() == lines * 1000);
-    CHECK(in_order);
+    CHECK(got.ended);
+    CHECK(got.body.size() == lines * 1000);
+    CHECK(numbered_lines(got.body, lines));
     std::lock_guard<std::mutex> l(m);
     stream.reset();
   });

@@ -495,6 +495,20 @@ bool Connection::stream_begin(std::uint32_t seq, const Response& head) noexcept 
       update_waits();
       return;
     }
+    if (req_head_only_ || !http::status_has_body(head.status)) {
+      // HEAD, 1xx, 204, 304: the head is the whole response. The stream is over now, so write() and alive()
+      // say false at once and a producer driven by on_writable stops instead of spinning on writes that take
+      // nothing and always succeed.
+      set_awaiting(false);
+      ctx_->handler_timers.clear(*this);
+      if (!req_keep_alive_) close_after_flush_ = true;
+      count(head.status, 0);
+      if (!in_dispatch_) resume();
+      flush();
+      update_waits();
+      ok = true;
+      return;
+    }
     streaming_ = true;
     if (ctx_->awaited) {  // begun here on the loop: writes from other threads may follow (never undo an end)
       std::uint64_t t = awaited_token(sock_.gen, seq_);

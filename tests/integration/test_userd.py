@@ -551,6 +551,18 @@ class Lifecycle(unittest.TestCase):
         self.assertIn("Address already in use", err)
 
 
+def read_until_chunked_end(sock, limit=1 << 20):
+    """A chunked body's bytes up to and including its last chunk, from a socket with a timeout."""
+    data = getattr(sock, "_leftover", b"")
+    while not data.endswith(b"0\r\n\r\n") and len(data) < limit:
+        chunk = sock.recv(65536)
+        if not chunk:
+            break
+        data += chunk
+    sock._leftover = b""
+    return data
+
+
 class Datasets(unittest.TestCase):
     def write(self, content):
         f = tempfile.NamedTemporaryFile("wb", suffix=".json", delete=False)
@@ -697,6 +709,22 @@ class Example(unittest.TestCase):
             self.assertGreater(got, size_mb * 1_000_000 * 0.9)
             self.assertLess(peak - base, 8 * 1024, f"RSS {base} kB, peak {peak} kB")
             self.assertEqual(srv.stop(), 0)
+
+    def test_head_on_a_streamed_route_answers_the_head_and_the_loop_goes_on(self):
+        with Server([ARGS.stream, "127.0.0.1:0", ARGS.backend]) as srv:  # one loop thread
+            s = connect(srv.port, timeout=5)
+            for path in ("/numbers?count=99999999999", "/ticks?count=99999999"):
+                s.sendall(f"HEAD {path} HTTP/1.1\r\nHost: t\r\n\r\n".encode())
+                status, headers, body = read_response(s, head_only=True)
+                self.assertEqual((status, headers.get("transfer-encoding"), body), (200, "chunked", b""))
+            s.sendall(b"GET /numbers?count=2 HTTP/1.1\r\nHost: t\r\n\r\n")  # the same connection goes on
+            self.assertIn(b'{"n":1}', read_until_chunked_end(s))
+            # The one loop thread still serves everyone else, and stops when asked.
+            self.assertEqual(get(srv.port, "/numbers?count=1")[:2], (200, b'{"n":0}\n'))
+            s.close()
+            t0 = time.monotonic()
+            self.assertEqual(srv.stop(timeout=5), 0)
+            self.assertLess(time.monotonic() - t0, 3)
 
     def test_streams_from_another_thread_and_a_client_that_leaves_mid_stream(self):
         with Server([ARGS.stream, "127.0.0.1:0", ARGS.backend]) as srv:

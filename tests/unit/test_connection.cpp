@@ -707,13 +707,38 @@ TEST_CASE("a stream to an HTTP/1.0 client ends with the close; HEAD gets the hea
   CHECK(f.kernel.wire.find("\r\n\r\nraw bytes") != std::string::npos);
   CHECK(f.conn->state() == Connection::State::Lingering);
   Streams g;
-  g.feed("HEAD /stream HTTP/1.1\r\nHost: t\r\n\r\n");
+  g.feed("HEAD /stream HTTP/1.1\r\nHost: t\r\n\r\n" + std::string(kGet));
   REQUIRE(g.stream);
-  CHECK(g.stream->write("dropped"));
-  CHECK(g.stream->end());
   CHECK(g.kernel.wire.find("Transfer-Encoding: chunked\r\n") != std::string::npos);
-  CHECK(g.kernel.wire.find("dropped") == std::string::npos);
   CHECK(g.kernel.wire.find("0\r\n\r\n") == std::string::npos);
+  while (g.kernel.pending_send >= 0) g.sent();
+  CHECK(g.kernel.wire.find("\r\n\r\nnow") != std::string::npos);  // the response was the head: the next goes on
+}
+
+// A producer that writes until write() says false, then waits for on_writable, must end on a response that has
+// no body: writes that take nothing and say true would re-queue it on every turn and freeze the loop.
+TEST_CASE("a stream with no body (HEAD, 204, 304) is over after its head: write and alive say false") {
+  for (const char* req : {"HEAD /stream HTTP/1.1\r\nHost: t\r\n\r\n", "GET /nobody?s=204 HTTP/1.1\r\nHost: t\r\n\r\n",
+                          "GET /nobody?s=304 HTTP/1.1\r\nHost: t\r\n\r\n"}) {
+    Streams g;
+    g.router.get("/nobody", [&g](const Request& r, Responder res) {
+      Response head;
+      head.status = r.query_param("s") == "204" ? 204 : 304;
+      g.stream = res.stream(head);
+    });
+    g.feed(req);
+    REQUIRE(g.stream);
+    CHECK_FALSE(g.stream->alive());
+    int writes = 0, callbacks = 0;
+    while (writes < 1000 && g.stream->write("dropped")) ++writes;
+    CHECK_MESSAGE(writes == 0, req);
+    g.stream->on_writable([&] { ++callbacks; });
+    g.run_due();
+    CHECK(callbacks == 0);
+    CHECK_FALSE(g.stream->end());
+    CHECK(g.kernel.wire.find("dropped") == std::string::npos);
+    CHECK(g.conn->state() == Connection::State::Open);
+  }
 }
 
 TEST_CASE("a stream over the high-water mark refuses writes; on_writable runs once output drains") {

@@ -94,6 +94,8 @@ std::string usage() {
          "  --tls-key FILE       PEM private key of --tls-cert\n"
          "  --tls-client-ca FILE mutual TLS: clients must present a certificate signed by a CA in this PEM file\n"
          "  --user-path PATH     path of the user route (env M1_PATH; default /v1/user)\n"
+         "  --reuse-port         share the port with other userd processes already on it (a rolling restart);\n"
+         "                       without it, a port another process listens on is refused (exit 1)\n"
          "  --threads N          loop threads (default 0: one per CPU the process may run on)\n"
          "  --backend KIND       auto, io_uring or epoll (default auto: io_uring, else epoll with a log line)\n"
          "  --data FILE          serve this JSON array of objects (default: the embedded dataset)\n"
@@ -268,6 +270,8 @@ std::string parse_config(int argc, const char* const* argv, const Getenv& getenv
       unsigned long n;
       if (!parse_uint(value, 100'000, n)) return fmt::format("invalid --extra-routes '{}': expected 0-100000", value);
       out.extra_routes = unsigned(n);
+    } else if (arg == "--reuse-port") {
+      out.server.reuse_port = true;
     } else if (arg == "--no-validate") {
       out.validate = false;
     } else if (arg == "--data") {

@@ -97,11 +97,31 @@ std::uint16_t bound_port(int fd) noexcept {
   return ntohs(reinterpret_cast<sockaddr_in*>(&ss)->sin_port);
 }
 
-// n listeners on host:port sharing one port (SO_REUSEPORT), appended to fds; port tells which one it is.
-Result<void> bind_all(const std::string& host, std::uint16_t& port, unsigned n, std::vector<int>& fds) noexcept {
+// Any process of the same user may join an SO_REUSEPORT group and silently take a share of the connections. A
+// bind without SO_REUSEPORT fails with EADDRINUSE while anyone listens there, group or not, so a probe tells
+// whether the port is free before the group is made. (A window of a few microseconds stays between the probe and
+// the group's first bind; sharing on purpose skips the probe: ServerConfig::reuse_port.)
+Result<void> probe_free(const sockaddr_storage& addr, socklen_t len) noexcept {
+  int fd = ::socket(addr.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (fd < 0) return fail(Errc::Io, errno, "socket");
+  int one = 1;
+  setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);  // TIME_WAIT leftovers are not a holder
+  const int rc = ::bind(fd, reinterpret_cast<const sockaddr*>(&addr), len);
+  const int e = errno;
+  ::close(fd);
+  if (rc < 0) return fail(Errc::Io, e, e == EADDRINUSE ? "bind (another process listens there)" : "bind");
+  return {};
+}
+
+// n listeners on host:port sharing one port (SO_REUSEPORT), appended to fds; port tells which one it is. Unless
+// shared is set, the port must be free of other listeners first.
+Result<void> bind_all(const std::string& host, std::uint16_t& port, unsigned n, bool shared,
+                      std::vector<int>& fds) noexcept {
   socklen_t len = 0;
   auto addr = resolve(host, port, len);
   if (!addr) return Unexpected<Error>{addr.error()};
+  if (port != 0 && !shared)
+    if (auto free = probe_free(*addr, len); !free) return free;
   for (unsigned i = 0; i < n; ++i) {
     auto fd = make_listener(*addr, len);
     if (!fd) return Unexpected<Error>{fd.error()};
@@ -262,14 +282,14 @@ Result<void> Server::start() {
   }
   if (fds.empty()) {
     s.port = s.cfg.port;
-    if (auto r = bind_all(s.cfg.host, s.port, n, fds); !r) {
+    if (auto r = bind_all(s.cfg.host, s.port, n, s.cfg.reuse_port, fds); !r) {
       close_all();
       return r;
     }
   }
   if (s.cfg.tls) {
     s.tls_port = s.cfg.tls->port;
-    if (auto r = bind_all(s.cfg.tls->host, s.tls_port, n, tls_fds); !r) {
+    if (auto r = bind_all(s.cfg.tls->host, s.tls_port, n, s.cfg.reuse_port, tls_fds); !r) {
       close_all();
       return r;
     }

@@ -550,6 +550,31 @@ class Lifecycle(unittest.TestCase):
         self.assertEqual(code, 1)
         self.assertIn("Address already in use", err)
 
+    def test_a_second_instance_on_the_port_is_refused_and_the_first_keeps_every_request(self):
+        port = free_port()
+        with Server([ARGS.userd, "--listen", f"127.0.0.1:{port}", "--backend", ARGS.backend, "--threads", "2"]) as first:
+            other = tempfile.NamedTemporaryFile("wb", suffix=".json", delete=False)
+            other.write(b'[{"second": true}]')
+            other.close()
+            self.addCleanup(os.unlink, other.name)
+            code, err = run_userd("--listen", f"127.0.0.1:{port}", "--backend", ARGS.backend, "--data", other.name)
+            self.assertEqual(code, 1, err)
+            self.assertEqual(len(err.splitlines()), 1, err)
+            self.assertIn("Address already in use", err)
+            for _ in range(32):  # fresh connections: the kernel would spread them over a shared group
+                status, body, _, _ = get(port)
+                self.assertEqual((status, body), (200, DATASET))
+            self.assertEqual(first.stop(), 0)
+        port = free_port()
+        flags = ["--listen", f"127.0.0.1:{port}", "--backend", ARGS.backend, "--reuse-port"]
+        with Server([ARGS.userd, *flags]) as old, Server([ARGS.userd, *flags, "--data", other.name]) as new:
+            bodies = {get(port)[1] for _ in range(64)}
+            self.assertIn(b'[{"second": true}]', bodies)
+            self.assertEqual(old.stop(), 0)  # the old process leaves; the new one serves everyone
+            for _ in range(8):
+                self.assertEqual(get(port)[1], b'[{"second": true}]')
+            self.assertEqual(new.stop(), 0)
+
 
 def read_until_chunked_end(sock, limit=1 << 20):
     """A chunked body's bytes up to and including its last chunk, from a socket with a timeout."""

@@ -64,3 +64,31 @@ TEST_CASE("after start() and stop() on io_uring, the caller's next blocking rece
   if (rounds == 0) MESSAGE("io_uring refused: skipped");
   CHECK(interrupted == 0);
 }
+
+// Every listener sets SO_REUSEPORT, and any process of the same user could join the group and take a share of
+// the connections: a second server on a port in use must be refused unless both asked to share it.
+TEST_CASE("a second server on a port another server listens on is refused, unless both share it on purpose") {
+  userd::ServerConfig cfg;
+  cfg.host = "127.0.0.1";
+  cfg.port = 0;
+  cfg.threads = 2;
+  cfg.backend = userd::BackendKind::Epoll;
+  userd::Server first(cfg, userd::Router{});
+  REQUIRE(first.start());
+  cfg.port = first.port();
+  userd::Server second(cfg, userd::Router{});
+  auto r = second.start();
+  REQUIRE_FALSE(r);
+  CHECK(r.error().code == userd::Errc::Io);
+  CHECK(r.error().sys == EADDRINUSE);
+  first.stop();
+  first.wait();
+
+  cfg.reuse_port = true;
+  cfg.port = 0;
+  userd::Server old_one(cfg, userd::Router{});
+  REQUIRE(old_one.start());
+  cfg.port = old_one.port();
+  userd::Server new_one(cfg, userd::Router{});
+  CHECK(new_one.start());
+}

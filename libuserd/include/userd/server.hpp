@@ -71,6 +71,10 @@ struct ServerConfig {
   bool plain = true;
   // HTTPS as well (or instead): its own listener per thread, served by the same loops.
   std::optional<TlsConfig> tls;
+  // The port belongs to this server: start() fails (Errc::Io, EADDRINUSE) when any other socket listens on it.
+  // True: join other SO_REUSEPORT listeners of the same user on the port instead, sharing its connections with
+  // them (a rolling restart: start the new process, then stop the old one).
+  bool reuse_port = false;
   // Listening sockets already open (socket activation: LISTEN_FDS). When given, nothing is bound; threads take
   // them in turn, sharing one when there are fewer sockets than threads.
   std::vector<int> listen_fds;

@@ -82,7 +82,7 @@ bool Connection::open(int fd, std::uint32_t slot, SSL_CTX* tls) noexcept {
   sock_.fd = fd;
   slot_ = slot;
   state_ = State::Open;
-  peer_eof_ = close_after_flush_ = in_dispatch_ = draining_ = false;
+  peer_eof_ = close_after_flush_ = in_dispatch_ = draining_ = ready_due_ = release_due_ = false;
   set_awaiting(false);
   reader_.reset(ctx_->max_body);
   continue_sent_ = false;
@@ -490,7 +490,7 @@ bool Connection::stream_begin(std::uint32_t seq, const Response& head) noexcept 
     if (!write_head(head, req_minor_ == 1 ? http::BodyFraming::Chunked : http::BodyFraming::Close)) {
       set_awaiting(false);  // answered: with the 500 write_head wrote instead
       ctx_->handler_timers.clear(*this);
-      if (!in_dispatch_) resume();
+      if (!in_dispatch_) continue_later();
       flush();
       update_waits();
       return;
@@ -503,7 +503,7 @@ bool Connection::stream_begin(std::uint32_t seq, const Response& head) noexcept 
       ctx_->handler_timers.clear(*this);
       if (!req_keep_alive_) close_after_flush_ = true;
       count(head.status, 0);
-      if (!in_dispatch_) resume();
+      if (!in_dispatch_) continue_later();
       flush();
       update_waits();
       ok = true;
@@ -565,7 +565,7 @@ bool Connection::stream_append(std::uint32_t seq, std::string_view data, bool en
       ctx_->handler_timers.set(*this, Timer::Handler, ctx_->now_ms);
     }
     q.note_bytes(from);
-    if (end && !in_dispatch_) resume();
+    if (end && !in_dispatch_) continue_later();
     flush();
     update_waits();
     ok = true;
@@ -598,17 +598,33 @@ void Connection::run_writable() noexcept {
   }
 }
 
+// An answer that came from outside this connection's own dispatch (another thread, an upstream, another
+// connection's handler, a writable callback): the requests queued behind it are parsed and their handlers run
+// later in the turn (Worker::run_continuations), never on the stack of whoever answered, which may be another
+// connection's handler holding views and state that those handlers would overwrite.
+void Connection::continue_later() {
+  if (ready_due_) return;
+  ctx_->ready.push_back({slot_, sock_.gen});
+  ready_due_ = true;
+}
+
+void Connection::run_ready() noexcept {
+  ready_due_ = false;
+  if (state_ != State::Open) return;
+  guarded([&] {
+    resume();
+    flush();
+    update_waits();
+  });
+}
+
 bool Connection::reply(std::uint32_t seq, const Response& r) noexcept {
   if (!awaiting_ || streaming_ || seq != seq_ || state_ != State::Open) return false;
   set_awaiting(false);
   ctx_->handler_timers.clear(*this);
   guarded([&] {
     write_response(r);
-    if (!in_dispatch_) {  // answered later: carry on with requests that queued up meanwhile
-      resume();
-      flush();
-      update_waits();
-    }
+    if (!in_dispatch_) continue_later();  // answered later: carry on with requests that queued up meanwhile
   });
   return true;
 }
@@ -862,6 +878,7 @@ void Connection::teardown() noexcept {
 void Connection::maybe_release() noexcept {
   if (state_ != State::Closing || !sock_.release(*ctx_->backend)) return;
   state_ = State::Free;
+  release_due_ = true;
   set_awaiting(false);
   reader_.reset(ctx_->max_body);
   in_.clear();

@@ -92,6 +92,15 @@ class Connection {
   std::uint32_t seq() const noexcept { return seq_; }
   // The slot may be reused once the socket is closed and no completion is pending for it.
   bool released() const noexcept { return state_ == State::Free; }
+  // True once per release: the worker puts the slot on its free list then, however often it asks.
+  bool take_release() noexcept {
+    const bool due = release_due_;
+    release_due_ = false;
+    return due;
+  }
+  // On ctx.ready (an answer came from elsewhere): the worker calls run_ready() later in the turn.
+  bool ready_due() const noexcept { return ready_due_; }
+  void run_ready() noexcept;
 
   TimerLink timer_link;    // owned by ctx.timers
   TimerLink handler_link;  // owned by ctx.handler_timers
@@ -136,6 +145,7 @@ class Connection {
   void flush();
   void submit_send() noexcept;
   void finish() noexcept;
+  void continue_later();
   void maybe_release() noexcept;
   void set_awaiting(bool on) noexcept;
   void update_waits() noexcept;
@@ -164,6 +174,8 @@ class Connection {
   bool streaming_ = false;          // request seq_ is being answered by a Stream (awaiting_ stays true)
   bool writable_due_ = false;       // on ctx.writable_due
   bool inbox_waits_ = false;        // the worker holds stream data for this connection
+  bool ready_due_ = false;          // on ctx.ready
+  bool release_due_ = false;        // released, and the worker has not yet put the slot on its free list
   int stream_status_ = 0;
   std::size_t stream_bytes_ = 0;
   std::function<void()> writable_;  // Stream::on_writable's callback, until it runs
@@ -219,9 +231,10 @@ struct LoopContext {
   // By slot: the token of the request that slot's connection awaits an answer for, 0 when none. Written by the
   // loop, read by threads that answer from elsewhere (null in unit tests).
   std::atomic<std::uint64_t>* awaited = nullptr;
-  // Streams whose on_writable callback is due: run by the worker after the turn's completions, never from
-  // inside another connection call.
+  // Streams whose on_writable callback is due, and connections whose queued requests go on after an answer
+  // from elsewhere: run by the worker after the turn's completions, never from inside another connection call.
   std::vector<std::pair<std::uint32_t, std::uint16_t>> writable_due;
+  std::vector<std::pair<std::uint32_t, std::uint16_t>> ready;
   // TLS connections decrypt into tls_plain (parsed from there like a receive buffer) and gather a flush's
   // segments into tls_seal, so that a response becomes one record: one of each per loop thread.
   static constexpr std::size_t kTlsScratch = 16 * 1024;

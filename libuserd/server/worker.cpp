@@ -4,6 +4,7 @@
 #include <malloc.h>
 #include <unistd.h>
 
+#include <cassert>
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
@@ -14,8 +15,6 @@
 
 namespace userd::server {
 namespace {
-// Completions handled per wait: big enough to amortise the syscall, small enough to stay in cache.
-constexpr std::size_t kBatch = 256;
 // The loop wakes at least this often to expire connection deadlines and upstream exchanges, and to retry a
 // paused accept: the precision of those deadlines.
 constexpr int kTickMs = 100;
@@ -27,6 +26,10 @@ constexpr std::size_t kTrimAfter = 1 << 20;
 // own producer, and kLoopPending per loop, so many such clients cannot add up. Past either, write() says false.
 constexpr std::size_t kStreamPending = 256 * 1024;
 constexpr std::size_t kLoopPending = 4 << 20;
+// Rounds of continuations per loop turn: a resumed request whose handler answers another held request queues
+// that one's continuation, and so on; past this many rounds the rest waits for the next turn (which then does
+// not block), so one turn's work stays bounded.
+constexpr int kContinuationRounds = 8;
 }  // namespace
 
 Worker::Worker(const ServerConfig& cfg, const Router& router, int listen_fd, int tls_fd, tls::Context tls,
@@ -89,6 +92,13 @@ void Worker::refresh_clock() noexcept {
 }
 
 void Worker::run(std::unique_ptr<io::Backend> backend) noexcept {
+  begin(std::move(backend));
+  while (turn()) {
+  }
+  flush_access_log();
+}
+
+void Worker::begin(std::unique_ptr<io::Backend> backend) noexcept {
   backend_ = std::move(backend);
   ctx_.backend = backend_.get();
   ctx_.backend_name = backend_->name();
@@ -100,23 +110,28 @@ void Worker::run(std::unique_ptr<io::Backend> backend) noexcept {
   last_tick_ms_ = ctx_.now_ms;
   for (unsigned i = 0; i < 2; ++i)
     if (listeners_[i].fd >= 0) arm_accept(i);
-  io::Completion batch[kBatch];
-  std::uint64_t drain_deadline = 0;
-  while (true) {
-    if (stop_.load(std::memory_order_relaxed) && !draining_) {
-      begin_drain();
-      drain_deadline = ctx_.now_ms + cfg_.drain_timeout_ms;
-    }
-    if (draining_ && (conns_.size() == free_.size() || ctx_.now_ms >= drain_deadline)) break;
-    int n = backend_->wait(batch, kTickMs);
-    refresh_clock();
-    if (next_tls_.load(std::memory_order_relaxed)) adopt_tls();
-    for (int i = 0; i < n; ++i) on_completion(batch[i]);
-    if (!ctx_.writable_due.empty()) run_writables();
-    if (ctx_.now_ms - last_tick_ms_ >= std::uint64_t(kTickMs)) tick();
-    else if (access_log_.size() > 64 * 1024) flush_access_log();
+}
+
+bool Worker::turn() noexcept {
+  if (stop_.load(std::memory_order_relaxed) && !draining_) {
+    begin_drain();
+    drain_deadline_ = ctx_.now_ms + cfg_.drain_timeout_ms;
   }
-  flush_access_log();
+  if (draining_ && (conns_.size() == free_.size() || ctx_.now_ms >= drain_deadline_)) return false;
+  // Continuations left over from the last turn (see run_continuations) run after a wait that does not block.
+  const bool due = !ctx_.ready.empty() || !ctx_.writable_due.empty();
+  const int n = backend_->wait(batch_, due ? 0 : kTickMs);
+  refresh_clock();
+  if (next_tls_.load(std::memory_order_relaxed)) adopt_tls();
+  for (int i = 0; i < n; ++i) on_completion(batch_[std::size_t(i)]);
+  if (!ctx_.ready.empty() || !ctx_.writable_due.empty()) run_continuations();
+  if (ctx_.now_ms - last_tick_ms_ >= std::uint64_t(kTickMs)) {
+    tick();
+    if (!ctx_.ready.empty()) run_continuations();
+  } else if (access_log_.size() > 64 * 1024) {
+    flush_access_log();
+  }
+  return true;
 }
 
 // Whole lines in one write: with O_APPEND, threads' writes do not interleave within a line.
@@ -140,7 +155,7 @@ void Worker::begin_drain() noexcept {
     if (l.fd >= 0) ::shutdown(l.fd, SHUT_RDWR);
   }
   for (auto& c : conns_) {
-    if (c->released()) continue;  // already on free_: after() must see each release once
+    if (c->released()) continue;
     c->drain();
     after(*c);
   }
@@ -188,9 +203,11 @@ Connection* Worker::find(std::uint32_t slot, std::uint16_t gen) const noexcept {
   return c->gen() == gen && !c->released() ? c : nullptr;
 }
 
+// Every path that may end a connection calls this, some of them twice for one release (an end() inside a
+// writable callback, then the callback's caller): the slot goes on free_ once, or two accepts would share it.
 void Worker::after(Connection& c) noexcept {
-  if (!c.released()) return;
-  if (!stalled_.empty()) drop_stalled(c.slot(), c.gen());
+  if (!c.take_release()) return;
+  if (!stalled_.empty()) drop_stalled(c.slot());
   free_.push_back(c.slot());
   metrics_.connections_open.sub();
   arm_paused_accepts();  // a descriptor came free
@@ -246,6 +263,7 @@ void Worker::on_accept(const io::Completion& c) noexcept {
     if (!free_.empty()) {
       slot = free_.back();
       free_.pop_back();
+      assert(conns_[slot]->released());  // a slot is on free_ once, and only while its connection is free
     } else {
       try {  // after() pushes every slot back on free_ without allocating
         free_.reserve(conns_.size() + 1);
@@ -449,11 +467,12 @@ void Worker::deliver_stalled(Connection& conn) noexcept {
   if (full) conn.inbox_waits(true);
 }
 
-// The connection is gone: what waited for it is dropped (its producer's next write says false).
-void Worker::drop_stalled(std::uint32_t slot, std::uint16_t gen) noexcept {
+// The slot's connection is gone (its generation has already moved on): what waited for it is dropped and its
+// charge returned (its producer's next write says false). Nothing of the slot's next connection can be here yet.
+void Worker::drop_stalled(std::uint32_t slot) noexcept {
   std::size_t keep = 0;
   for (std::size_t i = 0; i < stalled_.size(); ++i) {
-    if (stalled_[i].slot == slot && stalled_[i].gen == gen) {
+    if (stalled_[i].slot == slot) {
       settle(stalled_[i]);
       continue;
     }
@@ -505,16 +524,28 @@ void Worker::stream_on_writable(std::uint32_t slot, std::uint16_t gen, std::uint
   if (Connection* conn = find(slot, gen)) conn->stream_on_writable(seq, std::move(fn));
 }
 
-// Streams whose output drained below the low-water mark: their producers write more now.
-void Worker::run_writables() noexcept {
-  while (!ctx_.writable_due.empty()) {
-    const auto [slot, gen] = ctx_.writable_due.back();
-    ctx_.writable_due.pop_back();
-    if (Connection* conn = find(slot, gen)) {
-      if (conn->inbox_waiting()) deliver_stalled(*conn);
-      conn->run_writable();
-      after(*conn);
-    }
+// Continuations, after the turn's completions and never from inside another connection's call: connections
+// answered from elsewhere go on with their queued requests (ready), and streams whose output drained below the
+// low-water mark get their waiting data and their producers' callbacks (writable_due). Each list is taken whole
+// per round, so what a round adds runs in the next one.
+void Worker::run_continuations() noexcept {
+  for (int round = 0; round < kContinuationRounds; ++round) {
+    if (ctx_.ready.empty() && ctx_.writable_due.empty()) return;
+    std::swap(ctx_.ready, ready_now_);
+    for (const auto& [slot, gen] : ready_now_)
+      if (Connection* conn = find(slot, gen)) {
+        conn->run_ready();
+        after(*conn);
+      }
+    ready_now_.clear();
+    std::swap(ctx_.writable_due, writable_now_);
+    for (const auto& [slot, gen] : writable_now_)
+      if (Connection* conn = find(slot, gen)) {
+        if (conn->inbox_waiting()) deliver_stalled(*conn);
+        conn->run_writable();
+        after(*conn);
+      }
+    writable_now_.clear();
   }
 }
 

@@ -4,6 +4,7 @@
 // Not here: HTTP (connection.hpp), choosing the backend or binding (server.cpp).
 #pragma once
 
+#include <array>
 #include <atomic>
 #include <memory>
 #include <mutex>
@@ -28,6 +29,13 @@ class Worker final : public ReplyTarget {
 
   // Runs on the worker's own thread: takes the backend made there, serves until stop().
   void run(std::unique_ptr<io::Backend> backend) noexcept;
+  // run() is begin() and then turn() until it says false: one wait for completions and everything that follows
+  // from them. Separate so that a test can drive a worker over a fake backend one turn at a time.
+  void begin(std::unique_ptr<io::Backend> backend) noexcept;
+  bool turn() noexcept;
+  // For tests: stream data written off the loop that waits (bytes plus bookkeeping), slots free for reuse.
+  std::size_t pending_stream_bytes() const noexcept { return pending_bytes_.load(std::memory_order_relaxed); }
+  std::size_t free_slots() const noexcept { return free_.size(); }
   void stop() noexcept;  // any thread
   // Any thread: new TLS handshakes on this loop use ctx from its next turn; open connections keep theirs.
   void replace_tls(tls::Context ctx) noexcept;
@@ -70,7 +78,7 @@ class Worker final : public ReplyTarget {
   template <class F>
   bool answer(Kind kind, std::uint32_t slot, std::uint16_t gen, std::uint32_t seq, const Response& r, F&& op) noexcept;
   void drain_inbox() noexcept;
-  void run_writables() noexcept;
+  void run_continuations() noexcept;
 
   // An answer sent from another thread, owning copies of what it points to.
   struct Posted {
@@ -86,7 +94,7 @@ class Worker final : public ReplyTarget {
   void settle(const Posted& p) noexcept;
   void deliver(Posted& p, Connection& conn) noexcept;
   void deliver_stalled(Connection& conn) noexcept;
-  void drop_stalled(std::uint32_t slot, std::uint16_t gen) noexcept;
+  void drop_stalled(std::uint32_t slot) noexcept;
 
   const ServerConfig& cfg_;
   // [0] plain HTTP, [1] TLS; the index is the accept tag's slot.
@@ -109,6 +117,9 @@ class Worker final : public ReplyTarget {
   const std::vector<upstream::Target>& targets_;
   std::vector<std::unique_ptr<upstream::Pool>> pools_;  // one per upstream, made in run() on this thread
   bool draining_ = false;       // stop() was called: no accepting, connections finish and close
+  std::uint64_t drain_deadline_ = 0;
+  std::array<io::Completion, 256> batch_;  // one wait's completions: enough to amortise it, small enough for cache
+  std::vector<std::pair<std::uint32_t, std::uint16_t>> ready_now_, writable_now_;  // the round being run
   std::uint64_t last_tick_ms_ = 0;
   std::uint64_t accept_pauses_ = 0;
   std::uint64_t last_pause_log_s_ = 0;

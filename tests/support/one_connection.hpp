@@ -9,18 +9,28 @@ namespace userd::testing {
 
 struct OneConnection final : server::ReplyTarget {
   server::Connection* conn = nullptr;
+  // The worker runs a connection's continuation later in the same turn; with one connection, right after.
+  void settle() noexcept {
+    if (conn->ready_due()) conn->run_ready();
+  }
   bool reply(std::uint32_t, std::uint16_t, std::uint32_t seq, const Response& r) noexcept override {
-    return conn->reply(seq, r);
+    const bool ok = conn->reply(seq, r);
+    settle();
+    return ok;
   }
   bool awaiting(std::uint32_t, std::uint16_t, std::uint32_t seq) const noexcept override {
     return conn->awaiting_reply() && conn->seq() == seq;
   }
   bool fetch(std::size_t, const UpstreamRequest&, Responder, UpstreamDone, void*) noexcept override { return false; }
   bool stream_begin(std::uint32_t, std::uint16_t, std::uint32_t seq, const Response& head) noexcept override {
-    return conn->stream_begin(seq, head);
+    const bool ok = conn->stream_begin(seq, head);
+    settle();
+    return ok;
   }
   bool stream_write(std::uint32_t, std::uint16_t, std::uint32_t seq, std::string_view data, bool end) noexcept override {
-    return conn->stream_write(seq, data, end);
+    const bool ok = conn->stream_write(seq, data, end);
+    settle();
+    return ok;
   }
   void stream_on_writable(std::uint32_t, std::uint16_t, std::uint32_t seq, std::function<void()> fn) override {
     conn->stream_on_writable(seq, std::move(fn));

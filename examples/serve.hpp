@@ -14,7 +14,18 @@ namespace example {
 
 // argv[1]: HOST:PORT (default `listen`); argv[2]: io_uring or epoll (default: io_uring if the kernel allows it).
 // One loop thread.
+// Also blocks SIGINT and SIGTERM for the whole process (serve() takes them with sigwait): called first in main,
+// before any thread exists, so that no thread an example starts later dies of a second signal during the drain.
+inline void block_stop_signals() {
+  sigset_t set;
+  sigemptyset(&set);
+  sigaddset(&set, SIGINT);
+  sigaddset(&set, SIGTERM);
+  pthread_sigmask(SIG_BLOCK, &set, nullptr);
+}
+
 inline userd::ServerConfig config(int argc, char** argv, const std::string& listen) {
+  block_stop_signals();
   const std::string addr = argc > 1 ? argv[1] : listen;
   const auto colon = addr.rfind(':');
   userd::ServerConfig cfg;
@@ -31,11 +42,11 @@ inline userd::ServerConfig config(int argc, char** argv, const std::string& list
 inline int serve(const char* name, userd::Server& server, const userd::ServerConfig& cfg,
                  const std::function<void()>& before_stop = {}) {
   // Blocked before start(): the loop threads inherit the mask, and sigwait below takes the signals.
+  block_stop_signals();
   sigset_t set;
   sigemptyset(&set);
   sigaddset(&set, SIGINT);
   sigaddset(&set, SIGTERM);
-  pthread_sigmask(SIG_BLOCK, &set, nullptr);
   if (auto r = server.start(); !r) {
     std::fprintf(stderr, "%s: cannot start: %s\n", name, r.error().what);
     return 1;

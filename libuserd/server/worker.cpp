@@ -95,6 +95,7 @@ void Worker::run(std::unique_ptr<io::Backend> backend) noexcept {
   begin(std::move(backend));
   while (turn()) {
   }
+  ended_.store(true, std::memory_order_release);
   flush_access_log();
 }
 
@@ -337,8 +338,10 @@ bool Worker::reply(std::uint32_t slot, std::uint16_t gen, std::uint32_t seq, con
 
 // Off the loop thread: the answer is copied (the caller's views may die as soon as send() returns) and the loop
 // is woken to deliver it. True means queued: the loop drops it if that request is no longer awaited by then.
+// While the server drains, answers to requests in flight are still taken: that is what the drain waits for.
+// Only once the loop has ended is there nobody to deliver them.
 bool Worker::post(Kind kind, std::uint32_t slot, std::uint16_t gen, std::uint32_t seq, const Response& r) {
-  if (stop_.load(std::memory_order_relaxed) || slot >= cfg_.max_conns) return false;
+  if (ended_.load(std::memory_order_acquire) || slot >= cfg_.max_conns) return false;
   // A producer that outruns its client is told (false) instead of growing what waits (kStreamPending). A
   // write bigger than the bound is still taken when nothing waits, so that any write can get through.
   const std::size_t cost = kind == Kind::Write ? pending_cost(r.body.size()) : 0;
@@ -557,7 +560,7 @@ bool Worker::fetch(std::size_t upstream, const UpstreamRequest& request, Respond
 bool Worker::awaiting(std::uint32_t slot, std::uint16_t gen, std::uint32_t seq) const noexcept {
   // Off the loop thread the connection is not ours to look at: the token its loop publishes says it.
   if (std::this_thread::get_id() != loop_thread_) {
-    if (stop_.load(std::memory_order_relaxed) || slot >= cfg_.max_conns) return false;
+    if (ended_.load(std::memory_order_acquire) || slot >= cfg_.max_conns) return false;
     const std::uint64_t v = awaited_[slot].load(std::memory_order_relaxed), t = awaited_token(gen, seq);
     return v == t || v == (t | kAwaitedStreaming);
   }

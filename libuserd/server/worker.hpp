@@ -124,6 +124,7 @@ class Worker final : public ReplyTarget {
   std::uint64_t accept_pauses_ = 0;
   std::uint64_t last_pause_log_s_ = 0;
   std::atomic<bool> stop_{false};
+  std::atomic<bool> ended_{false};  // the loop has ended: answers from other threads are refused
   std::atomic<io::Backend*> wakeable_{nullptr};  // for stop() from other threads; lives until ~Worker
   std::thread::id loop_thread_;
   std::mutex inbox_mutex_;        // taken only by threads that answer off the loop, and by the loop to drain

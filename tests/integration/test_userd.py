@@ -735,6 +735,36 @@ class Example(unittest.TestCase):
             self.assertLess(peak - base, 8 * 1024, f"RSS {base} kB, peak {peak} kB")
             self.assertEqual(srv.stop(), 0)
 
+    def test_a_graceful_stop_delivers_answers_and_streams_from_other_threads(self):
+        with Server([ARGS.offload, "127.0.0.1:0", ARGS.backend]) as srv:
+            socks = [connect(srv.port, timeout=15) for _ in range(8)]
+            for s in socks:  # 8 requests for 4 pool threads: half of them are still waiting at the stop
+                s.sendall(b"GET /fib/35 HTTP/1.1\r\nHost: t\r\n\r\n")
+            time.sleep(0.05)
+            t0 = time.monotonic()
+            srv.proc.send_signal(signal.SIGTERM)
+            closing = 0
+            for s in socks:
+                status, headers, body = read_response(s)
+                self.assertEqual((status, body), (200, b'{"n":35,"fib":9227465}'))
+                closing += headers.get("connection") == "close"
+                self.assertEqual(read_until_eof(s), b"")  # and closed right after it
+                s.close()
+            self.assertGreater(closing, 0)  # answered after the stop began
+            self.assertEqual(srv.proc.wait(timeout=10), 0)
+            self.assertLess(time.monotonic() - t0, 8)  # not held for the whole drain timeout
+        with Server([ARGS.stream, "127.0.0.1:0", ARGS.backend]) as srv:
+            s = connect(srv.port, timeout=15)
+            s.sendall(b"GET /ticks?count=50 HTTP/1.1\r\nHost: t\r\n\r\n")
+            s.recv(1)  # the stream has begun
+            t0 = time.monotonic()
+            srv.proc.send_signal(signal.SIGTERM)
+            body = read_until_eof(s)
+            self.assertTrue(body.endswith(b"\r\n0\r\n\r\n"), body[-40:])
+            self.assertIn(b'{"tick":49}', body)
+            self.assertEqual(srv.proc.wait(timeout=10), 0)
+            self.assertLess(time.monotonic() - t0, 8)
+
     def test_head_on_a_streamed_route_answers_the_head_and_the_loop_goes_on(self):
         with Server([ARGS.stream, "127.0.0.1:0", ARGS.backend]) as srv:  # one loop thread
             s = connect(srv.port, timeout=5)

@@ -262,7 +262,7 @@ TEST_CASE("a stream written and ended from another thread arrives whole, chunked
   });
 }
 
-TEST_CASE("from another thread: send after the client left, a second send, and send after stop all say false") {
+TEST_CASE("from another thread: send after the client left and a second send say false; a send during the drain is delivered") {
   std::mutex m;
   std::vector<userd::Responder> held;
   auto routes = [&](userd::Router& router) {
@@ -324,11 +324,24 @@ TEST_CASE("from another thread: send after the client left, a second send, and s
       CHECK_FALSE(held[0].send(r));
       held.clear();
     });
-    // Held across a stop: false.
+    // Held across a stop: still answered (the drain waits for it), with Connection: close, then the close. Once
+    // the loops have ended: false.
     hold(kept);
     server.stop();
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));  // the loop has begun its drain
     elsewhere([&] {
       REQUIRE(held.size() == 1);
+      CHECK(held[0].alive());
+      CHECK(held[0].send(r));
+    });
+    std::string rest;
+    char buf[4096];
+    for (ssize_t n; (n = ::recv(kept, buf, sizeof buf, 0)) > 0;) rest.append(buf, std::size_t(n));
+    CHECK(rest.find("Connection: close\r\n") != std::string::npos);
+    CHECK(rest.substr(rest.size() - 6) == "answer");  // then EOF
+    server.wait();
+    elsewhere([&] {
+      CHECK_FALSE(held[0].alive());
       CHECK_FALSE(held[0].send(r));
     });
     ::close(kept);

@@ -33,7 +33,8 @@ struct Response {
 class Stream {
  public:
   // Copies data into the response. False, and nothing written, when the client has gone, the stream has ended,
-  // or the server is stopping; on the loop thread also when more than 64 KiB of output is queued, or data
+  // or the server's loops have ended (a stopping server still takes it: stop() waits for streams in flight);
+  // on the loop thread also when more than 64 KiB of output is queued, or data
   // written from another thread still waits (wait for on_writable); from another thread, the data goes through the loop's inbox and waits there until the
   // connection can take it, and write() also says false when this stream already has 256 KiB waiting (or the
   // loop 4 MiB). True means it will be sent, in order, unless the client leaves.
@@ -44,7 +45,7 @@ class Stream {
   // The end of the body; the connection then goes on with the client's next request. Any thread; it goes out
   // after every write that said true.
   bool end() const noexcept;
-  // True while writes can still be taken: the client is there, the stream has not ended, the server runs. A
+  // True while writes can still be taken: the client is there, the stream has not ended, the loops run. A
   // producer off the loop whose write() said false asks this to tell "too much waiting" (try again) from the
   // end.
   // Any thread.
@@ -65,7 +66,8 @@ class Stream {
 class Responder {
  public:
   // Answers the request, once, from any thread. False, and nothing done, when the client is gone, the request
-  // was already answered (or its handler deadline answered it), or the server is stopping. On the loop thread
+  // was already answered (or its handler deadline answered it), or the server's loops have ended. A stopping
+  // server still takes it, with Connection: close, until its drain_timeout_ms. On the loop thread
   // that ran the handler the answer is written at once; elsewhere it is copied into the loop's inbox and the
   // loop is woken (if the request stops being awaited in between, the loop drops it). The body is copied
   // unless body_is_static. The Server must outlive every Responder that may still be used.

@@ -116,8 +116,9 @@ class Server {
   // counters without locks, so the request path never waits for it.
   std::string metrics_text() const;
   // Any thread; returns at once. Graceful: the listeners close at once (new connections are refused), idle
-  // connections close, requests in flight finish (answered with Connection: close) for up to
-  // drain_timeout_ms, then the loops end. wait() joins them.
+  // connections close, requests in flight finish (answered with Connection: close, from any thread, streams
+  // to their end) for up to drain_timeout_ms; each connection closes as soon as its last answer is out; then
+  // the loops end. wait() joins them.
   void stop() noexcept;
   // Joins the loops. Responders and Streams still held elsewhere then answer false, until the Server is
   // destroyed: join the threads that hold them before that.

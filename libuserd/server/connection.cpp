@@ -441,7 +441,9 @@ void Connection::dispatch(const http::RequestHead& head, std::string_view body) 
       if (!(go_on = mw(request, res))) break;
     if (go_on) (*m.handler)(request, res);
   } catch (...) {
-    if (awaiting_) {
+    if (streaming_) {
+      abort();  // the head and maybe some body are out: a 500 now would land inside the body
+    } else if (awaiting_) {
       set_awaiting(false);
       write_error_status(500, "internal error");
     }
@@ -860,6 +862,7 @@ void Connection::abort() noexcept {
   if (state_ == State::Closing || state_ == State::Free) return;
   state_ = State::Closing;
   streaming_ = false;
+  set_awaiting(false);  // from now on alive() and send() say false, from any thread
   writable_ = nullptr;  // what the producer's callback holds goes now
   ctx_->timers.clear(*this);
   ctx_->handler_timers.clear(*this);

@@ -789,6 +789,35 @@ TEST_CASE("a stream whose producer stops writing is cut at the handler deadline"
   CHECK(f.aborted());
 }
 
+// Found from outside (examples/stream /ticks when a thread cannot be made): a whole HTTP/1.1 500 went out inside
+// the chunked body, and the pipelined request behind it hung until the handler deadline.
+TEST_CASE("a handler that throws after its stream began ends the connection, with no 500 inside the body") {
+  Streams f;
+  f.router.get("/throws-late", [&f](const Request&, Responder res) {
+    f.stream = res.stream(Response{});
+    f.stream->write("first piece\n");
+    throw std::runtime_error("no thread for the producer");
+  });
+  f.feed("GET /throws-late HTTP/1.1\r\nHost: t\r\n\r\n" + std::string(kGet));
+  CHECK(f.aborted());
+  CHECK(f.kernel.wire.find("HTTP/1.1 500") == std::string::npos);
+  REQUIRE(f.stream);
+  CHECK_FALSE(f.stream->alive());
+  CHECK_FALSE(f.stream->write("more"));
+}
+
+TEST_CASE("a connection being closed is not awaited: alive() and send() say false before its slot is released") {
+  Fixture f;
+  f.feed("GET /later HTTP/1.1\r\nHost: t\r\n\r\n");
+  REQUIRE(f.held);
+  CHECK(f.held->alive());
+  f.conn->abort();  // a receive is still armed: the slot is not released yet
+  CHECK_FALSE(f.conn->released());
+  CHECK_FALSE(f.held->alive());
+  Response r;
+  CHECK_FALSE(f.held->send(r));
+}
+
 TEST_CASE("a stream head with Content-Length is refused with 500") {
   Fixture f;
   std::optional<Stream> s;

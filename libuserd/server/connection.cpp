@@ -4,6 +4,7 @@
 #include "libuserd/server/connection.hpp"
 
 #include <cerrno>
+#include <algorithm>
 #include <climits>
 #include <cstdio>
 #include <cstring>
@@ -38,6 +39,9 @@ constexpr std::size_t kCopyBelow = 1024;
 constexpr std::size_t kKeepCapacity = 64 * 1024;
 constexpr std::size_t kKeepOnClose = 8 * 1024;
 constexpr std::size_t kMaxIov = IOV_MAX;
+// TLS output is encrypted this far ahead of the socket: three full records. More would hold more ciphertext per
+// slow client (the bound the plaintext path keeps); less would take more loop turns per large answer.
+constexpr std::size_t kTlsAhead = 48 * 1024;
 constexpr std::string_view kContinue = "HTTP/1.1 100 Continue\r\n\r\n";
 
 // "address:port" of the peer, for the access log (one getpeername per connection, only when logging).
@@ -726,14 +730,13 @@ void Connection::write_continue() {
 void Connection::flush() {
   if (sock_.send_inflight || (state_ != State::Open)) return;
   OutQueue& q = out_[filling_];
-  if (tls_.active() && (q.total || tls_.pending())) return seal(q);
-  if (q.total == 0) {
+  if (q.total == 0 && !(tls_.active() && tls_.pending())) {
     if (awaiting_) return;
     if (peer_eof_) {
       abort();
     } else if (close_after_flush_ && tls_.established() && !tls_.closing()) {
       tls_.close_notify();  // the last response is out: close_notify, then the half-close
-      if (tls_.pending()) return seal(q);
+      if (tls_.pending()) return flush();
       finish();
     } else if (close_after_flush_) {
       finish();
@@ -741,6 +744,10 @@ void Connection::flush() {
     return;
   }
   filling_ ^= 1;
+  if (tls_.active()) {
+    seal_seg_ = seal_off_ = 0;
+    return seal_next();
+  }
   iov_.clear();
   for (const Segment& s : q.segments)
     iov_.push_back({const_cast<char*>(s.external ? s.external : q.bytes.data() + s.offset), s.len});
@@ -749,22 +756,44 @@ void Connection::flush() {
   submit_send();
 }
 
-// TLS: the queue becomes records at once (one record for a flush that fits the scratch buffer, rather than one
-// per segment) and the records go out as one send. The queue is then empty and keeps filling.
-void Connection::seal(OutQueue& q) {
+bool Connection::sealing() const noexcept {
+  return seal_seg_ < out_[filling_ ^ 1].segments.size() || tls_.pending() > 0;
+}
+
+// TLS: the frozen queue becomes records kTlsAhead at a time, each batch sent before the next is encrypted, so a
+// client that reads slowly holds about one batch of ciphertext, like the plaintext a plain connection holds.
+// Small segments are gathered into one record (a head and its body: one record, not two); a large one is
+// encrypted from where it lives.
+void Connection::seal_next() {
+  const OutQueue& q = out_[filling_ ^ 1];
+  char* scratch = ctx_->tls_seal.get();
+  std::size_t budget = kTlsAhead, gathered = 0;
   bool ok = true;
-  if (q.total && q.segments.size() > 1 && q.total <= LoopContext::kTlsScratch) {
-    char* p = ctx_->tls_seal.get();
-    for (const Segment& s : q.segments) {
-      std::memcpy(p, s.external ? s.external : q.bytes.data() + s.offset, s.len);
-      p += s.len;
+  while (ok && budget > 0 && seal_seg_ < q.segments.size()) {
+    const Segment& s = q.segments[seal_seg_];
+    const char* p = (s.external ? s.external : q.bytes.data() + s.offset) + seal_off_;
+    const std::size_t left = s.len - seal_off_;
+    std::size_t n;
+    if (gathered == 0 && left >= LoopContext::kTlsScratch) {
+      n = std::min(left, budget);
+      ok = tls_.write(p, n);
+    } else {
+      n = std::min({left, LoopContext::kTlsScratch - gathered, budget});
+      std::memcpy(scratch + gathered, p, n);
+      gathered += n;
+      if (gathered == LoopContext::kTlsScratch) {
+        ok = tls_.write(scratch, gathered);
+        gathered = 0;
+      }
     }
-    ok = tls_.write(ctx_->tls_seal.get(), q.total);
-  } else {
-    for (const Segment& s : q.segments)
-      if (ok) ok = tls_.write(s.external ? s.external : q.bytes.data() + s.offset, s.len);
+    budget -= n;
+    seal_off_ += n;
+    if (seal_off_ == s.len) {
+      ++seal_seg_;
+      seal_off_ = 0;
+    }
   }
-  q.clear();
+  if (ok && gathered) ok = tls_.write(scratch, gathered);
   if (!ok) throw std::bad_alloc();  // a memory BIO fails to grow only when memory ran out
   tls_out_.clear();
   tls_.take(tls_out_);
@@ -808,6 +837,13 @@ void Connection::on_send(int res) noexcept {
   if (send_left_ > 0) {
     submit_send();
     update_timer();
+    return;
+  }
+  if (tls_.active() && sealing()) {  // the next batch of the frozen queue, or records the session queued meanwhile
+    guarded([&] {
+      seal_next();
+      update_timer();
+    });
     return;
   }
   out_[filling_ ^ 1].clear();

@@ -127,7 +127,8 @@ class Connection {
   void on_plain(char* data, std::size_t n);
   void on_tls_recv(const char* data, std::size_t n) noexcept;
   void tls_failed() noexcept;
-  void seal(OutQueue& q);
+  void seal_next();
+  bool sealing() const noexcept;
   std::size_t queued() const noexcept;
   std::size_t process(char* buf, std::size_t len);
   void keep_unfinished(char* req, std::size_t avail);
@@ -204,10 +205,12 @@ class Connection {
   std::size_t send_left_ = 0;
   msghdr msg_{};
 
-  // TLS: records in and out pass through tls_; tls_out_ holds the records of the send in flight. Plaintext
-  // output is encrypted as soon as it is flushed, so out_ stays empty between flushes.
+  // TLS: records in and out pass through tls_; tls_out_ holds the records of the send in flight. A flushed
+  // queue is frozen as on plain connections and encrypted a batch at a time as the socket takes it: seal_seg_
+  // and seal_off_ say where the next batch starts.
   tls::Session tls_;
   core::ByteBuffer tls_out_;
+  std::size_t seal_seg_ = 0, seal_off_ = 0;
 };
 
 // What all connections of one loop thread share. Read-only for connections but for now_ms.

@@ -316,6 +316,53 @@ class Https(unittest.TestCase):
         c.close()
 
 
+class Memory(unittest.TestCase):
+    def test_clients_that_never_read_a_large_answer_hold_little_memory(self):
+        """Found from outside: 40 TLS clients that never read a 4.9 MB answer took RSS from 14 MB to 412 MB, the
+        whole answer encrypted at once, twice over; a plain connection holds 6 KiB. Ciphertext is now made only a
+        few records ahead of what the socket takes."""
+        data = tempfile.NamedTemporaryFile("w", suffix=".json", delete=False)
+        json_rows = ",".join('{"id":%d,"pad":"%s"}' % (i, "x" * 230) for i in range(20000))
+        data.write("[" + json_rows + "]")
+        data.close()
+        self.addCleanup(os.unlink, data.name)
+        size = os.path.getsize(data.name)
+        srv = userd("--data", data.name, "--threads", "1", "--send-timeout", "60", plain=False)
+        try:
+            def rss():
+                return int(re.search(r"VmRSS:\s+(\d+)", open(f"/proc/{srv.pid}/status").read()).group(1))
+            ctx = client_context()
+            warm = ctx.wrap_socket(socket.create_connection(("127.0.0.1", srv.tls_port), timeout=10),
+                                   server_hostname="localhost")
+            warm.sendall(b"GET /v1/user HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+            got = b""
+            while (chunk := warm.recv(1 << 16)):
+                got += chunk
+            self.assertGreater(len(got), size)  # one whole answer, read: the server has warmed up
+            warm.close()
+            base = rss()
+            clients = []
+            for _ in range(40):
+                raw = socket.socket()
+                raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+                raw.settimeout(10)
+                raw.connect(("127.0.0.1", srv.tls_port))
+                c = ctx.wrap_socket(raw, server_hostname="localhost")
+                c.sendall(b"GET /v1/user HTTP/1.1\r\nHost: t\r\n\r\n")
+                clients.append(c)
+            time.sleep(1.0)
+            grown = rss() - base
+            for c in clients:
+                c.close()
+            self.assertLess(grown, 16 * 1024, f"RSS grew {grown} kB for 40 clients of a {size} byte answer")
+            status, body, c = https_get(srv.tls_port)
+            c.close()
+            self.assertEqual(status, 200)
+            self.assertEqual(len(body), size)
+        finally:
+            stop_ok(self, srv)
+
+
 class Listeners(unittest.TestCase):
     def listening_ports(self, pid):
         inodes = {t[8:-1] for t in fd_targets(pid) if t.startswith("socket:[")}

@@ -12,6 +12,8 @@
 #include <new>
 
 #include <arpa/inet.h>
+#include <linux/sockios.h>
+#include <sys/ioctl.h>
 #include <netinet/in.h>
 
 #include <unistd.h>
@@ -178,7 +180,10 @@ void Connection::update_timer() noexcept {
   else if (!in_.empty()) want = Timer::Header;
   else want = Timer::Idle;
   if (want == Timer::Idle && timer_link.which != Timer::Idle) release_buffers(kKeepCapacity);
-  if (timer_link.which != want || (want == Timer::Send && send_progress_)) ctx_->timers.set(*this, want, ctx_->now_ms);
+  // A send being checked (SendCheck) stays on that check until a completion moves bytes.
+  const bool checking = want == Timer::Send && timer_link.which == Timer::SendCheck && !send_progress_;
+  if (!checking && (timer_link.which != want || (want == Timer::Send && send_progress_)))
+    ctx_->timers.set(*this, want, ctx_->now_ms);
   send_progress_ = false;
 }
 
@@ -217,6 +222,12 @@ void Connection::drain() noexcept {
 
 void Connection::on_timeout(Timer t) noexcept {
   if (t == Timer::Handler) {
+    if (streaming_ && (writable_ || inbox_waits_ || queued() > kOutLowWater)) {
+      // The producer waits for us: held back by a client that reads slowly (the send deadline judges that
+      // client), not stalled on its own.
+      ctx_->handler_timers.set(*this, Timer::Handler, ctx_->now_ms);
+      return;
+    }
     if (streaming_) {  // the producer stopped writing: the body cannot be finished
       if (ctx_->metrics) ctx_->metrics->handler_timeouts.add();
       abort();
@@ -234,7 +245,15 @@ void Connection::on_timeout(Timer t) noexcept {
     });
     return;
   }
-  if (t == Timer::Send && ctx_->metrics) ctx_->metrics->send_timeouts.add();
+  if ((t == Timer::Send || t == Timer::SendCheck) && state_ == State::Open && sock_.send_inflight &&
+      socket_drained(t == Timer::Send)) {
+    // A send completes only when the kernel has room for more (a third of the buffer free), which for a slow but
+    // steady reader of a large answer can take longer than the deadline: the socket's own queue shrinking is
+    // progress too. Looked at only here, at a deadline, never per send.
+    ctx_->timers.set(*this, t == Timer::Send ? Timer::SendCheck : Timer::Send, ctx_->now_ms);
+    return;
+  }
+  if ((t == Timer::Send || t == Timer::SendCheck) && ctx_->metrics) ctx_->metrics->send_timeouts.add();
   if (state_ != State::Open || (t != Timer::Header && t != Timer::Body)) {
     abort();  // idle, linger, or output that made no progress
     return;
@@ -250,6 +269,16 @@ void Connection::on_timeout(Timer t) noexcept {
     flush();
     update_waits();
   });
+}
+
+// At the send deadline (first): remembers what the socket still holds and says true, so that SendCheck looks
+// again shortly; at the check: true when the socket's queue has shrunk since (the client reads).
+bool Connection::socket_drained(bool first) noexcept {
+  int outq = 0;
+  if (::ioctl(sock_.fd, SIOCOUTQ, &outq) != 0) return false;
+  const bool drained = !first && std::int64_t(outq) < outq_at_deadline_;
+  outq_at_deadline_ = outq;
+  return first || drained;
 }
 
 bool Connection::reading() const noexcept {

@@ -143,6 +143,7 @@ class Connection {
   void write_error_status(int status, std::string_view message, std::span<const Header> extra = {});
   void write_continue();
   bool reading() const noexcept;
+  bool socket_drained(bool first) noexcept;
   void flush();
   void submit_send() noexcept;
   void finish() noexcept;
@@ -167,6 +168,7 @@ class Connection {
   bool recv_paused_ = false;    // too much output queued or input unparsed: the socket is not read
   bool recv_probe_ = false;     // the next receive takes one buffer (see arm_recv)
   bool send_progress_ = false;  // a send completion moved bytes: the send deadline starts again
+  std::int64_t outq_at_deadline_ = 0;  // SIOCOUTQ when the send deadline passed (see socket_drained)
   bool peer_eof_ = false;
   bool close_after_flush_ = false;  // the last response is queued: read no further requests
   bool awaiting_ = false;           // a handler holds a Responder for request seq_

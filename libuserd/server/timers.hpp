@@ -11,7 +11,9 @@
 
 namespace userd::server {
 
-enum class Timer : std::uint8_t { None, Idle, Header, Body, Linger, Send, Handler, kCount };
+// SendCheck: the send deadline passed with a send still in flight; a short wait tells whether the socket itself
+// drained meanwhile (a slow reader) or not (a client that stopped).
+enum class Timer : std::uint8_t { None, Idle, Header, Body, Linger, Send, SendCheck, Handler, kCount };
 
 struct TimerLink {
   void* prev = nullptr;

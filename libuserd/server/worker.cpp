@@ -2,6 +2,8 @@
 #include "libuserd/server/worker.hpp"
 
 #include <malloc.h>
+
+#include <algorithm>
 #include <unistd.h>
 
 #include <cassert>
@@ -26,6 +28,9 @@ constexpr std::size_t kTrimAfter = 1 << 20;
 // own producer, and kLoopPending per loop, so many such clients cannot add up. Past either, write() says false.
 constexpr std::size_t kStreamPending = 256 * 1024;
 constexpr std::size_t kLoopPending = 4 << 20;
+// How long after a send deadline the socket's queue is looked at again to tell a slow reader from a gone one:
+// a client that stopped is cut this much after send_timeout_ms.
+constexpr unsigned kSendCheckMs = 1000;
 // Rounds of continuations per loop turn: a resumed request whose handler answers another held request queues
 // that one's continuation, and so on; past this many rounds the rest waits for the next turn (which then does
 // not block), so one turn's work stays bounded.
@@ -53,6 +58,7 @@ Worker::Worker(const ServerConfig& cfg, const Router& router, int listen_fd, int
   ctx_.timers.set_duration(Timer::Body, cfg.body_timeout_ms);
   ctx_.timers.set_duration(Timer::Idle, cfg.idle_timeout_ms);
   ctx_.timers.set_duration(Timer::Send, cfg.send_timeout_ms);
+  ctx_.timers.set_duration(Timer::SendCheck, std::min(cfg.send_timeout_ms, kSendCheckMs));
   ctx_.handler_timers.set_duration(Timer::Handler, cfg.handler_timeout_ms);
   if (cfg.log) ctx_.log = &cfg.log;
   awaited_.reset(new std::atomic<std::uint64_t>[cfg.max_conns ? cfg.max_conns : 1]());

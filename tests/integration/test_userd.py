@@ -542,6 +542,29 @@ class Lifecycle(unittest.TestCase):
         self.assertEqual(p.returncode, 0)
         self.assertTrue(p.stdout.startswith(b"userd 0."), p.stdout)
 
+    def test_a_slow_but_steady_reader_of_a_large_answer_is_not_cut(self):
+        """Found from outside: a client reading 32 KiB/s of a 12 MB answer was cut at the send deadline, since a
+        send completes only once a third of the socket's buffer is free. The socket's own drain counts now."""
+        path = big_dataset(self)
+        size = os.path.getsize(path)
+        with userd("--data", path, "--send-timeout", "2", "--threads", "1") as srv:
+            s = connect(srv.port, timeout=10)
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16384)
+            s.sendall(b"GET /v1/user HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+            got = read_slowly_then_all(s, 6, 64 * 1024)  # three send deadlines long
+            s.close()
+            self.assertEqual(len(got.split(b"\r\n\r\n", 1)[1]), size)
+            # A client that stops reading is still cut: at the deadline and one check later.
+            s = connect(srv.port, timeout=10)
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16384)
+            s.sendall(b"GET /v1/user HTTP/1.1\r\nHost: t\r\n\r\n")
+            s.recv(1000)
+            time.sleep(4.5)
+            got = read_until_eof(s, limit=1 << 26)
+            s.close()
+            self.assertLess(len(got), size)
+            self.assertEqual(srv.stop(), 0)
+
     def test_address_in_use_is_reported(self):
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
@@ -586,6 +609,31 @@ def read_until_chunked_end(sock, limit=1 << 20):
         data += chunk
     sock._leftover = b""
     return data
+
+
+def big_dataset(test, rows=40000):
+    """A JSON array of about 10 MB, written to a file removed after the test."""
+    f = tempfile.NamedTemporaryFile("w", suffix=".json", delete=False)
+    f.write("[" + ",".join('{"id":%d,"pad":"%s"}' % (i, "x" * 230) for i in range(rows)) + "]")
+    f.close()
+    test.addCleanup(os.unlink, f.name)
+    return f.name
+
+
+def read_slowly_then_all(sock, seconds, rate):
+    """Reads rate bytes a second for seconds, then everything until EOF; returns what came (cut or whole)."""
+    got = bytearray()
+    t0 = time.monotonic()
+    step = rate // 8
+    while time.monotonic() - t0 < seconds:
+        chunk = sock.recv(step)
+        if not chunk:
+            return bytes(got)
+        got += chunk
+        time.sleep(0.125)
+    while (chunk := sock.recv(1 << 16)):
+        got += chunk
+    return bytes(got)
 
 
 class Datasets(unittest.TestCase):

@@ -818,6 +818,31 @@ TEST_CASE("a connection being closed is not awaited: alive() and send() say fals
   CHECK_FALSE(f.held->send(r));
 }
 
+// Found by reading: the handler deadline restarted only on writes, so a producer that waited (on_writable) for a
+// slow but reading client was cut as if it had stalled.
+TEST_CASE("a stream producer held back by backpressure is not cut at the handler deadline") {
+  Streams f;
+  f.ctx.timers.set_duration(Timer::Send, 60000);
+  f.feed(std::string(kStream));
+  REQUIRE(f.stream);
+  const std::string piece(16 * 1024, 'x');
+  while (f.stream->write(piece)) {
+  }
+  int resumed = 0;
+  f.stream->on_writable([&] { ++resumed; });
+  f.advance(3100);  // past the 3 s handler deadline: the producer waits for the client, it has not stalled
+  CHECK_FALSE(f.aborted());
+  f.advance(3100);
+  CHECK_FALSE(f.aborted());
+  while (f.kernel.pending_send >= 0) f.sent();
+  f.run_due();
+  CHECK(resumed == 1);
+  CHECK(f.stream->write("more"));
+  f.sent();
+  f.advance(3100);  // now nothing holds it back and it writes nothing: cut
+  CHECK(f.aborted());
+}
+
 TEST_CASE("a stream head with Content-Length is refused with 500") {
   Fixture f;
   std::optional<Stream> s;

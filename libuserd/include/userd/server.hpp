@@ -56,8 +56,11 @@ struct ServerConfig {
   unsigned body_timeout_ms = 30'000;
   unsigned idle_timeout_ms = 60'000;
   // Output that makes no progress for send_timeout_ms closes the connection (a client that stopped reading;
-  // nginx's send_timeout). A request whose handler has not answered within handler_timeout_ms is answered 503
-  // with a JSON body, and its Responder becomes a no-op.
+  // nginx's send_timeout). Progress is a send completing or, at the deadline, the socket's own queue draining
+  // (checked again a second later), so a slow but steady reader is never cut and one that stopped is cut about
+  // a second after the deadline. A request whose handler has not answered within handler_timeout_ms is answered
+  // 503 with a JSON body, and its Responder becomes a no-op; a stream's producer is cut when it has written
+  // nothing for that long while not held back by its client.
   unsigned send_timeout_ms = 30'000;
   unsigned handler_timeout_ms = 30'000;
   // Connections per thread; beyond it new ones are accepted and closed at once, so existing ones keep their

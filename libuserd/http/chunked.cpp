@@ -8,7 +8,9 @@
 
 namespace userd::http {
 namespace {
-// Extensions and trailers are legal but nobody needs many: 8 KiB matches the request head limit.
+// Extensions and trailers are legal but nobody needs many: 8 KiB matches the request head limit. It bounds a
+// whole size line (leading zeros, whitespace and extensions count) and the whole trailer section (every line of
+// it), so that framing cannot be made to cost more than the data it frames without limit.
 constexpr std::uint32_t kMaxLineBytes = 8 * 1024;
 
 bool is_field_byte(char c) noexcept {
@@ -25,6 +27,7 @@ ChunkStep ChunkedDecoder::decode(const char* src, std::size_t n, char* dst) noex
     switch (state_) {
       case State::Size: {
         int v = hex_digit(c);
+        if (++line_bytes_ > kMaxLineBytes) return result(ChunkStatus::Bad);
         if (v >= 0) {
           // chunk-size is 1*HEXDIG: leading zeros are allowed and cost nothing. 15 significant digits is 2^60:
           // far beyond any limit, and the shift cannot overflow.
@@ -44,6 +47,7 @@ ChunkStep ChunkedDecoder::decode(const char* src, std::size_t n, char* dst) noex
         break;
       }
       case State::SizeWs:  // BWS before an extension: only more whitespace or ';' may follow
+        if (++line_bytes_ > kMaxLineBytes) return result(ChunkStatus::Bad);
         if (c == ';') state_ = State::Ext;
         else if (c != ' ' && c != '\t') return result(ChunkStatus::Bad);
         ++i;
@@ -60,7 +64,7 @@ ChunkStep ChunkedDecoder::decode(const char* src, std::size_t n, char* dst) noex
         seen_digit_ = false;
         line_bytes_ = 0;
         if (remaining_ == 0) {
-          state_ = State::LineStart;
+          state_ = State::LineStart;  // line_bytes_ now counts the whole trailer section
           break;
         }
         if (remaining_ > max_body_ - total_) return result(ChunkStatus::TooLarge);
@@ -87,6 +91,7 @@ ChunkStep ChunkedDecoder::decode(const char* src, std::size_t n, char* dst) noex
         ++i;
         break;
       case State::LineStart:  // after the last chunk: a trailer field, or the final CRLF
+        if (++line_bytes_ > kMaxLineBytes) return result(ChunkStatus::Bad);
         if (c == '\r') state_ = State::FinalLf;
         else if (is_field_byte(c) && c != ' ' && c != '\t') state_ = State::Trailer;
         else return result(ChunkStatus::Bad);
@@ -101,7 +106,6 @@ ChunkStep ChunkedDecoder::decode(const char* src, std::size_t n, char* dst) noex
       case State::TrailerLf:
         if (c != '\n') return result(ChunkStatus::Bad);
         state_ = State::LineStart;
-        line_bytes_ = 0;
         ++i;
         break;
       case State::FinalLf:

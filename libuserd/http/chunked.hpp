@@ -1,7 +1,7 @@
 // http/chunked.hpp: incremental decoder for the chunked transfer coding (RFC 9112 7.1), in place.
 // Feed it bytes as they come, in any splits; it writes the de-chunked data to dst, which may alias src because
-// output never overtakes input. Strict: CRLF line ends only, at most 15 significant hex digits (leading zeros are free), extension and
-// trailer lines of at most 8 KiB each.
+// output never overtakes input. Strict: CRLF line ends only, at most 15 significant hex digits, a size line
+// (leading zeros, whitespace and extensions included) of at most 8 KiB, and at most 8 KiB of trailers in all.
 // Not here: the request head (parser.hpp), where bytes are kept (server/connection.cpp).
 #pragma once
 
@@ -32,7 +32,7 @@ class ChunkedDecoder {
   std::uint64_t remaining_ = 0;  // chunk size being read, then data bytes left in the chunk
   std::uint64_t total_ = 0;
   std::uint64_t max_body_;
-  std::uint32_t line_bytes_ = 0;  // extension or trailer bytes of the current line: bounded per line
+  std::uint32_t line_bytes_ = 0;  // bytes of the current size line, or of the trailer section so far
 };
 
 }  // namespace userd::http

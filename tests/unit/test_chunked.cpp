@@ -77,17 +77,31 @@ TEST_CASE("chunked decoder bounds extensions and trailers") {
   CHECK(whole("0\r\nT: " + std::string(9000, 't') + "\r\n\r\n").status == ChunkStatus::Bad);
 }
 
-TEST_CASE("chunked decoder caps each extension or trailer line, not their sum over a message") {
+TEST_CASE("chunked decoder caps each size line, not their sum over a message; trailers as a whole") {
   // 1000 one-byte chunks, each with a 9-byte extension: 9,000 extension bytes in all, none of them long.
   std::string many;
   for (int i = 0; i < 1000; ++i) many += "1;ext=abcd\r\nx\r\n";
   many += "0\r\n";
-  for (int i = 0; i < 1000; ++i) many += "T: 12345\r\n";  // and as many short trailer lines
-  many += "\r\n";
-  for (auto d : {whole(many, 1 << 20), bytewise(many)}) {
+  std::string few_trailers = many, many_trailers = many;
+  for (int i = 0; i < 100; ++i) few_trailers += "T: 12345\r\n";
+  few_trailers += "\r\n";
+  for (auto d : {whole(few_trailers, 1 << 20), bytewise(few_trailers)}) {
     CHECK(d.status == ChunkStatus::Done);
     CHECK(d.body == std::string(1000, 'x'));
   }
+  // Found by reading: the number of trailer lines had no bound, so a message could be made of framing alone.
+  for (int i = 0; i < 1000; ++i) many_trailers += "T: 12345\r\n";  // 10,000 bytes of short lines
+  many_trailers += "\r\n";
+  CHECK(whole(many_trailers).status == ChunkStatus::Bad);
+  CHECK(bytewise(many_trailers).status == ChunkStatus::Bad);
+}
+
+// Found by reading: leading zeros and whitespace after the size cost nothing, so one size line could be a MiB.
+TEST_CASE("chunked decoder bounds a size line's leading zeros and whitespace") {
+  CHECK(whole(std::string(1 << 20, '0') + "1\r\nx\r\n0\r\n\r\n").status == ChunkStatus::Bad);
+  CHECK(bytewise(std::string(9000, '0') + "1\r\nx\r\n0\r\n\r\n").status == ChunkStatus::Bad);
+  CHECK(whole("1" + std::string(9000, ' ') + ";e\r\nx\r\n0\r\n\r\n").status == ChunkStatus::Bad);
+  CHECK(whole(std::string(8000, '0') + "1  ;e\r\nx\r\n0\r\n\r\n").status == ChunkStatus::Done);  // long, legal
 }
 
 TEST_CASE("chunked decoder takes leading zeros in a chunk size: 1*HEXDIG, only significant digits count") {

@@ -715,6 +715,15 @@ TEST_CASE("a stream to an HTTP/1.0 client ends with the close; HEAD gets the hea
   CHECK(g.kernel.wire.find("\r\n\r\nnow") != std::string::npos);  // the response was the head: the next goes on
 }
 
+TEST_CASE("a chunked body whose size line is padded past 8 KiB with zeros is a 400 and a close") {
+  Fixture f;
+  f.feed("POST /now HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n" + std::string(9000, '0') +
+         "1\r\nx\r\n0\r\n\r\n");
+  CHECK(f.kernel.wire.find("HTTP/1.1 400 Bad Request\r\n") == 0);
+  CHECK(f.kernel.wire.find("Connection: close\r\n") != std::string::npos);
+  CHECK(f.bodies_seen.empty());
+}
+
 // A producer that writes until write() says false, then waits for on_writable, must end on a response that has
 // no body: writes that take nothing and say true would re-queue it on every turn and freeze the loop.
 TEST_CASE("a stream with no body (HEAD, 204, 304) is over after its head: write and alive say false") {

@@ -685,6 +685,12 @@ void Connection::refuse_response(std::string_view why) {
 bool Connection::write_head(const Response& r, http::BodyFraming framing) {
   const std::optional<std::uint64_t> length =
       framing == http::BodyFraming::Length ? std::optional<std::uint64_t>(r.body.size()) : std::nullopt;
+  // A handler answers with a final status (RFC 9110 15: three digits, 2xx to 5xx); an interim 1xx as the
+  // answer would leave the client waiting for the final one, and 600 or more is no status at all.
+  if (r.status < 200 || r.status > 599) {
+    refuse_response("status outside 200-599");
+    return false;
+  }
   const http::HeaderCheck check = http::check_headers(r.headers, r.content_type, length);
   if (!check.ok) {
     refuse_response(check.why);
@@ -695,7 +701,8 @@ bool Connection::write_head(const Response& r, http::BodyFraming framing) {
   const std::size_t from = q.bytes.size();
   http::ResponseHead h;
   h.status = r.status;
-  h.content_type = check.has_content_type ? std::string_view() : r.content_type;
+  // 204 has no content to describe (RFC 9110 15.3.5): the default type is not sent with it.
+  h.content_type = check.has_content_type || r.status == 204 ? std::string_view() : r.content_type;
   h.content_length = r.body.size();
   h.headers = r.headers;
   h.date = ctx_->date.value();

@@ -715,6 +715,31 @@ TEST_CASE("a stream to an HTTP/1.0 client ends with the close; HEAD gets the hea
   CHECK(g.kernel.wire.find("\r\n\r\nnow") != std::string::npos);  // the response was the head: the next goes on
 }
 
+TEST_CASE("a handler's status outside 200-599 is refused with a 500; a 204 carries no Content-Type") {
+  for (int status : {100, 101, 199, 600, 999, 0, -1}) {
+    Fixture f;
+    f.router.get("/status", [status](const Request&, Responder res) {
+      Response r;
+      r.status = status;
+      res.send(r);
+    });
+    f.feed("GET /status HTTP/1.1\r\nHost: t\r\n\r\n" + std::string(kGet));
+    CAPTURE(status);
+    CHECK(f.kernel.wire.find("HTTP/1.1 500 Internal Server Error\r\n") == 0);
+    while (f.kernel.pending_send >= 0) f.sent();
+    CHECK(f.count("HTTP/1.1 200 OK") == 1);  // the connection goes on
+  }
+  Fixture f;
+  f.router.get("/none", [](const Request&, Responder res) {
+    Response r;
+    r.status = 204;
+    res.send(r);
+  });
+  f.feed("GET /none HTTP/1.1\r\nHost: t\r\n\r\n");
+  CHECK(f.kernel.wire.find("HTTP/1.1 204 No Content\r\n") == 0);
+  CHECK(f.kernel.wire.find("Content-Type") == std::string::npos);
+}
+
 TEST_CASE("a chunked body whose size line is padded past 8 KiB with zeros is a 400 and a close") {
   Fixture f;
   f.feed("POST /now HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n" + std::string(9000, '0') +

@@ -232,7 +232,10 @@ Result<void> Server::start() {
   auto kind = choose_backend(s.cfg);
   if (!kind) return Unexpected<Error>{kind.error()};
   s.upstreams.clear();
+  if (s.cfg.upstreams.size() > 0xffff) return fail(Errc::BadInput, EINVAL, "upstreams (at most 65535)");
   for (const UpstreamConfig& u : s.cfg.upstreams) {
+    // An upstream connection's tag holds its index in 16 bits: more would alias another connection's.
+    if (u.max_conns == 0 || u.max_conns > 0xffff) return fail(Errc::BadInput, EINVAL, "upstream max_conns (1-65535)");
     upstream::Target t;
     t.cfg = u;
     t.addrs = resolve_all(u.host, u.port);

@@ -172,6 +172,7 @@ void Pool::start(std::uint32_t i, const Job& job, std::string_view request) {
   c.out.clear();
   c.out.append(request);
   c.out_sent = 0;
+  c.request_out = false;
   c.job = job;
   c.got_bytes = false;
   c.in.clear();
@@ -186,6 +187,7 @@ void Pool::submit_send(std::uint32_t i) noexcept {
   if (target_.tls) return tls_flush(i);
   c.iov = {c.out.data() + c.out_sent, c.out.size() - c.out_sent};
   c.sock.send_inflight = true;
+  c.request_out = true;
   backend_.send(c.sock.fd, tag_for(io::Op::UpSend, i), &c.iov, 1, &c.msg);
 }
 
@@ -208,6 +210,7 @@ void Pool::tls_flush(std::uint32_t i) noexcept {
   c.tls_sent = 0;
   c.iov = {c.tls_out.data(), c.tls_out.size()};
   c.sock.send_inflight = true;
+  if (c.out_sent == c.out.size() && !c.out.empty()) c.request_out = true;  // its records are in this send
   backend_.send(c.sock.fd, tag_for(io::Op::UpSend, i), &c.iov, 1, &c.msg);
 }
 
@@ -396,8 +399,8 @@ void Pool::parse(std::uint32_t i) {
       case http::ReadStatus::Interim:
         // RFC 9110 15.2.2: after a 101 the connection no longer speaks HTTP, and we asked for no upgrade.
         if (c.reader.head().status == 101) return fail(i, UpstreamError::BadResponse);
-        c.in.consume(s.total);  // 100, 102, 103: the real response follows
-        c.reader.reset(target_.cfg.max_body);
+        c.in.consume(s.total);  // 100, 102, 103: the real response follows (to HEAD, still without a body)
+        c.reader.reset(target_.cfg.max_body, c.job.head);
         continue;
       case http::ReadStatus::Done:
         return complete(i, s.total);
@@ -456,12 +459,13 @@ void Pool::fail(std::uint32_t i, UpstreamError e) {
 }
 
 // A reused connection that died before answering anything was closed by the upstream while idle: try once more
-// on a fresh one, if the method allows it (RFC 9110 9.2.2) or not a byte of the request went out. Anything else
-// is the upstream's answer.
+// on a fresh one, if the method allows it (RFC 9110 9.2.2) or not a byte of the request went out: none was ever
+// handed to a send, on plain TCP and TLS alike (a send in flight may have delivered bytes before the connection
+// died, and bytes encrypted but not yet handed over have not gone anywhere). Anything else is the upstream's.
 void Pool::retry_or_fail(std::uint32_t i, UpstreamError e) {
   Conn& c = conns_[i];
   if (!c.job.done || !c.reused || c.got_bytes || c.job.retried) return fail(i, e);
-  if (!c.job.idempotent && c.out_sent > 0) return fail(i, e);
+  if (!c.job.idempotent && c.request_out) return fail(i, e);
   stats_.retries.add();
   Job job = c.job;
   job.retried = true;

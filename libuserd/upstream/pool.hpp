@@ -89,6 +89,7 @@ class Pool {
     std::size_t addr = 0;  // which of target_.addrs it connected to
     core::ByteBuffer out;  // the request's bytes
     std::size_t out_sent = 0;
+    bool request_out = false;  // bytes of this request were handed to a send: they may have reached the upstream
     iovec iov{};
     msghdr msg{};
     core::ByteBuffer in;  // the response; capacity always leaves kUpstreamBodyPadding after the bytes

@@ -371,6 +371,47 @@ TEST_CASE("pool: interim 100 and 103 responses are skipped, the final one is the
   CHECK(f.answers[0].body == "fine");
 }
 
+// Found by reading: after an interim response the reader was reset without "no body", so a HEAD answered with
+// 103 and then a 200 with a Content-Length waited for a body that never comes.
+TEST_CASE("pool: a HEAD answered with an interim response and then a length has no body to wait for") {
+  Fixture f(1);
+  UpstreamRequest head;
+  head.method = "HEAD";
+  head.target = "/big";
+  REQUIRE(f.fetch(head));
+  const int fd = f.kernel.connects[0];
+  f.connected(fd);
+  f.sent(fd);
+  f.respond(fd, "HTTP/1.1 103 Early Hints\r\nLink: </s>\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 5000\r\n\r\n");
+  REQUIRE(f.answers.size() == 1);
+  CHECK(f.answers[0].status == 200);
+  CHECK(f.answers[0].body.empty());
+  REQUIRE(f.fetch("/after"));  // and the connection is in step for the next
+  f.sent(fd);
+  f.respond(fd, Fixture::ok("fine"));
+  REQUIRE(f.answers.size() == 2);
+  CHECK(f.answers[1].body == "fine");
+}
+
+// Found by reading: "not a byte was sent" counted completed sends on plain TCP, so a POST whose send was still
+// in flight when the reused connection died was sent again, though its bytes may have reached the upstream.
+TEST_CASE("pool: a POST whose send was in flight when its reused connection died is not sent again") {
+  Fixture f(1);
+  REQUIRE(f.fetch("/warm"));
+  const int fd = f.kernel.connects[0];
+  f.exchange(fd);
+  UpstreamRequest r;
+  r.method = "POST";
+  r.target = "/x";
+  REQUIRE(f.fetch(r));
+  REQUIRE(f.kernel.at(fd).send);  // handed to the kernel, not completed
+  f.recv_ends(fd, 0);
+  f.shutdown_completes(fd);
+  CHECK(f.kernel.connects.size() == 1);
+  REQUIRE(f.answers.size() == 2);
+  CHECK(f.answers[1].error == UpstreamError::Closed);
+}
+
 TEST_CASE("pool: the headers handed over point into the response as it is when complete") {
   // The head arrives first; the body then grows the buffer (a reallocation): views parsed from the first bytes
   // would point into freed memory.

@@ -92,3 +92,22 @@ TEST_CASE("a second server on a port another server listens on is refused, unles
   userd::Server new_one(cfg, userd::Router{});
   CHECK(new_one.start());
 }
+
+// An upstream connection's tag carries its index in 16 bits: more connections would alias each other's tags.
+TEST_CASE("an upstream with more than 65535 connections per thread is a configuration error") {
+  userd::ServerConfig cfg;
+  cfg.host = "127.0.0.1";
+  cfg.port = 0;
+  cfg.threads = 1;
+  cfg.backend = userd::BackendKind::Epoll;
+  userd::UpstreamConfig u;
+  u.host = "127.0.0.1";
+  u.port = 9;
+  u.max_conns = 70000;
+  cfg.upstreams.push_back(u);
+  userd::Server s(cfg, userd::Router{});
+  auto r = s.start();
+  REQUIRE_FALSE(r);
+  CHECK(r.error().code == userd::Errc::BadInput);
+  CHECK(std::string_view(r.error().what).find("max_conns") != std::string_view::npos);
+}

@@ -188,10 +188,16 @@ class UringBackend final : public Backend {
     if (overflow && !overflowed_) stats_.cq_overflows.add();
     overflowed_ = overflow;
     unsigned n = 0;
+    bool wake_lost = false;
     for (; n < out.size() && !lost_done_.empty(); ++n) {  // operations no SQE could be had for
       out[n] = lost_done_.back();
       lost_done_.pop_back();
+      wake_lost = wake_lost || tag_op(out[n].tag) == Op::Wake;
     }
+    // The wake read is ours, not an owner's to re-arm: armed again now (after the loop, so that a ring that
+    // still takes no SQE loses it to the next turn instead of looping here). Its -EBUSY goes out as a Wake
+    // all the same, so the owner looks at what it was to be woken for.
+    if (wake_lost) arm_wake();
     __kernel_timespec ts{timeout_ms / 1000, (timeout_ms % 1000) * 1000000LL};
     if (n > 0) ts = {};
     io_uring_cqe* cqe = nullptr;
@@ -239,6 +245,11 @@ class UringBackend final : public Backend {
   // -EBUSY on the next wait(), so its owner closes or retries instead of waiting forever.
   io_uring_sqe* sqe() noexcept {
     stats_.sqes.add();
+    if (lose_next_ > 0) {  // a test's stand-in for a full SQ the kernel will not take
+      --lose_next_;
+      lost_ = {};
+      return &lost_;
+    }
     io_uring_sqe* s = io_uring_get_sqe(&ring_);
     for (int tries = 0; !s && tries < 3; ++tries) {
       io_uring_submit(&ring_);
@@ -277,6 +288,9 @@ class UringBackend final : public Backend {
   std::uint64_t wake_value_ = 0;
   bool overflowed_ = false;
   io_uring_sqe lost_{};                 // where an operation goes when the ring takes no SQE
+ public:
+  unsigned lose_next_ = 0;  // tests: this many more operations are lost as if the ring took no SQE
+ private:
   std::vector<Completion> lost_done_;  // and its -EBUSY completion, returned by the next wait()
   BackendStats stats_;
 };
@@ -309,6 +323,10 @@ std::string describe_uring() {
   }
   io_uring_queue_exit(&ring);
   return out;
+}
+
+void lose_next_submissions(Backend& b, unsigned n) noexcept {
+  if (auto* u = dynamic_cast<UringBackend*>(&b)) u->lose_next_ = n;
 }
 
 Result<std::unique_ptr<Backend>> make_uring_backend(const UringConfig& cfg) noexcept {

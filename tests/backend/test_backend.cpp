@@ -439,6 +439,39 @@ TEST_CASE("backend: wake from another thread ends a wait with a Wake completion"
   });
 }
 
+// Found by reading: the wake read re-armed after a Wake completion could land in the scratch SQE; its -EBUSY
+// completion never re-armed it, and no other thread could wake that loop again (answers waited for its tick).
+TEST_CASE("backend: io_uring re-arms a wake read that was lost for want of an SQE") {
+  auto b = make("io_uring");
+  if (!b) {
+    MESSAGE("io_uring refused on this kernel: skipped");
+    return;
+  }
+  Completion batch[8];
+  auto wakes = [&](int timeout_ms, int& res) {
+    int found = 0;
+    const int n = b->wait(batch, timeout_ms);
+    for (int i = 0; i < n; ++i)
+      if (tag_op(batch[i].tag) == Op::Wake) {
+        ++found;
+        res = batch[i].res;
+      }
+    return found;
+  };
+  int res = 0;
+  b->wake();
+  lose_next_submissions(*b, 1);  // the re-arm inside this wait is lost
+  REQUIRE(wakes(1000, res) == 1);
+  CHECK(res == 8);
+  CHECK(wakes(0, res) == 1);  // the lost re-arm's -EBUSY, as a Wake
+  CHECK(res == -EBUSY);
+  b->wake();
+  const auto t0 = std::chrono::steady_clock::now();
+  CHECK(wakes(1000, res) == 1);
+  CHECK(res == 8);
+  CHECK(std::chrono::steady_clock::now() - t0 < std::chrono::milliseconds(500));
+}
+
 TEST_CASE("backend: io_uring counts a completion queue overflow once, and nothing received is lost") {
   UringConfig c;
   c.sq_entries = 4;

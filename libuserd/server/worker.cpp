@@ -356,15 +356,9 @@ bool Worker::post(Kind kind, std::uint32_t slot, std::uint16_t gen, std::uint32_
     const std::size_t loop = pending_bytes_.load(std::memory_order_relaxed);
     if ((stream && stream + cost > kStreamPending) || (loop && loop + cost > kLoopPending)) return false;
   }
-  // The client left, or the request was answered (or ended, or timed out): nothing to queue. Every other kind
-  // moves the request on (claim), so the inbox holds at most a begin and an answer per request, plus bounded
-  // stream data. The loop checks again when it takes it, since the connection may change meanwhile.
-  if (!claim(kind, slot, gen, seq)) return false;
+  // Everything that can fail (the copies, room in the inbox) comes first: a request is claimed, and its budget
+  // charged, only once nothing can stop its answer from being queued.
   Posted p{kind, slot, gen, seq, r.status, std::string(r.content_type), std::string(r.body), {}, {}};
-  if (cost) {
-    pending_bytes_.fetch_add(cost, std::memory_order_relaxed);
-    stream_pending_[slot].fetch_add(cost, std::memory_order_relaxed);
-  }
   for (const Header& h : r.headers) {
     p.header_bytes.append(h.name).append(h.value);
     p.header_lengths.push_back(h.name.size());
@@ -373,8 +367,17 @@ bool Worker::post(Kind kind, std::uint32_t slot, std::uint16_t gen, std::uint32_
   bool was_empty;
   {
     std::lock_guard<std::mutex> lock(inbox_mutex_);
+    if (inbox_.size() == inbox_.capacity()) inbox_.reserve(std::max<std::size_t>(16, 2 * inbox_.capacity()));
+    // The client left, or the request was answered (or ended, or timed out): nothing to queue. Every other kind
+    // moves the request on (claim), so the inbox holds at most a begin and an answer per request, plus bounded
+    // stream data. The loop checks again when it takes it, since the connection may change meanwhile.
+    if (!claim(kind, slot, gen, seq)) return false;
+    if (cost) {
+      pending_bytes_.fetch_add(cost, std::memory_order_relaxed);
+      stream_pending_[slot].fetch_add(cost, std::memory_order_relaxed);
+    }
     was_empty = inbox_.empty();
-    inbox_.push_back(std::move(p));
+    inbox_.push_back(std::move(p));  // reserved: does not throw
   }
   if (was_empty)  // one wake per batch: the loop takes everything queued until it drains
     if (io::Backend* b = wakeable_.load(std::memory_order_acquire)) b->wake();

@@ -146,6 +146,64 @@ const Router::Route* Router::walk(const Node& n, std::string_view path, std::siz
   return nullptr;
 }
 
+// Every route whose pattern matches path, whatever its methods: the 405's Allow lists what all of them serve.
+void Router::collect(const Node& n, std::string_view path, std::size_t pos, bool more, int* out,
+                     std::size_t& count) const noexcept {
+  auto add = [&](int r) {
+    if (r >= 0 && count < kMaxAllowRoutes && std::find(out, out + count, r) == out + count) out[count++] = r;
+  };
+  add(n.catch_all);
+  if (!more) {
+    add(n.route);
+    return;
+  }
+  const std::size_t slash = path.find('/', pos);
+  const std::size_t end = slash == std::string_view::npos ? path.size() : slash;
+  const std::string_view seg = path.substr(pos, end - pos);
+  const bool next_more = slash != std::string_view::npos;
+  if (const Node* child = n.static_child(seg)) collect(*child, path, end + 1, next_more, out, count);
+  if (n.param && !seg.empty()) collect(*n.param, path, end + 1, next_more, out, count);
+}
+
+// The union of the methods of every route matching the path, in the order the routes were added, each once
+// (HEAD after GET where GET is served). Written into a per-thread buffer: find() allocates nothing, and the
+// caller copies the value into its answer before it routes again.
+std::string_view Router::allow_for(std::string_view path) const noexcept {
+  thread_local char buf[512];
+  int routes[kMaxAllowRoutes];
+  std::size_t count = 0;
+  collect(*root_, path, 1, path.size() > 1, routes, count);
+  std::sort(routes, routes + count);
+  std::size_t len = 0;
+  auto listed = [&](std::string_view name) {
+    for (std::size_t at = 0; at < len;) {
+      std::size_t comma = std::string_view(buf, len).find(", ", at);
+      if (comma == std::string_view::npos) comma = len;
+      if (std::string_view(buf + at, comma - at) == name) return true;
+      at = comma + 2;
+    }
+    return false;
+  };
+  auto append = [&](std::string_view name) {
+    if (listed(name) || len + name.size() + 2 > sizeof buf) return;
+    if (len) {
+      buf[len++] = ',';
+      buf[len++] = ' ';
+    }
+    std::copy(name.begin(), name.end(), buf + len);
+    len += name.size();
+  };
+  bool head = false;  // a route that serves HEAD itself: GET's fallback is not listed twice, nor before it
+  for (std::size_t i = 0; i < count; ++i)
+    for (const Method& m : routes_[std::size_t(routes[i])].methods) head |= m.name == "HEAD";
+  for (std::size_t i = 0; i < count; ++i)
+    for (const Method& m : routes_[std::size_t(routes[i])].methods) {
+      append(m.name);
+      if (m.name == "GET" && !head) append("HEAD");
+    }
+  return {buf, len};
+}
+
 Router::Match Router::find(std::string_view method, std::string_view path, RouteParams& params) const noexcept {
   params.count = 0;
   if (path.empty() || path.front() != '/') return {nullptr, {}, routes_.size()};
@@ -158,7 +216,7 @@ Router::Match Router::find(std::string_view method, std::string_view path, Route
   params.count = 0;
   if (const Route* r = walk(*root_, path, 1, more, {}, params, &m)) {  // the path is there, the method is not
     for (std::size_t i = 0; i < params.count; ++i) params.names[i] = r->methods.front().params[i];
-    return {nullptr, r->allow, std::size_t(r - routes_.data())};
+    return {nullptr, allow_for(path), std::size_t(r - routes_.data())};
   }
   params.count = 0;
   return {nullptr, {}, routes_.size()};

@@ -168,3 +168,20 @@ TEST_CASE("router with a thousand routes finds each, and nothing else") {
   CHECK(t.pick("GET", "/r1000/x") == 0);
   CHECK(t.r.route_count() == 1000);
 }
+
+// Found by the attack: with GET /a/{x} and POST /a/b, PUT /a/b answered "Allow: POST" though GET and HEAD /a/b
+// are served (by the parameter route). RFC 9110 15.5.6: Allow lists the methods the target supports.
+TEST_CASE("a 405's Allow lists every method any route matching the path serves") {
+  userd::Router r;
+  auto h = [](const userd::Request&, userd::Responder) {};
+  r.get("/a/{x}", h);
+  r.post("/a/b", h);
+  r.del("/a/{*rest}", h);
+  auto m = r.find("PUT", "/a/b");
+  CHECK(m.handler == nullptr);
+  CHECK(m.allow == "GET, HEAD, POST, DELETE");
+  CHECK(r.find("GET", "/a/b").handler != nullptr);  // GET /a/b is served, by the parameter route
+  CHECK(r.find("PUT", "/a/c").allow == "GET, HEAD, DELETE");
+  CHECK(r.find("PUT", "/a/c/d").allow == "DELETE");
+  CHECK(r.find("GET", "/nope").allow.empty());
+}

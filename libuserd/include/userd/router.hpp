@@ -50,7 +50,9 @@ class Router {
 
   struct Match {
     const Handler* handler;  // null: no route for this method
-    std::string_view allow;  // empty with a null handler: no such path (404); else the Allow value (405)
+    // Empty with a null handler: no such path (404). Else the Allow value (405): every method that any route
+    // matching the path serves, valid until the next find() on this thread.
+    std::string_view allow;
     std::size_t route;       // index of the pattern (metrics label); route_count() when there is none
   };
   // A walk down the pattern tree, one segment at a time; nothing is allocated. params gets the captures of the
@@ -72,6 +74,10 @@ class Router {
     std::string allow;    // "GET, HEAD", computed when a method is added
   };
   struct Node;
+  static constexpr std::size_t kMaxAllowRoutes = 32;  // routes a 405's Allow is gathered from: far past any API
+  void collect(const Node& n, std::string_view path, std::size_t pos, bool more, int* out,
+               std::size_t& count) const noexcept;
+  std::string_view allow_for(std::string_view path) const noexcept;
   const Route* walk(const Node& n, std::string_view path, std::size_t pos, bool more, std::string_view method,
                     RouteParams& p, const Method** found) const noexcept;
 

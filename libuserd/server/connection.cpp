@@ -904,6 +904,8 @@ void Connection::on_recv_end(int res) noexcept {
   }
   if (res == 0) {  // the peer closed its side: answer what it asked, then close
     peer_eof_ = true;
+    // Closed inside a TLS record: what it sent last can never be read (a truncation, or an attack on one).
+    if (tls_.established() && tls_.partial_record() && ctx_->metrics) ctx_->metrics->tls_record_failures.add();
     if (state_ == State::Lingering) abort();
     else guarded([&] { flush(); });
     return;

@@ -58,6 +58,7 @@
   X(SSL_get_error) \
   X(SSL_get_ex_data) \
   X(SSL_get_version) \
+  X(SSL_has_pending) \
   X(SSL_load_client_CA_file) \
   X(SSL_new) \
   X(SSL_read) \
@@ -140,6 +141,7 @@ const OpenSslApi& api() noexcept;
 #define SSL_get_error (::userd::tls::api().SSL_get_error)
 #define SSL_get_ex_data (::userd::tls::api().SSL_get_ex_data)
 #define SSL_get_version (::userd::tls::api().SSL_get_version)
+#define SSL_has_pending (::userd::tls::api().SSL_has_pending)
 #define SSL_load_client_CA_file (::userd::tls::api().SSL_load_client_CA_file)
 #define SSL_new (::userd::tls::api().SSL_new)
 #define SSL_read (::userd::tls::api().SSL_read)

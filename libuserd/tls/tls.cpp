@@ -236,6 +236,10 @@ bool Session::feed(const char* data, std::size_t n) noexcept {
   return BIO_write(in_, data, int(n)) == int(n);
 }
 
+bool Session::partial_record() const noexcept {
+  return ssl_ && (BIO_ctrl_pending(in_) > 0 || SSL_has_pending(ssl_) == 1);
+}
+
 Session::Status Session::handshake() noexcept {
   if (established_) return Status::Ok;
   ERR_clear_error();

@@ -82,6 +82,8 @@ class Session {
   long read(char* out, std::size_t cap) noexcept;
   // Encrypts plaintext into records waiting to be sent. False on failure.
   bool write(const char* p, std::size_t n) noexcept;
+  // Ciphertext fed and not yet made into plaintext: part of a record (the peer stopped inside one).
+  bool partial_record() const noexcept;
   // Queues a close_notify alert, once.
   void close_notify() noexcept;
   // Ciphertext waiting to be sent, and moving it to out (appended).

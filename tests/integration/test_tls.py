@@ -272,6 +272,7 @@ class Https(unittest.TestCase):
         self.assert_still_serving()
 
     def test_client_closes_mid_record(self):
+        before = metric(self.srv, "userd_tls_record_failures_total")
         ctx = client_context()
         raw = socket.create_connection(("127.0.0.1", self.srv.tls_port))
         s = ctx.wrap_socket(raw, server_hostname="localhost")
@@ -280,6 +281,11 @@ class Https(unittest.TestCase):
         plain = socket.socket(fileno=s.detach())
         plain.sendall(b"\x17\x03\x03\x01\x00" + b"x" * 40)  # an application record cut short
         plain.close()
+        for _ in range(50):  # counted once the server has seen the close
+            if metric(self.srv, "userd_tls_record_failures_total") > before:
+                break
+            time.sleep(0.02)
+        self.assertEqual(metric(self.srv, "userd_tls_record_failures_total"), before + 1)
         # And a record that is complete but forged.
         s = ctx.wrap_socket(socket.create_connection(("127.0.0.1", self.srv.tls_port)), server_hostname="localhost")
         s.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")

@@ -114,6 +114,7 @@ std::string usage() {
          "  --send-timeout S     close a connection whose output makes no progress this long (30)\n"
          "  --handler-timeout S  answer 503 for a request its handler has not answered in this long (30)\n"
          "  --max-conns N        connections per thread; more are accepted and closed at once (10000)\n"
+         "  --max-tls-handshakes N  TLS handshakes in progress per thread; more are closed at once (512)\n"
          "  --drain-timeout S    on SIGTERM/SIGINT, how long requests in flight may take to finish (10)\n"
          "  --access-log PATH|-  one line per request, appended to PATH or written to stdout (off)\n"
          "  --extra-routes N     add N placeholder routes (/extra/N/{id}): to measure what routing costs (0)\n"
@@ -253,6 +254,12 @@ std::string parse_config(int argc, const char* const* argv, const Getenv& getenv
       unsigned long n;
       if (!parse_uint(value, 10'000'000, n) || n == 0) return fmt::format("invalid --max-conns '{}': expected 1 or more", value);
       out.server.max_conns = unsigned(n);
+    } else if (arg == "--max-tls-handshakes") {
+      if (!need(err)) return err;
+      unsigned long n;
+      if (!parse_uint(value, 10'000'000, n) || n == 0)
+        return fmt::format("invalid --max-tls-handshakes '{}': expected 1 or more", value);
+      out.server.max_tls_handshakes = unsigned(n);
     } else if (arg == "--upstream-conns") {
       if (!need(err)) return err;
       unsigned long n;

@@ -50,6 +50,7 @@ struct ThreadMetrics {
   Counter tls_handshakes;        // TLS handshakes completed
   Counter tls_resumed;           // of which resumed a session (a ticket)
   Counter tls_handshake_failures;  // TLS connections closed before their handshake completed (bad, stalled)
+  Counter tls_handshakes_refused;  // TLS connections closed at accept: max_tls_handshakes were in progress
   Counter tls_record_failures;   // TLS connections closed after it: a bad record, a renegotiation attempt
 
   void record(std::size_t route, int status, std::uint64_t micros) noexcept {

@@ -101,6 +101,8 @@ class Connection {
   // On ctx.ready (an answer came from elsewhere): the worker calls run_ready() later in the turn.
   bool ready_due() const noexcept { return ready_due_; }
   void run_ready() noexcept;
+  // A free slot gives back every buffer it kept for its next connection (the worker's tick, after a burst).
+  void shed() noexcept;
 
   TimerLink timer_link;    // owned by ctx.timers
   TimerLink handler_link;  // owned by ctx.handler_timers
@@ -148,6 +150,7 @@ class Connection {
   void submit_send() noexcept;
   void finish() noexcept;
   void continue_later();
+  void end_handshake() noexcept;
   void maybe_release() noexcept;
   void set_awaiting(bool on) noexcept;
   void update_waits() noexcept;
@@ -179,6 +182,8 @@ class Connection {
   bool inbox_waits_ = false;        // the worker holds stream data for this connection
   bool ready_due_ = false;          // on ctx.ready
   bool release_due_ = false;        // released, and the worker has not yet put the slot on its free list
+  bool handshaking_ = false;        // a TLS handshake in progress: counted in ctx.handshakes
+  bool shed_ = false;               // free, and holding no buffers
   int stream_status_ = 0;
   std::size_t stream_bytes_ = 0;
   std::function<void()> writable_;  // Stream::on_writable's callback, until it runs
@@ -233,6 +238,7 @@ struct LoopContext {
   const std::function<void(std::string_view)>* log = nullptr;  // ServerConfig::log; null: stderr
   std::uint64_t last_bad_response_log_s = UINT64_MAX;  // a refused handler response: one log line a second
   std::size_t released_bytes = 0;             // buffer memory freed since the worker last trimmed the heap
+  unsigned handshakes = 0;                    // TLS handshakes in progress on this loop
   // By slot: the token of the request that slot's connection awaits an answer for, 0 when none. Written by the
   // loop, read by threads that answer from elsewhere (null in unit tests).
   std::atomic<std::uint64_t>* awaited = nullptr;

@@ -434,28 +434,34 @@ std::string Server::metrics_text() const {
   series(out, "userd_connections_refused_total", "counter", "Connections closed at once for --max-conns.");
   sample(out, "userd_connections_refused_total",
          sum([](const server::Worker& w) { return w.metrics().connections_refused.get(); }));
-  const std::pair<const char*, metrics::Counter metrics::ThreadMetrics::*> bounds[] = {
-      {"userd_send_timeouts_total", &metrics::ThreadMetrics::send_timeouts},
-      {"userd_handler_timeouts_total", &metrics::ThreadMetrics::handler_timeouts},
-      {"userd_recv_pauses_total", &metrics::ThreadMetrics::recv_pauses},
-      {"userd_alloc_failures_total", &metrics::ThreadMetrics::alloc_failures},
-      {"userd_bad_responses_total", &metrics::ThreadMetrics::bad_responses},
-      {"userd_tls_handshakes_total", &metrics::ThreadMetrics::tls_handshakes},
-      {"userd_tls_resumed_total", &metrics::ThreadMetrics::tls_resumed},
-      {"userd_tls_handshake_failures_total", &metrics::ThreadMetrics::tls_handshake_failures},
-      {"userd_tls_record_failures_total", &metrics::ThreadMetrics::tls_record_failures}};
-  const char* bound_help[] = {"Connections closed because their output made no progress for the send timeout.",
-                              "Requests answered 503 because their handler did not answer in time.",
-                              "Times a connection stopped being read because too much was queued (backpressure).",
-                              "Connections closed because memory could not be allocated.",
-                              "Handler responses refused with 500 (CR, LF or NUL in a header, contradictory framing).",
-                              "TLS handshakes completed.",
-                              "TLS handshakes that resumed a session (a ticket) instead of a full handshake.",
-                              "TLS connections closed before their handshake completed (bad, refused or stalled).",
-                              "TLS connections closed after their handshake: a bad record or a renegotiation attempt."};
-  for (std::size_t k = 0; k < std::size(bounds); ++k) {
-    series(out, bounds[k].first, "counter", bound_help[k]);
-    sample(out, bounds[k].first, sum([&](const server::Worker& w) { return (w.metrics().*bounds[k].second).get(); }));
+  struct Bound {
+    const char* name;
+    metrics::Counter metrics::ThreadMetrics::*counter;
+    const char* help;
+  };
+  const Bound bounds[] = {
+      {"userd_send_timeouts_total", &metrics::ThreadMetrics::send_timeouts,
+       "Connections closed because their output made no progress for the send timeout."},
+      {"userd_handler_timeouts_total", &metrics::ThreadMetrics::handler_timeouts,
+       "Requests answered 503 because their handler did not answer in time."},
+      {"userd_recv_pauses_total", &metrics::ThreadMetrics::recv_pauses,
+       "Times a connection stopped being read because too much was queued (backpressure)."},
+      {"userd_alloc_failures_total", &metrics::ThreadMetrics::alloc_failures,
+       "Connections closed because memory could not be allocated."},
+      {"userd_bad_responses_total", &metrics::ThreadMetrics::bad_responses,
+       "Handler responses refused with 500 (a bad status, CR, LF or NUL in a header, contradictory framing)."},
+      {"userd_tls_handshakes_total", &metrics::ThreadMetrics::tls_handshakes, "TLS handshakes completed."},
+      {"userd_tls_resumed_total", &metrics::ThreadMetrics::tls_resumed,
+       "TLS handshakes that resumed a session (a ticket) instead of a full handshake."},
+      {"userd_tls_handshake_failures_total", &metrics::ThreadMetrics::tls_handshake_failures,
+       "TLS connections closed before their handshake completed (bad, refused or stalled)."},
+      {"userd_tls_handshakes_refused_total", &metrics::ThreadMetrics::tls_handshakes_refused,
+       "TLS connections closed at accept because --max-tls-handshakes were in progress."},
+      {"userd_tls_record_failures_total", &metrics::ThreadMetrics::tls_record_failures,
+       "TLS connections closed after their handshake: a bad record, a renegotiation attempt, a close inside a record."}};
+  for (const Bound& b : bounds) {
+    series(out, b.name, "counter", b.help);
+    sample(out, b.name, sum([&](const server::Worker& w) { return (w.metrics().*b.counter).get(); }));
   }
 
   series(out, "userd_upstream_requests_total", "counter", "Upstream exchanges, by result.");

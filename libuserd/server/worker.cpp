@@ -31,6 +31,8 @@ constexpr std::size_t kLoopPending = 4 << 20;
 // How long after a send deadline the socket's queue is looked at again to tell a slow reader from a gone one:
 // a client that stopped is cut this much after send_timeout_ms.
 constexpr unsigned kSendCheckMs = 1000;
+// Free slots that keep their buffers for the connections to come: enough for steady churn to allocate nothing.
+constexpr std::size_t kWarmSlots = 256;
 // Rounds of continuations per loop turn: a resumed request whose handler answers another held request queues
 // that one's continuation, and so on; past this many rounds the rest waits for the next turn (which then does
 // not block), so one turn's work stays bounded.
@@ -196,6 +198,9 @@ void Worker::tick() noexcept {
   ctx_.timers.expire(ctx_.now_ms, expired);
   ctx_.handler_timers.expire(ctx_.now_ms, expired);
   for (auto& p : pools_) p->tick();
+  // A burst leaves many free slots, each keeping small buffers for its next connection; the oldest beyond
+  // kWarmSlots give theirs back (free_ is a stack: its bottom is reused last).
+  for (std::size_t i = 0; i + kWarmSlots < free_.size(); ++i) conns_[free_[i]]->shed();
   // Freed buffers sit in malloc's free lists, so RSS stays up after a burst of connections unless the heap is
   // trimmed; a tick is off the request path, and only a burst's worth of freeing pays for it.
   if (ctx_.released_bytes >= kTrimAfter) {
@@ -265,6 +270,9 @@ void Worker::on_accept(const io::Completion& c) noexcept {
     backend_->close(c.res);
   } else if (c.res >= 0 && draining_) {
     backend_->close(c.res);  // accepted just before the listener shut: the server is going away
+  } else if (c.res >= 0 && which == 1 && ctx_.handshakes >= cfg_.max_tls_handshakes) {
+    metrics_.tls_handshakes_refused.add();  // a flood of handshakes: the connections already past theirs go on
+    backend_->close(c.res);
   } else if (c.res >= 0) {
     std::uint32_t slot;
     if (!free_.empty()) {

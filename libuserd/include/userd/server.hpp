@@ -66,6 +66,9 @@ struct ServerConfig {
   // Connections per thread; beyond it new ones are accepted and closed at once, so existing ones keep their
   // descriptors and buffers.
   unsigned max_conns = 10'000;
+  // TLS handshakes in progress per thread (each holds 50-60 KiB of OpenSSL state before the client has proven
+  // anything); beyond it new TLS connections are closed at once and counted. 512: 30 MB a thread at most.
+  unsigned max_tls_handshakes = 512;
   // stop(): how long requests in flight (including ones waiting on an upstream) may take to finish.
   unsigned drain_timeout_ms = 10'000;
   // Servers handlers may fetch from, by index (Request::fetch). Names are resolved once, in start().

@@ -1,5 +1,6 @@
 // examples/offload.cpp: CPU-heavy requests answered from a small thread pool, so the loop thread never blocks:
-// GET /fib/{n} hands its Responder to one of four pool threads, which computes and answers from there.
+// GET /fib/{n} hands its Responder to one of four pool threads, which computes and answers from there. At most 64
+// jobs wait (503 beyond), and a job whose client has left is skipped, not computed.
 // usage: offload [HOST:PORT] [io_uring|epoll]      (public headers only; prints "listening on HOST:PORT")
 #include <condition_variable>
 #include <cstdio>
@@ -28,13 +29,15 @@ class ThreadPool {
     cv_.notify_all();
     for (auto& t : threads_) t.join();
   }
-  void submit(std::function<void()> job) {
-    {
-      std::lock_guard<std::mutex> l(m_);
-      jobs_.push_back(std::move(job));
-      cv_.notify_one();  // under the lock: once it is released, the pool may be gone
-    }
+  // False when kMaxQueued jobs wait already: the caller answers 503 instead of making everyone wait longer.
+  bool submit(std::function<void()> job) {
+    std::lock_guard<std::mutex> l(m_);
+    if (jobs_.size() >= kMaxQueued) return false;
+    jobs_.push_back(std::move(job));
+    cv_.notify_one();  // under the lock: once it is released, the pool may be gone
+    return true;
   }
+  static constexpr std::size_t kMaxQueued = 64;
 
  private:
   void run() {
@@ -75,12 +78,19 @@ int main(int argc, char** argv) {
       res.send(r);
       return;
     }
-    pool->submit([res, n] {
+    const bool queued = pool->submit([res, n] {
+      if (!res.alive()) return;  // the client left (or was answered 503 by the deadline): no work for nobody
       const std::string body = "{\"n\":" + std::to_string(n) + ",\"fib\":" + std::to_string(fib(n)) + "}";
       userd::Response r;
       r.body = body;  // send() copies it
       res.send(r);
     });
+    if (!queued) {
+      userd::Response r;
+      r.status = 503;
+      r.body = R"({"error":"busy, try again"})";
+      res.send(r);
+    }
   });
 
   userd::Server server(cfg, std::move(router));

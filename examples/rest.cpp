@@ -8,6 +8,7 @@
 //   POST   /v1/users            {"name":"Ada","email":"ada@example.org"} -> 201 with its id
 //   DELETE /v1/users/{id}       204, or 404
 #include <cstdio>
+#include <charconv>
 #include <map>
 #include <string>
 
@@ -36,6 +37,15 @@ std::string escape(std::string_view s) {
 
 std::string json_user(unsigned long id, const User& u) {
   return fmt::format(R"({{"id":{},"name":"{}","email":"{}"}})", id, escape(u.name), escape(u.email));
+}
+
+// An id is decimal digits only, at most 18 of them: "1abc", "+1", " 1" and "1%2F..%2Fadmin" (decoded
+// "1/../admin") name no user, rather than user 1. 0 when the text is not an id.
+unsigned long parse_id(std::string_view s) {
+  if (s.empty() || s.size() > 18) return 0;
+  unsigned long id = 0;
+  const auto [end, ec] = std::from_chars(s.data(), s.data() + s.size(), id);
+  return ec == std::errc() && end == s.data() + s.size() && s.front() != '+' ? id : 0;
 }
 
 void answer(userd::Responder& res, int status, const std::string& body) {
@@ -73,7 +83,7 @@ int main(int argc, char** argv) {
     answer(res, 200, body);
   });
   router.get("/v1/users/{id}", [&](const userd::Request& req, userd::Responder res) {
-    const auto it = users.find(std::strtoul(std::string(req.param("id")).c_str(), nullptr, 10));
+    const auto it = users.find(parse_id(req.param("id")));
     if (it == users.end()) return answer(res, 404, R"({"error":"no such user"})");
     answer(res, 200, json_user(it->first, it->second));
   });
@@ -88,7 +98,7 @@ int main(int argc, char** argv) {
     answer(res, 201, json_user(id, users[id]));
   });
   router.del("/v1/users/{id}", [&](const userd::Request& req, userd::Responder res) {
-    if (!users.erase(std::strtoul(std::string(req.param("id")).c_str(), nullptr, 10)))
+    if (!users.erase(parse_id(req.param("id"))))
       return answer(res, 404, R"({"error":"no such user"})");
     userd::Response r;
     r.status = 204;

@@ -1,9 +1,10 @@
 // examples/stream.cpp: an NDJSON stream with backpressure. GET /numbers?count=N answers N lines {"n":i}, written
 // while the client keeps up: write() says false once 64 KiB is queued, and on_writable() resumes the producer
 // when the output has drained, so a slow reader costs no memory. GET /ticks?count=N writes one line every 10 ms
-// from a thread of its own (writes from any thread).
+// from another thread (writes from any thread): one ticker thread for every such stream, at most 256 of them.
 // usage: stream [HOST:PORT] [io_uring|epoll]      (public headers only; prints "listening on HOST:PORT")
 #include <chrono>
+#include <condition_variable>
 #include <cstdio>
 #include <memory>
 #include <mutex>
@@ -37,13 +38,78 @@ struct Numbers {
 
 }  // namespace
 
+// Every /ticks stream, written by one thread: a line to each every 10 ms. At most kMaxTicks streams at once (a
+// 503 beyond), so a flood of requests costs a bounded list, not a thread each.
+class Ticker {
+ public:
+  static constexpr std::size_t kMaxTicks = 256;
+  Ticker() : thread_([this] { run(); }) {}
+  ~Ticker() {  // before the server goes: its streams' last writes answer false
+    {
+      std::lock_guard<std::mutex> lock(m_);
+      stopping_ = true;
+    }
+    cv_.notify_one();
+    thread_.join();
+  }
+  // Starts a stream on res, or answers 503 when kMaxTicks are running already.
+  void add(const userd::Responder& res, unsigned long count) {
+    std::lock_guard<std::mutex> lock(m_);
+    if (stopping_ || ticks_.size() >= kMaxTicks) {
+      userd::Response busy;
+      busy.status = 503;
+      busy.body = R"({"error":"too many streams"})";
+      res.send(busy);
+      return;
+    }
+    userd::Response head;
+    head.content_type = "application/x-ndjson";
+    const userd::Stream s = res.stream(head);
+    if (s.alive()) ticks_.push_back({s, 0, count});  // not for HEAD: the head was the whole answer
+  }
+
+ private:
+  struct Tick {
+    userd::Stream out;
+    unsigned long next, count;
+  };
+  void run() {
+    std::unique_lock<std::mutex> lock(m_);
+    while (!(stopping_ && ticks_.empty())) {
+      cv_.wait_for(lock, std::chrono::milliseconds(10));
+      for (std::size_t i = 0; i < ticks_.size();) {
+        Tick& t = ticks_[i];
+        bool drop = false;
+        if (t.next == t.count) {
+          t.out.end();
+          drop = true;
+        } else if (t.out.write("{\"tick\":" + std::to_string(t.next) + "}\n")) {
+          ++t.next;
+        } else {
+          // Refused while alive: too much waits for a slow client, and the same tick goes next time. Refused
+          // and not alive: the client left, or the server has stopped.
+          drop = !t.out.alive();
+        }
+        if (drop) {
+          ticks_[i] = ticks_.back();
+          ticks_.pop_back();
+        } else {
+          ++i;
+        }
+      }
+    }
+  }
+  std::mutex m_;
+  std::condition_variable cv_;
+  std::vector<Tick> ticks_;
+  bool stopping_ = false;
+  std::thread thread_;
+};
+
 int main(int argc, char** argv) {
   const userd::ServerConfig cfg = example::config(argc, argv, "127.0.0.1:8084");
 
-  // Ticker threads hold Streams, so they are joined before the server goes; none starts once stopping is set.
-  std::mutex tickers_mutex;
-  std::vector<std::thread> tickers;
-  bool stopping = false;
+  auto ticker = std::make_unique<Ticker>();
   userd::Router router;
   router.get("/numbers", [](const userd::Request& req, userd::Responder res) {
     auto s = std::make_shared<Numbers>();
@@ -53,32 +119,12 @@ int main(int argc, char** argv) {
     s->out = res.stream(head);
     Numbers::pump(s);
   });
-  router.get("/ticks", [&](const userd::Request& req, userd::Responder res) {
-    const unsigned long count = std::strtoul(std::string(req.query_param("count")).c_str(), nullptr, 10);
-    std::lock_guard<std::mutex> lock(tickers_mutex);
-    if (stopping) {
-      userd::Response r;
-      r.status = 503;
-      res.send(r);
-      return;
-    }
-    userd::Response head;
-    head.content_type = "application/x-ndjson";
-    userd::Stream s = res.stream(head);
-    tickers.emplace_back([s, count] {
-      for (unsigned long i = 0; i < count; ++i) {
-        std::this_thread::sleep_for(std::chrono::milliseconds(10));
-        if (!s.write("{\"tick\":" + std::to_string(i) + "}\n")) return;  // the client left, or the server stops
-      }
-      s.end();
-    });
+  router.get("/ticks", [&ticker](const userd::Request& req, userd::Responder res) {
+    ticker->add(res, std::strtoul(std::string(req.query_param("count")).c_str(), nullptr, 10));
   });
 
   userd::Server server(cfg, std::move(router));
-  const int code = example::serve("stream", server, cfg, [&] {
-    std::lock_guard<std::mutex> lock(tickers_mutex);
-    stopping = true;
-  });
-  for (auto& t : tickers) t.join();  // the server is still there: their last writes answer false
+  const int code = example::serve("stream", server, cfg);
+  ticker.reset();  // the server is still there: the ticker's last writes answer false
   return code;
 }

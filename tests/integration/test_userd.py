@@ -11,6 +11,7 @@ import os
 import re
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import tempfile
@@ -746,6 +747,9 @@ class Example(unittest.TestCase):
             self.assertEqual(call("GET", "/v1/users/2"), (200, {"id": 2, "name": 'Alan "T"', "email": "a@t"}))
             self.assertEqual([u["name"] for u in call("GET", "/v1/users?prefix=A")[1]], ["Ada", 'Alan "T"'])
             self.assertEqual([u["id"] for u in call("GET", "/v1/users?prefix=Gr%61")[1]], [3])
+            for bad in ("1abc", "1%2F..%2Fadmin", "+1", "%201", "99999999999999999999999", "0x1"):
+                self.assertEqual(call("GET", f"/v1/users/{bad}")[0], 404, bad)  # not user 1
+                self.assertEqual(call("DELETE", f"/v1/users/{bad}")[0], 404, bad)
             self.assertEqual(call("DELETE", "/v1/users/1")[0], 204)
             self.assertEqual(call("GET", "/v1/users/1")[0], 404)
             self.assertEqual(call("PUT", "/v1/users/2", "{}")[0], 405)
@@ -781,6 +785,49 @@ class Example(unittest.TestCase):
             self.assertIn(f'{{"n":{lines - 1}}}'.encode(), tail)
             self.assertGreater(got, size_mb * 1_000_000 * 0.9)
             self.assertLess(peak - base, 8 * 1024, f"RSS {base} kB, peak {peak} kB")
+            self.assertEqual(srv.stop(), 0)
+
+    def test_the_offload_example_skips_work_for_clients_that_left_and_bounds_its_queue(self):
+        with Server([ARGS.offload, "127.0.0.1:0", ARGS.backend]) as srv:
+            for _ in range(200):  # clients that ask for the most expensive answer and leave at once
+                s = connect(srv.port)
+                s.sendall(b"GET /fib/35 HTTP/1.1\r\nHost: t\r\n\r\n")
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                s.close()
+            time.sleep(0.2)
+            t0 = time.monotonic()
+            status, body, _, _ = get(srv.port, "/fib/20")
+            self.assertEqual((status, body), (200, b'{"n":20,"fib":6765}'))
+            self.assertLess(time.monotonic() - t0, 2.0)  # not behind 200 abandoned computations
+            # A flood that stays: at most 64 wait, the rest are told at once.
+            socks = [connect(srv.port, timeout=30) for _ in range(100)]
+            for s in socks:
+                s.sendall(b"GET /fib/30 HTTP/1.1\r\nHost: t\r\n\r\n")
+            statuses = [read_response(s)[0] for s in socks]
+            for s in socks:
+                s.close()
+            self.assertEqual(set(statuses) - {200, 503}, set())
+            self.assertIn(503, statuses)
+            self.assertGreaterEqual(statuses.count(200), 64)
+            self.assertEqual(srv.stop(), 0)
+
+    def test_the_stream_example_serves_many_tick_streams_from_one_thread(self):
+        with Server([ARGS.stream, "127.0.0.1:0", ARGS.backend]) as srv:
+            socks = []
+            for _ in range(200):
+                s = connect(srv.port)
+                s.sendall(b"GET /ticks?count=100000 HTTP/1.1\r\nHost: t\r\n\r\n")
+                socks.append(s)
+            for s in socks:
+                self.assertIn(b"200 OK", s.recv(100))
+            threads = len(os.listdir(f"/proc/{srv.pid}/task"))
+            self.assertLess(threads, 8)  # the loop, the ticker, the main thread: not one per stream
+            for s in socks:
+                s.close()
+            c = http.client.HTTPConnection("127.0.0.1", srv.port, timeout=10)
+            c.request("GET", "/ticks?count=3")
+            self.assertEqual(c.getresponse().read(), b'{"tick":0}\n{"tick":1}\n{"tick":2}\n')
+            c.close()
             self.assertEqual(srv.stop(), 0)
 
     def test_a_graceful_stop_delivers_answers_and_streams_from_other_threads(self):

@@ -1,7 +1,7 @@
 // userd/main.cpp: the daemon: config, dataset, routes, start, then wait for SIGINT/SIGTERM and stop cleanly
 // (SIGHUP reloads the TLS certificate and key). Exit codes: 0 after a signal, 1 when the server cannot start
-// (address in use), 2 for a bad flag, dataset or TLS file, or when --backend io_uring was asked for and the
-// kernel refuses it.
+// (address in use), 2 for a bad flag, dataset or TLS file, an upstream name that does not resolve, or when
+// --backend io_uring was asked for and the kernel refuses it.
 #include <fmt/format.h>
 #include <signal.h>
 #include <fcntl.h>
@@ -110,8 +110,11 @@ int main(int argc, char** argv) {
                  std::strerror(r.error().sys));
       return 2;
     }
-    fmt::print(stderr, "userd: cannot start on {}:{}: {}: {}\n", cfg.server.host, cfg.server.port, r.error().what,
-               std::strerror(r.error().sys));
+    if (r.error().code == Errc::BadInput) {  // what was asked for cannot be: like a bad flag
+      fmt::print(stderr, "userd: {}\n", r.error().message());
+      return 2;
+    }
+    fmt::print(stderr, "userd: cannot start on {}:{}: {}\n", cfg.server.host, cfg.server.port, r.error().message());
     return 1;
   }
   const bool v6 = cfg.server.host.find(':') != std::string::npos;

@@ -135,8 +135,9 @@ Result<void> bind_all(const std::string& host, std::uint16_t& port, unsigned n, 
   return {};
 }
 
-// Every address an upstream name resolves to (a numeric one: itself), without repeats.
-std::vector<upstream::Target::Address> resolve_all(const std::string& host, std::uint16_t port) {
+// Every address an upstream name resolves to (a numeric one: itself), without repeats. None: *why says why,
+// in the resolver's words.
+std::vector<upstream::Target::Address> resolve_all(const std::string& host, std::uint16_t port, const char** why) {
   addrinfo hints{};
   hints.ai_family = AF_UNSPEC;
   hints.ai_socktype = SOCK_STREAM;
@@ -144,7 +145,10 @@ std::vector<upstream::Target::Address> resolve_all(const std::string& host, std:
   addrinfo* res = nullptr;
   const std::string service = std::to_string(port);
   std::vector<upstream::Target::Address> out;
-  if (getaddrinfo(host.c_str(), service.c_str(), &hints, &res) != 0 || !res) return out;
+  if (const int rc = getaddrinfo(host.c_str(), service.c_str(), &hints, &res); rc != 0 || !res) {
+    *why = rc == EAI_SYSTEM ? std::strerror(errno) : gai_strerror(rc);
+    return out;
+  }
   for (addrinfo* a = res; a; a = a->ai_next) {
     upstream::Target::Address addr;
     std::memcpy(&addr.addr, a->ai_addr, a->ai_addrlen);
@@ -238,8 +242,13 @@ Result<void> Server::start() {
     if (u.max_conns == 0 || u.max_conns > 0xffff) return fail(Errc::BadInput, EINVAL, "upstream max_conns (1-65535)");
     upstream::Target t;
     t.cfg = u;
-    t.addrs = resolve_all(u.host, u.port);
-    if (t.addrs.empty()) return fail(Errc::BadInput, EINVAL, "resolve upstream address");
+    const char* why = "no address";
+    t.addrs = resolve_all(u.host, u.port, &why);
+    if (t.addrs.empty()) {
+      Error e{Errc::BadInput, 0, "resolve upstream address"};
+      e.detail = why;
+      return Unexpected<Error>{e};
+    }
     const bool v6 = u.host.find(':') != std::string::npos;
     t.host_header = (v6 ? "[" + u.host + "]" : u.host) + ":" + std::to_string(u.port);
     if (u.tls) {

@@ -330,6 +330,17 @@ class Embedding(unittest.TestCase):
 
 
 class Environment(unittest.TestCase):
+    def test_an_upstream_name_that_does_not_resolve_is_one_line_in_the_resolvers_words_and_exit_2(self):
+        p = subprocess.run([ARGS.userd, "--listen", "127.0.0.1:0", "--backend", ARGS.backend,
+                            "--upstream", "http://no-such-host.invalid:3000/v1/avatar"],
+                           capture_output=True, timeout=30)
+        err = p.stderr.decode()
+        self.assertEqual(p.returncode, 2, err)
+        self.assertEqual(len(err.splitlines()), 1, err)
+        self.assertIn("resolve upstream address", err)
+        self.assertNotIn("Invalid argument", err)  # the resolver's reason, not a made-up errno
+        self.assertRegex(err, r"resolve upstream address: \S")
+
     def test_the_seeds_m2_variables_turn_the_proxy_on(self):
         m2 = userd()
         self.addCleanup(stop_ok, self, m2)

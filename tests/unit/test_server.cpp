@@ -111,3 +111,16 @@ TEST_CASE("an upstream with more than 65535 connections per thread is a configur
   CHECK(r.error().code == userd::Errc::BadInput);
   CHECK(std::string_view(r.error().what).find("max_conns") != std::string_view::npos);
 }
+
+TEST_CASE("Result: value_or, error() on a success, and Error's one-line message") {
+  userd::Result<int> ok = 7;
+  userd::Result<int> bad = userd::fail(userd::Errc::Io, EADDRINUSE, "bind");
+  CHECK(ok.value_or(1) == 7);
+  CHECK(bad.value_or(1) == 1);
+  CHECK(ok.error().sys == 0);  // a default Error, not a read through a null pointer
+  CHECK(std::string_view(ok.error().what).empty());
+  CHECK(bad.error().message() == "bind: Address already in use");
+  CHECK(userd::Error{userd::Errc::BadInput, 0, "recv_buffers"}.message() == "recv_buffers");
+  userd::Result<void> fine;
+  CHECK(fine.error().sys == 0);
+}

@@ -24,8 +24,8 @@ struct UpstreamRequest;
 using UpstreamDone = void (*)(void* user, Responder res, const UpstreamReply& reply);
 
 struct Header {
-  std::string_view name;
-  std::string_view value;
+  std::string_view name{};
+  std::string_view value{};
 };
 
 // Parameters per route at most: a pattern with more is refused.
@@ -34,16 +34,16 @@ inline constexpr std::size_t kMaxRouteParams = 16;
 // What a route match captured: names from the pattern, values from the path (percent-decoded before a
 // handler sees them).
 struct RouteParams {
-  std::array<std::string_view, kMaxRouteParams> names;
-  std::array<std::string_view, kMaxRouteParams> values;
+  std::array<std::string_view, kMaxRouteParams> names{};
+  std::array<std::string_view, kMaxRouteParams> values{};
   std::size_t count = 0;
 };
 
 // What a request's connection negotiated: nothing on plain HTTP.
 struct TlsInfo {
   bool on = false;
-  std::string_view version;         // "TLSv1.3"
-  std::string_view client_subject;  // the verified client certificate's subject (RFC 2253); empty when none
+  std::string_view version{};       // "TLSv1.3"
+  std::string_view client_subject{};  // the verified client certificate's subject (RFC 2253); empty when none
 };
 
 class Request {

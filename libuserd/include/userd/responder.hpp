@@ -22,8 +22,8 @@ struct Access;
 struct Response {
   int status = 200;
   std::string_view content_type = "application/json";
-  std::string_view body;
-  std::span<const Header> headers;  // extra headers, written as given (Date, Content-Length come from the server)
+  std::string_view body{};
+  std::span<const Header> headers{};  // extra headers, written as given (Date, Content-Length come from the server)
   // True when body outlives the server (a dataset loaded at start): it is then sent without being copied.
   bool body_is_static = false;
 };

@@ -4,6 +4,8 @@
 #pragma once
 
 #include <cstdint>
+#include <cstring>
+#include <string>
 #include <utility>
 #include <variant>
 
@@ -13,9 +15,20 @@ enum class Errc : std::uint8_t { Io, NoMemory, Unsupported, BadInput };  // only
 
 // `what` names the step that failed ("bind", "io_uring_queue_init"): a static string, never owned.
 struct Error {
-  Errc code;
+  Errc code = Errc::Io;
   int sys = 0;  // errno when code == Errc::Io or Unsupported
   const char* what = "";
+  const char* detail = nullptr;  // the cause when errno has no word for it (a resolver's message): static too
+  // One line for a person: "bind: Address already in use", or `what` alone when there is no cause to give.
+  std::string message() const {
+    std::string m = what;
+    const char* cause = detail ? detail : sys != 0 ? std::strerror(sys) : nullptr;
+    if (cause) {
+      if (!m.empty()) m += ": ";
+      m += cause;
+    }
+    return m.empty() ? std::string("error") : m;
+  }
 };
 
 template <class E>
@@ -35,7 +48,14 @@ class [[nodiscard]] Result {
   explicit operator bool() const noexcept { return v_.index() == 0; }
   T& operator*() noexcept { return *std::get_if<0>(&v_); }
   T* operator->() noexcept { return std::get_if<0>(&v_); }
-  const E& error() const noexcept { return *std::get_if<1>(&v_); }
+  // The value, or fallback when there is none.
+  T value_or(T fallback) const& { return v_.index() == 0 ? *std::get_if<0>(&v_) : std::move(fallback); }
+  // The error; on a success, a default E (never a read through a null pointer).
+  const E& error() const noexcept {
+    static const E none{};
+    const E* e = std::get_if<1>(&v_);
+    return e ? *e : none;
+  }
 };
 
 template <class E>

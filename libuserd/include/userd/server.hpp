@@ -27,11 +27,11 @@ struct TlsConfig {
   std::uint16_t port = 8443;     // 0: the kernel picks one; Server::tls_port() tells which
   // The certificate (the file may hold a chain, leaf first) and its private key, PEM: files, or the PEM text
   // itself in cert_pem / key_pem (used when the file name is empty).
-  std::string cert_file, key_file;
-  std::string cert_pem, key_pem;
+  std::string cert_file{}, key_file{};
+  std::string cert_pem{}, key_pem{};
   // Mutual TLS: when set, a client must present a certificate signed by one of these CAs (PEM) or the handshake
   // fails; Request::tls() then carries its subject.
-  std::string client_ca_file;
+  std::string client_ca_file{};
 };
 
 struct ServerConfig {
@@ -72,24 +72,24 @@ struct ServerConfig {
   // stop(): how long requests in flight (including ones waiting on an upstream) may take to finish.
   unsigned drain_timeout_ms = 10'000;
   // Servers handlers may fetch from, by index (Request::fetch). Names are resolved once, in start().
-  std::vector<UpstreamConfig> upstreams;
+  std::vector<UpstreamConfig> upstreams{};
   // Plain HTTP on host:port. False: only the TLS listener (tls must be set).
   bool plain = true;
   // HTTPS as well (or instead): its own listener per thread, served by the same loops.
-  std::optional<TlsConfig> tls;
+  std::optional<TlsConfig> tls{};
   // The port belongs to this server: start() fails (Errc::Io, EADDRINUSE) when any other socket listens on it.
   // True: join other SO_REUSEPORT listeners of the same user on the port instead, sharing its connections with
   // them (a rolling restart: start the new process, then stop the old one).
   bool reuse_port = false;
   // Listening sockets already open (socket activation: LISTEN_FDS). When given, nothing is bound; threads take
   // them in turn, sharing one when there are fewer sockets than threads.
-  std::vector<int> listen_fds;
+  std::vector<int> listen_fds{};
   // Access log: one line per request ("time peer method target status bytes seconds"), appended to a
   // per-thread buffer and written to this descriptor on the loop's 100 ms tick (or at 64 KiB), never per
   // request. -1: off. The server does not close it.
   int access_log_fd = -1;
   // Where the server's few log lines go (the io_uring fallback): one line each, no newline. Default: stderr.
-  std::function<void(std::string_view)> log;
+  std::function<void(std::string_view)> log{};
 };
 
 // Loads cfg's certificate and key as start() would: empty when they are usable, else one line saying which

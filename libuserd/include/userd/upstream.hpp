@@ -26,7 +26,7 @@ struct UpstreamConfig {
   // HTTPS: the certificate is verified against ca_file (PEM), or the system's CA store when empty, and must name
   // host (sent as SNI too); sessions are resumed across the pool's connections. insecure skips verification.
   bool tls = false;
-  std::string ca_file;
+  std::string ca_file{};
   bool insecure = false;
 };
 
@@ -36,8 +36,8 @@ struct UpstreamConfig {
 struct UpstreamRequest {
   std::string_view method = "GET";
   std::string_view target = "/";  // path and query, as sent
-  std::span<const Header> headers;
-  std::string_view body;
+  std::span<const Header> headers{};
+  std::string_view body{};
 };
 
 enum class UpstreamError : std::uint8_t {
@@ -55,10 +55,10 @@ std::string_view describe(UpstreamError e) noexcept;
 struct UpstreamReply {
   UpstreamError error = UpstreamError::None;
   int status = 0;
-  std::span<const Header> headers;
+  std::span<const Header> headers{};
   // De-chunked. Valid only during the callback; at least 64 readable bytes follow it (simdjson's padding), so
   // it can be parsed in place.
-  std::string_view body;
+  std::string_view body{};
 };
 
 // Called on the loop thread when the exchange ends, once per fetch. A plain function and a pointer, so that a

@@ -7,6 +7,7 @@
 #include <array>
 #include <atomic>
 #include <cstdint>
+#include <string>
 #include <vector>
 
 namespace userd::metrics {
@@ -21,20 +22,36 @@ class Counter {
   std::atomic<std::uint64_t> v_{0};
 };
 
-// The status codes given a series of their own; the rest are counted as "other".
-inline constexpr std::array<int, 16> kCodes = {200, 204, 304, 400, 404, 405, 408, 413, 414, 431, 500, 501, 502, 503, 504, 505};
+// Every status code registered with IANA for final responses gets a series of its own; an unregistered one is
+// counted under its class ("2xx" ... "5xx"). Handlers send only 200-599 (the connection refuses the rest).
+inline constexpr std::array kCodes = {
+    200, 201, 202, 203, 204, 205, 206, 207, 208, 226, 300, 301, 302, 303, 304, 305, 307, 308, 400, 401,
+    402, 403, 404, 405, 406, 407, 408, 409, 410, 411, 412, 413, 414, 415, 416, 417, 421, 422, 423, 424,
+    425, 426, 428, 429, 431, 451, 500, 501, 502, 503, 504, 505, 506, 507, 508, 510, 511};
+inline constexpr std::size_t kCodeSlots = kCodes.size() + 4;  // then 2xx, 3xx, 4xx, 5xx
+inline constexpr auto kCodeIndex = [] {
+  std::array<std::uint8_t, 600> t{};
+  for (int s = 0; s < 600; ++s) t[std::size_t(s)] = std::uint8_t(kCodes.size() + (s < 200 ? 0 : s / 100 - 2));
+  for (std::size_t i = kCodes.size(); i-- > 0;) t[std::size_t(kCodes[i])] = std::uint8_t(i);
+  return t;
+}();
+// One table look-up per request: the slot of status (its own, or its class's).
 inline constexpr std::size_t code_index(int status) noexcept {
-  for (std::size_t i = 0; i < kCodes.size(); ++i)
-    if (kCodes[i] == status) return i;
-  return kCodes.size();
+  return status >= 0 && status < 600 ? kCodeIndex[std::size_t(status)] : kCodeSlots - 1;
 }
+// The label of a slot: "404", or "4xx".
+inline std::string code_label(std::size_t slot) {
+  if (slot < kCodes.size()) return std::to_string(kCodes[slot]);
+  return std::to_string(slot - kCodes.size() + 2) + "xx";
+}
+
 // Request duration buckets in microseconds (upper bounds), from a cache hit to a slow upstream.
 inline constexpr std::array<std::uint64_t, 14> kBucketsUs = {50, 100, 250, 500, 1'000, 2'500, 5'000, 10'000,
                                                              25'000, 50'000, 100'000, 250'000, 1'000'000, 2'500'000};
 
 struct ThreadMetrics {
-  explicit ThreadMetrics(std::size_t routes) : requests((routes + 1) * (kCodes.size() + 1)) {}
-  // requests[route * (kCodes + 1) + code]; the last route is "unmatched" (404)
+  explicit ThreadMetrics(std::size_t routes) : requests((routes + 1) * kCodeSlots) {}
+  // requests[route * kCodeSlots + code_index(status)]; the last route is "unmatched" (404)
   std::vector<Counter> requests;
   std::array<Counter, kBucketsUs.size() + 1> duration_buckets;  // not cumulative; the last is +Inf
   Counter duration_sum_us;
@@ -54,7 +71,7 @@ struct ThreadMetrics {
   Counter tls_record_failures;   // TLS connections closed after it: a bad record, a renegotiation attempt
 
   void record(std::size_t route, int status, std::uint64_t micros) noexcept {
-    requests[route * (kCodes.size() + 1) + code_index(status)].add();
+    requests[route * kCodeSlots + code_index(status)].add();
     std::size_t b = 0;
     while (b < kBucketsUs.size() && micros > kBucketsUs[b]) ++b;
     duration_buckets[b].add();

@@ -397,7 +397,7 @@ std::string Server::metrics_text() const {
   std::string out;
   out.reserve(4096);
   const std::size_t routes = s.router.route_count();
-  const std::size_t codes = metrics::kCodes.size() + 1;
+  const std::size_t codes = metrics::kCodeSlots;
   auto sum = [&](auto&& get) {
     std::uint64_t v = 0;
     for (const auto& w : s.workers) v += get(*w);
@@ -412,7 +412,7 @@ std::string Server::metrics_text() const {
       std::string labels = "userd_requests_total{route=\"";
       labels += r < routes ? std::string(s.router.route_path(r)) : std::string("other");
       labels += "\",code=\"";
-      labels += c < metrics::kCodes.size() ? std::to_string(metrics::kCodes[c]) : std::string("other");
+      labels += metrics::code_label(c);
       labels += "\"}";
       sample(out, labels, v);
     }

@@ -1,6 +1,8 @@
 // tests/unit/test_server.cpp: what Server::start refuses before it binds or starts a thread, and what it leaves
 // behind on the caller's thread.
 #include <doctest/doctest.h>
+#include <arpa/inet.h>
+#include <netinet/in.h>
 #include <sys/socket.h>
 #include <sys/time.h>
 #include <unistd.h>
@@ -123,4 +125,48 @@ TEST_CASE("Result: value_or, error() on a success, and Error's one-line message"
   CHECK(userd::Error{userd::Errc::BadInput, 0, "recv_buffers"}.message() == "recv_buffers");
   userd::Result<void> fine;
   CHECK(fine.error().sys == 0);
+}
+
+// Found from outside: 201, 202, 301, 302, 401, 403, 409, 422 and 429 were all folded into code="other".
+TEST_CASE("metrics label every registered status code, and an unregistered one by its class") {
+  userd::Router router;
+  router.get("/s/{code}", [](const userd::Request& req, userd::Responder res) {
+    userd::Response r;
+    r.status = std::stoi(std::string(req.param("code")));
+    res.send(r);
+  });
+  userd::ServerConfig cfg;
+  cfg.host = "127.0.0.1";
+  cfg.port = 0;
+  cfg.threads = 1;
+  cfg.backend = userd::BackendKind::Epoll;
+  userd::Server server(cfg, std::move(router));
+  REQUIRE(server.start());
+  const int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_port = htons(server.port());
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  REQUIRE(::connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0);
+  std::string reqs;
+  for (const char* code : {"201", "202", "301", "302", "401", "403", "409", "422", "429", "299", "599"})
+    reqs += std::string("GET /s/") + code + " HTTP/1.1\r\nHost: t\r\n\r\n";
+  REQUIRE(::send(fd, reqs.data(), reqs.size(), 0) == ssize_t(reqs.size()));
+  std::string got;
+  char buf[4096];
+  timeval tv{5, 0};
+  setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+  while (got.find("HTTP/1.1 599") == std::string::npos) {
+    const ssize_t n = ::recv(fd, buf, sizeof buf, 0);
+    if (n <= 0) break;
+    got.append(buf, std::size_t(n));
+  }
+  ::close(fd);
+  const std::string text = server.metrics_text();
+  for (const char* code : {"201", "202", "301", "302", "401", "403", "409", "422", "429", "2xx", "5xx"}) {
+    CAPTURE(code);
+    CHECK(text.find(std::string("userd_requests_total{route=\"/s/{code}\",code=\"") + code + "\"} 1") !=
+          std::string::npos);
+  }
+  CHECK(text.find("code=\"other\"") == std::string::npos);
 }

@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """Compiles every ```cpp block of the given Markdown files, so that what README and docs show an embedder is
 code that builds against the public headers as they are. A block with `int main` is a whole program; any
-other is the body of a function that has what the docs' fragments refer to in scope (a router, a request and
-its Responder, a handler h, a thread pool, a callback for fetch). Prints one line per block and
+other is the body of a function that has what the docs' fragments refer to in scope (a server, a router, a
+request and its Responder, a handler h, a thread pool, a callback for fetch). Prints one line per block and
 "snippets: N passed, N failed"."""
 import argparse
 import os
@@ -15,6 +15,7 @@ FRAGMENT = """#include <signal.h>
 #include <functional>
 #include <string>
 #include <string_view>
+#include <vector>
 #include "userd/server.hpp"
 namespace {{
 struct Pool {{ void submit(std::function<void()>) {{}} }};
@@ -53,6 +54,8 @@ def main():
                               "[[maybe_unused]] userd::Responder res", "[[maybe_unused]] userd::Handler h"]
                     if not re.search(r"userd::Router router\b", code):
                         params.insert(0, "[[maybe_unused]] userd::Router& router")
+                    if not re.search(r"userd::Server server\b", code):
+                        params.insert(0, "[[maybe_unused]] userd::Server& server")
                     source = FRAGMENT.format(params=", ".join(params), body=code)
                 src = os.path.join(tmp, "snippet.cpp")
                 with open(src, "w") as f:

@@ -533,6 +533,8 @@ bool Connection::decode(const http::RequestHead& head, Request& request) {
   return true;
 }
 
+unsigned Connection::loop_index() const noexcept { return ctx_->loop_index; }
+
 TlsInfo Connection::tls_info() const noexcept {
   if (!tls_.active()) return {};
   return {true, tls_.version(), tls_.peer_subject()};

@@ -90,6 +90,7 @@ class Connection {
   std::string_view peer() const noexcept;  // "address:port" of the client
   TlsInfo tls_info() const noexcept;
   std::uint32_t seq() const noexcept { return seq_; }
+  unsigned loop_index() const noexcept;
   // The slot may be reused once the socket is closed and no completion is pending for it.
   bool released() const noexcept { return state_ == State::Free; }
   // True once per release: the worker puts the slot on its free list then, however often it asks.
@@ -229,6 +230,7 @@ struct LoopContext {
   http::Limits limits;
   std::uint64_t max_body = 1 << 20;
   std::uint64_t now_ms = 0;  // CLOCK_MONOTONIC, refreshed once per loop turn
+  unsigned loop_index = 0;   // which of the server's loops: Request::loop_index()
   std::string_view backend_name;
   TimerLists<Connection, &Connection::timer_link> timers;  // idle, header, body, send and linger deadlines
   TimerLists<Connection, &Connection::handler_link> handler_timers;  // requests a handler holds

@@ -24,6 +24,8 @@ class ReplyTarget {
                             bool end) noexcept = 0;
   virtual void stream_on_writable(std::uint32_t slot, std::uint16_t gen, std::uint32_t seq,
                                   std::function<void()> fn) = 0;
+  // A timer on the loop (Request::after, Responder::after, Stream::after): loop thread only.
+  virtual bool run_after(std::uint64_t ms, std::function<void()> fn) noexcept { return (void)ms, (void)fn, false; }
 
  protected:
   ~ReplyTarget() = default;

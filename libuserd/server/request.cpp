@@ -24,6 +24,16 @@ std::string_view Request::header(std::string_view name) const noexcept {
 }
 
 TlsInfo Request::tls() const noexcept { return conn_ ? conn_->tls_info() : TlsInfo{}; }
+unsigned Request::loop_index() const noexcept { return conn_ ? conn_->loop_index() : 0; }
+bool Request::after(std::uint64_t ms, std::function<void()> fn) const {
+  return loop_ && loop_->run_after(ms, std::move(fn));
+}
+bool Responder::after(std::uint64_t ms, std::function<void()> fn) const {
+  return target_ && target_->run_after(ms, std::move(fn));
+}
+bool Stream::after(std::uint64_t ms, std::function<void()> fn) const {
+  return target_ && target_->run_after(ms, std::move(fn));
+}
 
 std::string_view Request::param(std::string_view name) const noexcept {
   if (!params_) return {};

@@ -315,6 +315,7 @@ Result<void> Server::start() {
   for (unsigned i = 0; i < n; ++i) {
     s.workers.push_back(std::make_unique<server::Worker>(s.cfg, s.router, fds[i], tls_fds[i], tls_ctx, s.upstreams));
     server::Worker* w = s.workers.back().get();
+    w->set_index(i);
     std::promise<Result<std::string_view>>* verdict = &verdicts[i];
     s.threads.emplace_back([w, verdict, &cfg = s.cfg, kind = *kind] {
       auto backend = make_backend(cfg, kind);
@@ -367,6 +368,12 @@ std::string check_tls(const TlsConfig& cfg) {
 std::string describe_tls() { return tls::describe(); }
 std::string_view Server::backend() const noexcept { return impl_->backend; }
 unsigned Server::threads() const noexcept { return unsigned(impl_->workers.size()); }
+
+bool Server::post(unsigned loop, std::function<void()> fn) {
+  Impl& s = *impl_;
+  if (!s.started || loop >= s.workers.size()) return false;
+  return s.workers[loop]->run_soon(std::move(fn));
+}
 
 namespace {
 constexpr const char* kUpstreamResults[] = {"ok", "unreachable", "timeout", "closed", "bad_response", "too_large",

@@ -31,6 +31,10 @@ constexpr std::size_t kLoopPending = 4 << 20;
 // How long after a send deadline the socket's queue is looked at again to tell a slow reader from a gone one:
 // a client that stopped is cut this much after send_timeout_ms.
 constexpr unsigned kSendCheckMs = 1000;
+// Embedders' callbacks a loop holds: run_soon's waiting for the next turn, and timers. A bound each, so that a
+// runaway producer is told (false) instead of growing the loop's memory.
+constexpr std::size_t kMaxSoon = 4096;
+constexpr std::size_t kMaxTimers = 65536;
 // Free slots that keep their buffers for the connections to come: enough for steady churn to allocate nothing.
 constexpr std::size_t kWarmSlots = 256;
 // Rounds of continuations per loop turn: a resumed request whose handler answers another held request queues
@@ -128,18 +132,80 @@ bool Worker::turn() noexcept {
   }
   if (draining_ && (conns_.size() == free_.size() || ctx_.now_ms >= drain_deadline_)) return false;
   // Continuations left over from the last turn (see run_continuations) run after a wait that does not block.
-  const bool due = !ctx_.ready.empty() || !ctx_.writable_due.empty();
-  const int n = backend_->wait(batch_, due ? 0 : kTickMs);
+  const int n = backend_->wait(batch_, wait_timeout());
   refresh_clock();
   if (next_tls_.load(std::memory_order_relaxed)) adopt_tls();
   for (int i = 0; i < n; ++i) on_completion(batch_[std::size_t(i)]);
   if (!ctx_.ready.empty() || !ctx_.writable_due.empty()) run_continuations();
+  if (!timed_.empty() && timed_.front().due_ms <= ctx_.now_ms) {
+    run_timers();
+    if (!ctx_.ready.empty() || !ctx_.writable_due.empty()) run_continuations();
+  }
   if (ctx_.now_ms - last_tick_ms_ >= std::uint64_t(kTickMs)) {
     tick();
     if (!ctx_.ready.empty()) run_continuations();
   } else if (access_log_.size() > 64 * 1024) {
     flush_access_log();
   }
+  return true;
+}
+
+// Continuations left over from the last turn (see run_continuations) run after a wait that does not block; the
+// next timer shortens the wait to its deadline.
+int Worker::wait_timeout() const noexcept {
+  if (!ctx_.ready.empty() || !ctx_.writable_due.empty()) return 0;
+  if (timed_.empty()) return kTickMs;
+  const std::uint64_t due = timed_.front().due_ms;
+  return due <= ctx_.now_ms ? 0 : int(std::min<std::uint64_t>(due - ctx_.now_ms, kTickMs));
+}
+
+namespace {
+bool later(const auto& a, const auto& b) noexcept {  // std::push_heap's order for a min-heap
+  return a.due_ms != b.due_ms ? a.due_ms > b.due_ms : a.order > b.order;
+}
+}  // namespace
+
+bool Worker::run_after(std::uint64_t ms, std::function<void()> fn) noexcept {
+  if (std::this_thread::get_id() != loop_thread_ || !fn || timed_.size() >= kMaxTimers || draining_) return false;
+  try {
+    timed_.push_back({ctx_.now_ms + ms, timed_order_++, std::move(fn)});
+  } catch (const std::bad_alloc&) {
+    return false;
+  }
+  std::push_heap(timed_.begin(), timed_.end(), [](const Timed& a, const Timed& b) { return later(a, b); });
+  return true;
+}
+
+// Every timer due now, in deadline order; one that a callback adds for now runs on the next turn.
+void Worker::run_timers() noexcept {
+  const std::uint64_t now = ctx_.now_ms, last = timed_order_;
+  while (!timed_.empty() && timed_.front().due_ms <= now && timed_.front().order < last) {
+    std::pop_heap(timed_.begin(), timed_.end(), [](const Timed& a, const Timed& b) { return later(a, b); });
+    std::function<void()> fn = std::move(timed_.back().fn);
+    timed_.pop_back();
+    try {
+      fn();
+    } catch (...) {
+      // an embedder's callback that throws loses only itself
+    }
+  }
+}
+
+bool Worker::run_soon(std::function<void()> fn) noexcept {
+  if (!fn || ended_.load(std::memory_order_acquire)) return false;
+  bool was_empty;
+  {
+    std::lock_guard<std::mutex> lock(inbox_mutex_);
+    if (soon_.size() >= kMaxSoon) return false;
+    try {
+      soon_.push_back(std::move(fn));
+    } catch (const std::bad_alloc&) {
+      return false;
+    }
+    was_empty = soon_.size() == 1 && inbox_.empty();
+  }
+  if (was_empty)
+    if (io::Backend* b = wakeable_.load(std::memory_order_acquire)) b->wake();
   return true;
 }
 
@@ -384,7 +450,7 @@ bool Worker::post(Kind kind, std::uint32_t slot, std::uint16_t gen, std::uint32_
       pending_bytes_.fetch_add(cost, std::memory_order_relaxed);
       stream_pending_[slot].fetch_add(cost, std::memory_order_relaxed);
     }
-    was_empty = inbox_.empty();
+    was_empty = inbox_.empty() && soon_.empty();
     inbox_.push_back(std::move(p));  // reserved: does not throw
   }
   if (was_empty)  // one wake per batch: the loop takes everything queued until it drains
@@ -406,7 +472,16 @@ void Worker::drain_inbox() noexcept {
   {
     std::lock_guard<std::mutex> lock(inbox_mutex_);
     std::swap(inbox_, draining_inbox_);
+    std::swap(soon_, soon_now_);
   }
+  for (auto& fn : soon_now_) {
+    try {
+      fn();
+    } catch (...) {
+      // as for timers: only this callback is lost
+    }
+  }
+  soon_now_.clear();
   for (Posted& p : draining_inbox_) {
     Connection* conn = find(p.slot, p.gen);
     if (!conn) {

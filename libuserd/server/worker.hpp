@@ -33,6 +33,12 @@ class Worker final : public ReplyTarget {
   // from them. Separate so that a test can drive a worker over a fake backend one turn at a time.
   void begin(std::unique_ptr<io::Backend> backend) noexcept;
   bool turn() noexcept;
+  // Embedders' work on this loop. run_soon: from any thread, fn runs on the loop at its next turn. run_after:
+  // on the loop thread, fn runs there after ms. Both bounded (kMaxSoon, kMaxTimers in worker.cpp): false, and fn
+  // dropped, when full or once the loop has ended.
+  bool run_soon(std::function<void()> fn) noexcept;
+  bool run_after(std::uint64_t ms, std::function<void()> fn) noexcept override;
+  void set_index(unsigned i) noexcept { ctx_.loop_index = i; }
   // For tests: stream data written off the loop that waits (bytes plus bookkeeping), slots free for reuse.
   std::size_t pending_stream_bytes() const noexcept { return pending_bytes_.load(std::memory_order_relaxed); }
   std::size_t free_slots() const noexcept { return free_.size(); }
@@ -79,6 +85,8 @@ class Worker final : public ReplyTarget {
   bool answer(Kind kind, std::uint32_t slot, std::uint16_t gen, std::uint32_t seq, const Response& r, F&& op) noexcept;
   void drain_inbox() noexcept;
   void run_continuations() noexcept;
+  void run_timers() noexcept;
+  int wait_timeout() const noexcept;
 
   // An answer sent from another thread, owning copies of what it points to.
   struct Posted {
@@ -132,6 +140,14 @@ class Worker final : public ReplyTarget {
   std::vector<Posted> draining_inbox_;  // the loop's: swapped with inbox_ under the mutex
   std::vector<Posted> stalled_;  // stream data and ends whose connection could not take them yet, in order
   std::vector<Header> posted_headers_;
+  std::vector<std::function<void()>> soon_, soon_now_;  // run_soon's: soon_ guarded by inbox_mutex_
+  struct Timed {
+    std::uint64_t due_ms;
+    std::uint64_t order;  // among equal deadlines, first come first run
+    std::function<void()> fn;
+  };
+  std::vector<Timed> timed_;  // a min-heap on (due_ms, order)
+  std::uint64_t timed_order_ = 0;
   // Stream data written off the loop and not yet taken by its connection (inbox or stalled_), in bytes plus a
   // Posted each: the loop's total, and by slot. Bounded (kLoopPending, kStreamPending in worker.cpp).
   std::atomic<std::size_t> pending_bytes_{0};

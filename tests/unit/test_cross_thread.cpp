@@ -543,3 +543,77 @@ TEST_CASE("a stream ended on the loop while data written from another thread sti
     stream.reset();
   });
 }
+
+TEST_CASE("timers, work posted onto a loop, and the loop index: an SSE-like feed needs no thread of its own") {
+  std::mutex m;
+  std::vector<std::thread::id> loop_threads;
+  auto routes = [&](userd::Router& router) {
+    loop_threads.clear();
+    // Three events 20 ms apart from a timer on the handler's own loop, then the end.
+    router.get("/feed", [](const userd::Request& req, userd::Responder res) {
+      userd::Stream s = res.stream(userd::Response{});
+      auto tick = std::make_shared<std::function<void(int)>>();
+      *tick = [s, tick](int n) {
+        if (n == 3) {
+          s.end();
+          *tick = nullptr;  // breaks the cycle
+          return;
+        }
+        s.write("event " + std::to_string(n) + "\n");
+        if (!s.after(20, [tick, n] { (*tick)(n + 1); })) s.end();
+      };
+      req.after(20, [tick] { (*tick)(0); });
+    });
+    router.get("/where", [&](const userd::Request& req, userd::Responder res) {
+      {
+        std::lock_guard<std::mutex> l(m);
+        if (loop_threads.size() <= req.loop_index()) loop_threads.resize(req.loop_index() + 1);
+        loop_threads[req.loop_index()] = std::this_thread::get_id();
+      }
+      const std::string body = std::to_string(req.loop_index());
+      userd::Response r;
+      r.body = body;
+      res.send(r);
+    });
+  };
+  each_backend(2, routes, [&](userd::Server& server) {
+    const int fd = connect_to(server.port());
+    const std::string req = "GET /feed HTTP/1.1\r\nHost: t\r\n\r\n";
+    const auto t0 = std::chrono::steady_clock::now();
+    REQUIRE(::send(fd, req.data(), req.size(), MSG_NOSIGNAL) == ssize_t(req.size()));
+    const Chunked c = read_chunked(fd);
+    CHECK(c.ended);
+    CHECK(c.body == "event 0\nevent 1\nevent 2\n");
+    CHECK(std::chrono::steady_clock::now() - t0 >= std::chrono::milliseconds(60));
+    ::close(fd);
+    // Until each loop has answered a /where: fresh connections spread over the two loops.
+    for (int i = 0; i < 64; ++i) {
+      const int w = connect_to(server.port());
+      const std::string get = "GET /where HTTP/1.1\r\nHost: t\r\n\r\n";
+      REQUIRE(::send(w, get.data(), get.size(), MSG_NOSIGNAL) == ssize_t(get.size()));
+      const auto bodies = read_bodies(w, 1);
+      REQUIRE(bodies.size() == 1);
+      CHECK((bodies[0] == "0" || bodies[0] == "1"));
+      ::close(w);
+      std::lock_guard<std::mutex> l(m);
+      if (loop_threads.size() == 2 && loop_threads[0] != std::thread::id() && loop_threads[1] != std::thread::id())
+        break;
+    }
+    for (unsigned loop = 0; loop < 2; ++loop) {
+      std::thread::id ran;
+      std::atomic<bool> done{false};
+      REQUIRE(server.post(loop, [&] {
+        ran = std::this_thread::get_id();
+        done = true;
+      }));
+      for (int i = 0; i < 400 && !done; ++i) std::this_thread::sleep_for(std::chrono::milliseconds(5));
+      REQUIRE(done);
+      std::lock_guard<std::mutex> l(m);
+      if (loop < loop_threads.size() && loop_threads[loop] != std::thread::id()) CHECK(ran == loop_threads[loop]);
+    }
+    CHECK_FALSE(server.post(2, [] {}));  // no such loop
+    server.stop();
+    server.wait();
+    CHECK_FALSE(server.post(0, [] {}));  // its loop has ended
+  });
+}

@@ -170,3 +170,28 @@ TEST_CASE("an answer from another thread that cannot be copied claims nothing: a
   CHECK(wire(rig, a).find("\r\n\r\nsmall") != std::string::npos);
   CHECK(rig.worker->pending_stream_bytes() == 0);
 }
+
+TEST_CASE("work posted onto a loop and timers are bounded, and run in order on the loop's turn") {
+  WorkerRig rig;
+  rig.start();
+  int ran = 0;
+  bool refused = false;
+  std::thread([&] {
+    for (int i = 0; i < 4096; ++i)
+      if (!rig.worker->run_soon([&ran] { ++ran; })) return;
+    refused = !rig.worker->run_soon([&ran] { ++ran; });
+  }).join();
+  CHECK(refused);  // the 4,097th waits for nothing: false
+  CHECK(ran == 0);
+  rig.wake();
+  rig.turn();
+  CHECK(ran == 4096);
+  std::vector<int> order;
+  CHECK(rig.worker->run_after(0, [&] { order.push_back(1); }));
+  CHECK(rig.worker->run_after(0, [&] { order.push_back(2); }));
+  bool off_loop = true;
+  std::thread([&] { off_loop = rig.worker->run_after(0, [] {}); }).join();
+  CHECK_FALSE(off_loop);  // loop thread only
+  rig.turn();
+  CHECK(order == std::vector<int>{1, 2});
+}

@@ -5,6 +5,8 @@
 
 #include <array>
 #include <cstddef>
+#include <cstdint>
+#include <functional>
 #include <span>
 #include <string_view>
 
@@ -69,6 +71,12 @@ class Request {
   std::string_view peer() const noexcept;
   // Whether the request came over TLS, which version, and the client certificate's subject under mutual TLS.
   TlsInfo tls() const noexcept;
+  // Which of the server's loop threads runs this handler: 0 .. Server::threads() - 1. A handler keeps per-loop
+  // state in an array indexed by it, without locks or thread_local (Server::post runs work on a given loop).
+  unsigned loop_index() const noexcept;
+  // Runs fn on this loop thread after ms (a timer: nothing blocks meanwhile). False, and fn dropped, when the
+  // loop holds 65,536 timers already or the server is stopping. Also on Responder and Stream, for later.
+  bool after(std::uint64_t ms, std::function<void()> fn) const;
 
   // GET path from ServerConfig::upstreams[upstream] on this loop thread; done(user, res, reply) runs when it
   // ends (never before fetch returns). False, and nothing happens, when there is no such upstream.

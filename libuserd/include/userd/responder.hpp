@@ -39,6 +39,8 @@ class Stream {
   // connection can take it, and write() also says false when this stream already has 256 KiB waiting (or the
   // loop 4 MiB). True means it will be sent, in order, unless the client leaves.
   bool write(std::string_view data) const noexcept;
+  // Loop thread only: fn runs on the loop thread after ms (Request::after), e.g. the next event of a feed.
+  bool after(std::uint64_t ms, std::function<void()> fn) const;
   // Loop thread only: fn runs once, on the loop thread, when queued output is below 16 KiB (on the next loop
   // turn if it is already). Register again from fn for more.
   void on_writable(std::function<void()> fn) const;
@@ -78,6 +80,8 @@ class Responder {
   Stream stream(const Response& head) const noexcept;
   // Whether the request is still awaited: the client is there and nothing has answered it. Any thread.
   bool alive() const noexcept;
+  // Loop thread only: fn runs on the loop thread after ms (Request::after), e.g. to answer then.
+  bool after(std::uint64_t ms, std::function<void()> fn) const;
 
   // Answers nothing: send() returns false. Handlers get theirs from the server.
   Responder() noexcept = default;

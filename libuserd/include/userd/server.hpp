@@ -118,6 +118,10 @@ class Server {
   Result<void> reload_tls(std::string* why = nullptr);
   std::string_view backend() const noexcept;  // "io_uring" or "epoll", after start()
   unsigned threads() const noexcept;
+  // Any thread, after start(): fn runs on loop thread `loop` (0 .. threads() - 1) at its next turn, where it may
+  // use that loop's Responders and Streams as a handler would. False, and fn dropped, for no such loop, once
+  // its loop has ended, or when 4,096 such calls already wait there.
+  bool post(unsigned loop, std::function<void()> fn);
   // Prometheus text exposition (format 0.0.4) of every thread's counters, summed now. Any thread; it reads the
   // counters without locks, so the request path never waits for it.
   std::string metrics_text() const;

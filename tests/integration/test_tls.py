@@ -361,6 +361,7 @@ class Memory(unittest.TestCase):
             grown = rss() - base
             for c in clients:
                 c.close()
+            print(f"RSS grew {grown} kB for 40 clients", file=sys.stderr)
             self.assertLess(grown, 16 * 1024, f"RSS grew {grown} kB for 40 clients of a {size} byte answer")
             status, body, c = https_get(srv.tls_port)
             c.close()

@@ -19,6 +19,8 @@ FRAGMENT = """#include <signal.h>
 #include "userd/server.hpp"
 namespace {{
 struct Pool {{ void submit(std::function<void()>) {{}} }};
+struct Route {{ int n = 0; }};
+[[maybe_unused]] Route routes[4];
 [[maybe_unused]] std::string compute(const std::string& s) {{ return s; }}
 [[maybe_unused]] void on_created(void*, userd::Responder, const userd::UpstreamReply&) {{}}
 [[maybe_unused]] void fragment({params}) {{

@@ -16,8 +16,8 @@ class ReplyTarget {
  public:
   virtual bool reply(std::uint32_t slot, std::uint16_t gen, std::uint32_t seq, const Response& r) noexcept = 0;
   virtual bool awaiting(std::uint32_t slot, std::uint16_t gen, std::uint32_t seq) const noexcept = 0;
-  virtual bool fetch(std::size_t upstream, const UpstreamRequest& request, Responder res, UpstreamDone done,
-                     void* user) noexcept = 0;
+  virtual FetchRefused fetch(std::size_t upstream, const UpstreamRequest& request, Responder res,
+                             const UpstreamCallback& done) noexcept = 0;
   // Streams (Responder::stream, Stream): begin, write (or end), and the writable callback.
   virtual bool stream_begin(std::uint32_t slot, std::uint16_t gen, std::uint32_t seq, const Response& head) noexcept = 0;
   virtual bool stream_write(std::uint32_t slot, std::uint16_t gen, std::uint32_t seq, std::string_view data,

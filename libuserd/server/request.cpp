@@ -85,16 +85,39 @@ std::string_view Request::query_param(std::string_view name) const noexcept {
 
 std::string_view Request::peer() const noexcept { return conn_ ? conn_->peer() : std::string_view(); }
 
-bool Request::fetch(std::size_t upstream, std::string_view path, Responder res, UpstreamDone done,
-                    void* user) const noexcept {
+FetchResult Request::fetch(std::size_t upstream, std::string_view path, Responder res,
+                           const UpstreamCallback& done) const noexcept {
   UpstreamRequest r;
   r.target = path;
-  return fetch(upstream, r, res, done, user);
+  return fetch(upstream, r, res, done);
 }
 
-bool Request::fetch(std::size_t upstream, const UpstreamRequest& request, Responder res, UpstreamDone done,
-                    void* user) const noexcept {
-  return loop_ && loop_->fetch(upstream, request, res, done, user);
+FetchResult Request::fetch(std::size_t upstream, std::string_view path, Responder res, UpstreamDone done,
+                           void* user) const noexcept {
+  return fetch(upstream, path, res, UpstreamCallback(done, user));
+}
+
+FetchResult Request::fetch(std::size_t upstream, const UpstreamRequest& request, Responder res, UpstreamDone done,
+                           void* user) const noexcept {
+  return fetch(upstream, request, res, UpstreamCallback(done, user));
+}
+
+FetchResult Request::fetch(std::size_t upstream, const UpstreamRequest& request, Responder res,
+                           const UpstreamCallback& done) const noexcept {
+  if (!loop_) return {FetchRefused::NotOnLoop};
+  return {loop_->fetch(upstream, request, res, done)};
+}
+
+std::string_view describe(FetchRefused r) noexcept {
+  switch (r) {
+    case FetchRefused::None: return "ok";
+    case FetchRefused::NoUpstream: return "no such upstream";
+    case FetchRefused::BadRequest: return "a header, method or target the upstream request cannot carry";
+    case FetchRefused::QueueFull: return "too many upstream requests queued";
+    case FetchRefused::NoMemory: return "out of memory";
+    case FetchRefused::NotOnLoop: return "not on the handler's loop thread";
+  }
+  return "refused";
 }
 
 std::string_view describe(UpstreamError e) noexcept {

@@ -644,9 +644,11 @@ void Worker::run_continuations() noexcept {
   }
 }
 
-bool Worker::fetch(std::size_t upstream, const UpstreamRequest& request, Responder res, UpstreamDone done,
-                   void* user) noexcept {
-  return upstream < pools_.size() && pools_[upstream]->fetch(request, res, done, user);
+FetchRefused Worker::fetch(std::size_t upstream, const UpstreamRequest& request, Responder res,
+                           const UpstreamCallback& done) noexcept {
+  if (std::this_thread::get_id() != loop_thread_) return FetchRefused::NotOnLoop;
+  if (upstream >= pools_.size()) return FetchRefused::NoUpstream;
+  return pools_[upstream]->fetch(request, res, done);
 }
 
 bool Worker::awaiting(std::uint32_t slot, std::uint16_t gen, std::uint32_t seq) const noexcept {

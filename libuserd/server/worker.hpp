@@ -50,8 +50,8 @@ class Worker final : public ReplyTarget {
   // the rest are for the worker's thread.
   bool reply(std::uint32_t slot, std::uint16_t gen, std::uint32_t seq, const Response& r) noexcept override;
   bool awaiting(std::uint32_t slot, std::uint16_t gen, std::uint32_t seq) const noexcept override;
-  bool fetch(std::size_t upstream, const UpstreamRequest& request, Responder res, UpstreamDone done,
-             void* user) noexcept override;
+  FetchRefused fetch(std::size_t upstream, const UpstreamRequest& request, Responder res,
+                     const UpstreamCallback& done) noexcept override;
   bool stream_begin(std::uint32_t slot, std::uint16_t gen, std::uint32_t seq, const Response& head) noexcept override;
   bool stream_write(std::uint32_t slot, std::uint16_t gen, std::uint32_t seq, std::string_view data,
                     bool end) noexcept override;

@@ -67,22 +67,16 @@ bool idempotent(std::string_view m) noexcept {
 
 }  // namespace
 
-bool Pool::fetch(std::string_view path, Responder res, UpstreamDone done, void* user) noexcept {
-  UpstreamRequest r;
-  r.target = path;
-  return fetch(r, res, done, user);
-}
-
-bool Pool::fetch(const UpstreamRequest& req, Responder res, UpstreamDone done, void* user) noexcept {
+FetchRefused Pool::fetch(const UpstreamRequest& req, Responder res, const UpstreamCallback& done) noexcept {
   // What would split or contradict the request is refused here, not sent.
-  if (!http::is_token(req.method) || req.target.empty() || req.target.front() != '/' || !http::is_target(req.target))
-    return false;
+  if (!done || !http::is_token(req.method) || req.target.empty() || req.target.front() != '/' ||
+      !http::is_target(req.target))
+    return FetchRefused::BadRequest;
   for (const Header& h : req.headers)
-    if (!http::is_token(h.name) || !http::is_field_value(h.value) || pool_owned(h.name)) return false;
+    if (!http::is_token(h.name) || !http::is_field_value(h.value) || pool_owned(h.name)) return FetchRefused::BadRequest;
   Job job;
   job.res = res;
   job.done = done;
-  job.user = user;
   job.deadline = now_ms_ + target_.cfg.timeout_ms;
   job.idempotent = idempotent(req.method);
   job.head = req.method == "HEAD";
@@ -96,11 +90,11 @@ bool Pool::fetch(const UpstreamRequest& req, Responder res, UpstreamDone done, v
     request_.append("\r\n").append(req.body);
     if (count_ == 0 && (!idle_.empty() || !free_.empty())) {
       dispatch(job, request_);
-      return true;
+      return FetchRefused::None;
     }
-    return enqueue(job, request_, false);
+    return enqueue(job, request_, false) ? FetchRefused::None : FetchRefused::QueueFull;
   } catch (const std::bad_alloc&) {
-    return false;  // the caller answers, as for a full queue
+    return FetchRefused::NoMemory;  // the caller answers, as for a full queue
   }
 }
 
@@ -447,7 +441,7 @@ void Pool::make_idle(std::uint32_t i) {
 }
 
 void Pool::deliver(const Job& job, const UpstreamReply& r) noexcept {
-  if (job.done) job.done(job.user, job.res, r);
+  if (job.done) job.done(job.res, r);
 }
 
 void Pool::fail(std::uint32_t i, UpstreamError e) {

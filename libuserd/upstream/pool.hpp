@@ -56,8 +56,16 @@ class Pool {
 
   // False when the request cannot even be queued (the queue holds cfg.max_queue): counted as Overloaded, and
   // the caller answers the client itself.
-  bool fetch(const UpstreamRequest& request, Responder res, UpstreamDone done, void* user) noexcept;
-  bool fetch(std::string_view path, Responder res, UpstreamDone done, void* user) noexcept;
+  FetchRefused fetch(const UpstreamRequest& request, Responder res, const UpstreamCallback& done) noexcept;
+  // The plain forms, for tests: true when on its way.
+  bool fetch(const UpstreamRequest& request, Responder res, UpstreamDone done, void* user) noexcept {
+    return fetch(request, res, UpstreamCallback(done, user)) == FetchRefused::None;
+  }
+  bool fetch(std::string_view path, Responder res, UpstreamDone done, void* user) noexcept {
+    UpstreamRequest r;
+    r.target = path;
+    return fetch(r, res, done, user);
+  }
   void on_completion(const io::Completion& c) noexcept;
   // Expires exchanges and queued requests past their deadline.
   void tick() noexcept;
@@ -70,8 +78,7 @@ class Pool {
  private:
   struct Job {  // trivially copyable: the request's bytes live beside it (queue_bytes_) or in the connection
     Responder res;
-    UpstreamDone done = nullptr;  // null: no job
-    void* user = nullptr;
+    UpstreamCallback done;  // empty: no job
     std::uint64_t deadline = 0;
     bool retried = false;
     bool idempotent = true;      // RFC 9110 9.2.2: may be sent again after a reused connection died

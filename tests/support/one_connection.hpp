@@ -21,7 +21,9 @@ struct OneConnection final : server::ReplyTarget {
   bool awaiting(std::uint32_t, std::uint16_t, std::uint32_t seq) const noexcept override {
     return conn->awaiting_reply() && conn->seq() == seq;
   }
-  bool fetch(std::size_t, const UpstreamRequest&, Responder, UpstreamDone, void*) noexcept override { return false; }
+  FetchRefused fetch(std::size_t, const UpstreamRequest&, Responder, const UpstreamCallback&) noexcept override {
+    return FetchRefused::NoUpstream;
+  }
   bool stream_begin(std::uint32_t, std::uint16_t, std::uint32_t seq, const Response& head) noexcept override {
     const bool ok = conn->stream_begin(seq, head);
     settle();

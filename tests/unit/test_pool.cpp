@@ -83,7 +83,9 @@ struct Clients final : server::ReplyTarget {
   std::array<bool, 64> gone{};
   bool reply(std::uint32_t, std::uint16_t, std::uint32_t, const Response&) noexcept override { return false; }
   bool awaiting(std::uint32_t slot, std::uint16_t, std::uint32_t) const noexcept override { return !gone[slot]; }
-  bool fetch(std::size_t, const UpstreamRequest&, Responder, UpstreamDone, void*) noexcept override { return false; }
+  FetchRefused fetch(std::size_t, const UpstreamRequest&, Responder, const UpstreamCallback&) noexcept override {
+    return FetchRefused::NoUpstream;
+  }
   bool stream_begin(std::uint32_t, std::uint16_t, std::uint32_t, const Response&) noexcept override { return false; }
   bool stream_write(std::uint32_t, std::uint16_t, std::uint32_t, std::string_view, bool) noexcept override {
     return false;
@@ -600,4 +602,30 @@ TEST_CASE("pool: the bytes of queued requests are bounded too, not only their nu
   CHECK(queued <= 16);  // about 16 MiB of requests wait, far fewer than the 64 slots
   CHECK(f.pool->stats().errors[std::size_t(UpstreamError::Overloaded)].get() == 1);
   CHECK(f.fetch("/small"));  // a small one still fits
+}
+
+// Embedders' paper cut: a bare function pointer and a void* needed a heap context per fetch, and a refusal was
+// one false. A lambda capturing a few pointers is kept inline; a refusal says why.
+TEST_CASE("pool: a lambda is a callback kept inline, and a refused fetch says why") {
+  Fixture f(1, 1);
+  int calls = 0;
+  std::string seen;
+  const int tag = 7;
+  const UpstreamCallback cb = [&calls, &seen, tag](Responder, const UpstreamReply& r) {
+    ++calls;
+    seen = std::string(r.body) + std::to_string(tag);
+  };
+  UpstreamRequest r;
+  r.target = "/a";
+  CHECK(f.pool->fetch(r, server::Access::responder(&f.clients, 0, 0, 0), cb) == FetchRefused::None);
+  CHECK(f.pool->fetch(r, server::Access::responder(&f.clients, 1, 0, 0), cb) == FetchRefused::None);  // queued
+  CHECK(f.pool->fetch(r, server::Access::responder(&f.clients, 2, 0, 0), cb) == FetchRefused::QueueFull);
+  UpstreamRequest bad;
+  bad.target = "no-slash";
+  CHECK(f.pool->fetch(bad, server::Access::responder(&f.clients, 3, 0, 0), cb) == FetchRefused::BadRequest);
+  CHECK(f.pool->fetch(r, server::Access::responder(&f.clients, 3, 0, 0), UpstreamCallback()) == FetchRefused::BadRequest);
+  f.exchange(f.kernel.connects[0], "one");
+  CHECK(calls == 1);
+  CHECK(seen == "one7");
+  CHECK(describe(FetchRefused::QueueFull) == "too many upstream requests queued");
 }

@@ -10,6 +10,7 @@
 #include <cerrno>
 #include <string>
 #include <string_view>
+#include <thread>
 
 #include "userd/server.hpp"
 #include "userd/version.hpp"
@@ -169,4 +170,37 @@ TEST_CASE("metrics label every registered status code, and an unregistered one b
           std::string::npos);
   }
   CHECK(text.find("code=\"other\"") == std::string::npos);
+}
+
+TEST_CASE("Request::fetch says why it refused: no such upstream, or called off the handler's loop") {
+  userd::FetchRefused direct = userd::FetchRefused::None, off_loop = userd::FetchRefused::None;
+  userd::Router router;
+  router.get("/f", [&](const userd::Request& req, userd::Responder res) {
+    direct = req.fetch(3, "/x", res, [](userd::Responder, const userd::UpstreamReply&) {}).refused;
+    std::thread([&] { off_loop = req.fetch(0, "/x", res, [](userd::Responder, const userd::UpstreamReply&) {}).refused; })
+        .join();
+    res.send(userd::Response{});
+  });
+  userd::ServerConfig cfg;
+  cfg.host = "127.0.0.1";
+  cfg.port = 0;
+  cfg.threads = 1;
+  cfg.backend = userd::BackendKind::Epoll;
+  userd::Server server(cfg, std::move(router));
+  REQUIRE(server.start());
+  const int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_port = htons(server.port());
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  REQUIRE(::connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0);
+  const std::string req = "GET /f HTTP/1.1\r\nHost: t\r\n\r\n";
+  REQUIRE(::send(fd, req.data(), req.size(), 0) == ssize_t(req.size()));
+  char buf[4096];
+  timeval tv{5, 0};
+  setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+  CHECK(::recv(fd, buf, sizeof buf, 0) > 0);
+  ::close(fd);
+  CHECK(direct == userd::FetchRefused::NoUpstream);
+  CHECK(off_loop == userd::FetchRefused::NotOnLoop);
 }

@@ -23,6 +23,8 @@ struct Access;
 class Responder;
 struct UpstreamReply;
 struct UpstreamRequest;
+class UpstreamCallback;
+struct FetchResult;
 using UpstreamDone = void (*)(void* user, Responder res, const UpstreamReply& reply);
 
 struct Header {
@@ -78,15 +80,20 @@ class Request {
   // loop holds 65,536 timers already or the server is stopping. Also on Responder and Stream, for later.
   bool after(std::uint64_t ms, std::function<void()> fn) const;
 
-  // GET path from ServerConfig::upstreams[upstream] on this loop thread; done(user, res, reply) runs when it
-  // ends (never before fetch returns). False, and nothing happens, when there is no such upstream.
-  bool fetch(std::size_t upstream, std::string_view path, Responder res, UpstreamDone done,
-             void* user = nullptr) const noexcept;
+  // GET path from ServerConfig::upstreams[upstream] on this loop thread; done runs when it ends (never before
+  // fetch returns), on this loop thread. done: a callable (UpstreamCallback: a lambda capturing a few pointers,
+  // kept inline) or a function and a pointer. The result says why, when refused: then nothing runs.
+  FetchResult fetch(std::size_t upstream, std::string_view path, Responder res, const UpstreamCallback& done) const
+      noexcept;
+  FetchResult fetch(std::size_t upstream, std::string_view path, Responder res, UpstreamDone done,
+                    void* user = nullptr) const noexcept;
   // Any method, headers and body (userd/upstream.hpp). Only idempotent methods (GET, HEAD, PUT, DELETE,
   // OPTIONS, TRACE) are retried on a fresh connection after a reused one dies before answering; others only when
-  // not a byte of them was sent. False when the request is refused (see UpstreamRequest) or cannot be queued.
-  bool fetch(std::size_t upstream, const UpstreamRequest& request, Responder res, UpstreamDone done,
-             void* user = nullptr) const noexcept;
+  // not a byte of them was sent.
+  FetchResult fetch(std::size_t upstream, const UpstreamRequest& request, Responder res,
+                    const UpstreamCallback& done) const noexcept;
+  FetchResult fetch(std::size_t upstream, const UpstreamRequest& request, Responder res, UpstreamDone done,
+                    void* user = nullptr) const noexcept;
 
  private:
   const http::RequestHead* head_;

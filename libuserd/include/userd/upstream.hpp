@@ -5,9 +5,11 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <cstring>
 #include <span>
 #include <string>
 #include <string_view>
+#include <type_traits>
 
 #include "userd/request.hpp"
 #include "userd/responder.hpp"
@@ -61,9 +63,58 @@ struct UpstreamReply {
   std::string_view body{};
 };
 
-// Called on the loop thread when the exchange ends, once per fetch. A plain function and a pointer, so that a
-// request in flight costs no allocation. `res` answers the client (it may have gone: res.send returns false).
+// Called on the loop thread when the exchange ends, once per fetch. `res` answers the client (it may have gone:
+// res.send returns false). The plain form: a function and a pointer.
 using UpstreamDone = void (*)(void* user, Responder res, const UpstreamReply& reply);
+
+// The callable form: any function object taking (Responder, const UpstreamReply&), kept inline in the request in
+// flight, so a fetch allocates nothing for it. It must be trivially copyable and at most kInlineBytes: a lambda
+// that captures pointers, references, numbers or a Responder (not a std::string or a shared_ptr: keep such state
+// behind a pointer).
+class UpstreamCallback {
+ public:
+  static constexpr std::size_t kInlineBytes = 4 * sizeof(void*);
+  UpstreamCallback() noexcept = default;
+  template <class F, class = std::enable_if_t<std::is_invocable_v<const F&, Responder, const UpstreamReply&> &&
+                                              !std::is_same_v<std::decay_t<F>, UpstreamCallback>>>
+  UpstreamCallback(F f) noexcept {  // NOLINT: implicit, so that a lambda can be passed as it is
+    static_assert(std::is_trivially_copyable_v<F>,
+                  "an upstream callback is kept inline and copied: capture pointers or references, not owners");
+    static_assert(sizeof(F) <= kInlineBytes && alignof(F) <= alignof(void*),
+                  "an upstream callback captures at most four pointers' worth: keep larger state behind one");
+    std::memcpy(buf_, &f, sizeof f);  // trivially copyable: its bytes are the object
+    call_ = [](const unsigned char* b, Responder res, const UpstreamReply& r) {
+      alignas(F) unsigned char copy[sizeof(F)];
+      std::memcpy(copy, b, sizeof(F));
+      (*reinterpret_cast<const F*>(copy))(res, r);
+    };
+  }
+  // The plain form, wrapped.
+  UpstreamCallback(UpstreamDone done, void* user) noexcept
+      : UpstreamCallback([done, user](Responder res, const UpstreamReply& r) { done(user, res, r); }) {}
+  explicit operator bool() const noexcept { return call_ != nullptr; }
+  void operator()(Responder res, const UpstreamReply& r) const { call_(buf_, res, r); }
+
+ private:
+  alignas(void*) unsigned char buf_[kInlineBytes] = {};
+  void (*call_)(const unsigned char*, Responder, const UpstreamReply&) = nullptr;
+};
+
+// Why Request::fetch refused (and nothing was sent, and the callback will not run).
+enum class FetchRefused : std::uint8_t {
+  None,
+  NoUpstream,  // no ServerConfig::upstreams entry of that index
+  BadRequest,  // a header, method or target that would split or contradict the request (see UpstreamRequest)
+  QueueFull,   // max_queue requests (or their bytes) wait already: answer 503 now
+  NoMemory,
+  NotOnLoop,   // called off the handler's loop thread, or outside a server
+};
+std::string_view describe(FetchRefused r) noexcept;
+// fetch()'s answer: true when the request is on its way; else why it was refused.
+struct FetchResult {
+  FetchRefused refused = FetchRefused::None;
+  explicit operator bool() const noexcept { return refused == FetchRefused::None; }
+};
 
 // Padding the body is followed by (see UpstreamReply::body).
 inline constexpr std::size_t kUpstreamBodyPadding = 64;

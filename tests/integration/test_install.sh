@@ -10,7 +10,7 @@ trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$work"' EXIT
 passed=0
 
 start_example() {  # $1: program, run on an ephemeral port (further arguments follow); sets example_pid, example_port
-  LD_LIBRARY_PATH="$work/prefix/lib" "$1" 127.0.0.1:0 "${@:2}" 2>"$work/err-example" &
+  "$1" 127.0.0.1:0 "${@:2}" 2>"$work/err-example" &  # no LD_LIBRARY_PATH: the rpath from pkg-config finds it
   example_pid=$! example_port=""
   for _ in $(seq 100); do
     example_port=$(grep -o 'listening on [0-9.]*:[0-9]*' "$work/err-example" | grep -o '[0-9]*$' || true)
@@ -32,19 +32,20 @@ serve_and_ask() {  # $1: program; asks /hello?name=embedder
   [ "$got" = "hello, embedder" ] || { echo "unexpected answer: $got"; return 1; }
 }
 
-meson setup "$work/build" "$src" --prefix "$work/prefix" --libdir lib --buildtype=release -Dtests=false >/dev/null
+# The default libdir, as a user gets it: multiarch on Debian (lib/x86_64-linux-gnu), outside the loader's path.
+meson setup "$work/build" "$src" --prefix "$work/prefix" --buildtype=release -Dtests=false >/dev/null
 meson install -C "$work/build" >/dev/null
+libdir=$(dirname "$(find "$work/prefix" -name libuserd.a)")
 test -f "$work/prefix/include/userd/server.hpp"
-test -f "$work/prefix/lib/libuserd.a"
-test -f "$work/prefix/lib/libuserd.so"
-export PKG_CONFIG_PATH="$work/prefix/lib/pkgconfig"
+test -f "$libdir/libuserd.so"
+export PKG_CONFIG_PATH="$libdir/pkgconfig"
 # shellcheck disable=SC2046
 g++ -std=c++20 -Wall -Wextra -Werror "$src/examples/hello.cpp" -o "$work/hello" $(pkg-config --cflags --libs libuserd)
 serve_and_ask "$work/hello"
-# Statically, as pkg-config --static says.
+# Statically, as the docs say: libuserd-static.pc names the archive, so the .so beside it is not picked.
 # shellcheck disable=SC2046
-g++ -std=c++20 "$src/examples/hello.cpp" -o "$work/hello-static" -Wl,-Bstatic -luserd -Wl,-Bdynamic \
-  $(pkg-config --cflags --libs --static libuserd | sed 's/-luserd//')
+g++ -std=c++20 "$src/examples/hello.cpp" -o "$work/hello-static" $(pkg-config --cflags --libs libuserd-static)
+if ldd "$work/hello-static" | grep -q libuserd; then echo "hello-static links libuserd.so"; exit 1; fi
 serve_and_ask "$work/hello-static"
 # Route parameters, a query value, the peer, and answers from a thread pool, through the installed headers only.
 # shellcheck disable=SC2046

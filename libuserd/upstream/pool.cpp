@@ -2,11 +2,14 @@
 // Free -> Connecting -> Busy -> Settling -> Idle -> Busy ... -> Closing -> Free.
 #include "libuserd/upstream/pool.hpp"
 
+#include <arpa/inet.h>
+#include <netdb.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <unistd.h>
 
 #include <cerrno>
+#include <csignal>
 #include <cstring>
 #include <new>
 
@@ -14,6 +17,8 @@
 
 namespace userd::upstream {
 namespace {
+// At most one re-resolution of the upstream's name this often, after a connect failed.
+constexpr std::uint64_t kResolveEveryMs = 5000;
 // How long an address that refused a connection is passed over when another one is there.
 constexpr std::uint64_t kRefusedMs = 5000;
 // Request bytes (bodies included) that may wait in the queue per pool: what bounds it is this, not only the
@@ -37,11 +42,103 @@ Pool::Pool(const Target& target, std::uint16_t index, io::Backend& backend, cons
   const std::size_t q = target.cfg.max_queue ? target.cfg.max_queue : 1;
   queue_.resize(q);
   queue_bytes_.resize(q);
-  refused_until_.assign(target.addrs.size(), 0);
+  addrs_ = target.addrs;
+  refused_until_.assign(addrs_.size(), 0);
 }
 
 Pool::~Pool() {
   if (session_) SSL_SESSION_free(session_);
+  end_resolve();
+}
+
+// A name is resolved at start; a connect that fails may mean its addresses moved (a redeploy behind DNS), so
+// the pool asks the resolver again, in the background (getaddrinfo_a: the loop never blocks), at most once per
+// kResolveEveryMs, and takes the answer on a later tick. Numeric hosts are never asked about.
+struct Pool::Resolve {
+  gaicb req{};
+  addrinfo hints{};
+  std::string host, service;
+};
+
+void Pool::maybe_resolve() noexcept {
+  if (resolving_ || now_ms_ < next_resolve_ms_) return;
+  in6_addr scratch;
+  const std::string& host = target_.cfg.host;
+  if (inet_pton(AF_INET, host.c_str(), &scratch) == 1 || inet_pton(AF_INET6, host.c_str(), &scratch) == 1) return;
+  next_resolve_ms_ = now_ms_ + kResolveEveryMs;
+  auto* r = new (std::nothrow) Resolve;
+  if (!r) return;
+  try {
+    r->host = host;
+    r->service = std::to_string(target_.cfg.port);
+  } catch (const std::bad_alloc&) {
+    delete r;
+    return;
+  }
+  r->hints.ai_family = AF_UNSPEC;
+  r->hints.ai_socktype = SOCK_STREAM;
+  r->hints.ai_flags = AI_NUMERICSERV;
+  r->req.ar_name = r->host.c_str();
+  r->req.ar_service = r->service.c_str();
+  r->req.ar_request = &r->hints;
+  gaicb* list[1] = {&r->req};
+  sigevent none{};
+  none.sigev_notify = SIGEV_NONE;
+  if (getaddrinfo_a(GAI_NOWAIT, list, 1, &none) != 0) {
+    delete r;
+    return;
+  }
+  resolving_ = r;
+  stats_.resolves.add();
+}
+
+// On the tick: the answer, once it has come. Addresses that resolve replace the old ones (refusals forgotten);
+// a failure keeps them.
+void Pool::take_resolve() noexcept {
+  if (!resolving_ || gai_error(&resolving_->req) == EAI_INPROGRESS) return;
+  addrinfo* res = resolving_->req.ar_result;
+  if (gai_error(&resolving_->req) == 0 && res) {
+    try {
+      std::vector<Target::Address> fresh;
+      for (addrinfo* a = res; a; a = a->ai_next) {
+        Target::Address addr;
+        std::memcpy(&addr.addr, a->ai_addr, a->ai_addrlen);
+        addr.len = a->ai_addrlen;
+        bool seen = false;
+        for (const auto& o : fresh) seen = seen || (o.len == addr.len && std::memcmp(&o.addr, &addr.addr, addr.len) == 0);
+        if (!seen) fresh.push_back(addr);
+      }
+      if (!fresh.empty()) {
+        std::vector<std::uint64_t> refused(fresh.size(), 0);
+        addrs_.swap(fresh);
+        refused_until_.swap(refused);
+        next_addr_ = 0;
+      }
+    } catch (const std::bad_alloc&) {
+      // the old addresses stay
+    }
+  }
+  if (res) freeaddrinfo(res);
+  delete resolving_;
+  resolving_ = nullptr;
+}
+
+// A resolve still running when the pool goes: cancelled, or waited for a moment; if glibc still holds it after
+// that, it is left to glibc (freeing it would let the resolver thread write into freed memory).
+void Pool::end_resolve() noexcept {
+  if (!resolving_) return;
+  if (gai_cancel(&resolving_->req) == EAI_NOTCANCELED) {
+    const gaicb* list[1] = {&resolving_->req};
+    timespec wait{1, 0};
+    gai_suspend(list, 1, &wait);
+  }
+  if (gai_error(&resolving_->req) == EAI_INPROGRESS) {
+    resolving_ = nullptr;
+    return;
+  }
+  if (resolving_->req.ar_result) freeaddrinfo(resolving_->req.ar_result);
+  delete resolving_;
+  resolving_ = nullptr;
 }
 
 void Pool::teardown() noexcept {
@@ -245,7 +342,7 @@ void Pool::tls_recv(std::uint32_t i, const io::Completion& comp) {
 
 // The next address in turn that has not refused a connection lately (any, when all have).
 std::size_t Pool::pick_address() noexcept {
-  const std::size_t n = target_.addrs.size();
+  const std::size_t n = addrs_.size();
   for (std::size_t k = 0; k < n; ++k) {
     const std::size_t a = (next_addr_ + k) % n;
     if (refused_until_[a] <= now_ms_) {
@@ -259,7 +356,7 @@ std::size_t Pool::pick_address() noexcept {
 void Pool::open(std::uint32_t i, const Job& job, std::string_view request) {
   Conn& c = conns_[i];
   c.addr = pick_address();
-  const Target::Address& to = target_.addrs[c.addr];
+  const Target::Address& to = addrs_[c.addr];
   const int fd = ::socket(to.addr.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
   if (fd < 0) {
     free_.push_back(i);
@@ -304,8 +401,9 @@ void Pool::on_conn_completion(std::uint32_t i, const io::Completion& comp) {
       if (c.state == State::Closing) return maybe_release(i);
       if (comp.res < 0) {
         // Refused: skip that address for a while, and try this request on another one (nothing was sent).
-        if (comp.res == -ECONNREFUSED) refused_until_[c.addr] = now_ms_ + kRefusedMs;
-        if (comp.res == -ECONNREFUSED && c.job.done && c.job.refusals + 1u < target_.addrs.size()) {
+        if (comp.res == -ECONNREFUSED && c.addr < refused_until_.size()) refused_until_[c.addr] = now_ms_ + kRefusedMs;
+        maybe_resolve();
+        if (comp.res == -ECONNREFUSED && c.job.done && c.job.refusals + 1u < addrs_.size()) {
           Job job = c.job;
           ++job.refusals;
           const bool queued = enqueue(job, std::string_view(c.out.data(), c.out.size()), true);
@@ -503,6 +601,7 @@ void Pool::maybe_release(std::uint32_t i) {
 
 void Pool::tick() noexcept {
   const std::uint64_t now = now_ms_;
+  take_resolve();
   try {
     for (std::uint32_t i = 0; i < conns_.size(); ++i) {
       Conn& c = conns_[i];

@@ -43,6 +43,7 @@ struct PoolStats {
   std::array<metrics::Counter, 7> errors;  // by UpstreamError
   metrics::Counter retries;
   metrics::Counter connects;
+  metrics::Counter resolves;  // times the name was resolved again after a failed connect
   metrics::Counter open;  // connections not Free
 };
 
@@ -93,7 +94,7 @@ class Pool {
     bool reused = false;     // finished an exchange before: its death on first use earns a retry
     bool got_bytes = false;  // this exchange has received something
     Job job;
-    std::size_t addr = 0;  // which of target_.addrs it connected to
+    std::size_t addr = 0;  // which of addrs_ it connected to
     core::ByteBuffer out;  // the request's bytes
     std::size_t out_sent = 0;
     bool request_out = false;  // bytes of this request were handed to a send: they may have reached the upstream
@@ -142,7 +143,14 @@ class Pool {
   std::size_t queued_bytes_ = 0;  // of the requests in the queue: bounded (pool.cpp, kQueueBytes)
   std::string pumping_bytes_;  // the request pump() is handing out: never a view into the queue
   std::string request_;        // fetch() writes the request here first (capacity kept)
+  std::vector<Target::Address> addrs_;  // target_.addrs at first; replaced when the name is resolved again
   std::vector<std::uint64_t> refused_until_;  // per address: skipped until then after a refused connect
+  struct Resolve;
+  Resolve* resolving_ = nullptr;  // a getaddrinfo_a in progress
+  std::uint64_t next_resolve_ms_ = 0;
+  void maybe_resolve() noexcept;
+  void take_resolve() noexcept;
+  void end_resolve() noexcept;
   std::size_t next_addr_ = 0;
   bool pumping_ = false;      // pump() re-entered from a callback or a release returns at once
   SSL_SESSION* session_ = nullptr;  // HTTPS: the latest resumable session, offered by new connections

@@ -7,6 +7,8 @@
 #include <unistd.h>
 
 #include <array>
+#include <chrono>
+#include <thread>
 #include <cerrno>
 #include <cstdlib>
 #include <optional>
@@ -32,7 +34,8 @@ struct PoolKernel final : io::Backend {
     std::uint64_t connect = 0, recv = 0, send = 0;  // tags of the armed operations, 0: none
     std::size_t send_len = 0;
     int sends = 0;
-    unsigned to = 0;  // last byte of the address connected to
+    unsigned to = 0;  // last byte of the address connected to (IPv4)
+    int family = 0;
     bool shut = false, closed = false;
     std::string wire;  // what was sent, when recording
   };
@@ -63,7 +66,8 @@ struct PoolKernel final : io::Backend {
   void connect(int fd, const sockaddr* to, socklen_t, std::uint64_t t) noexcept override {
     fds[std::size_t(fd)] = Fd{};
     fds[std::size_t(fd)].connect = t;
-    fds[std::size_t(fd)].to = ntohl(reinterpret_cast<const sockaddr_in*>(to)->sin_addr.s_addr) & 0xff;
+    fds[std::size_t(fd)].family = to->sa_family;
+    if (to->sa_family == AF_INET) fds[std::size_t(fd)].to = ntohl(reinterpret_cast<const sockaddr_in*>(to)->sin_addr.s_addr) & 0xff;
     connects.push_back(fd);
   }
   void cancel(int, std::uint64_t) noexcept override {}
@@ -628,4 +632,34 @@ TEST_CASE("pool: a lambda is a callback kept inline, and a refused fetch says wh
   CHECK(calls == 1);
   CHECK(seen == "one7");
   CHECK(describe(FetchRefused::QueueFull) == "too many upstream requests queued");
+}
+
+// Found by the attack: a name was resolved only at start, so an upstream that moved (a redeploy behind DNS) was
+// unreachable until a restart. A failed connect asks the resolver again, in the background, at most every 5 s.
+TEST_CASE("pool: a failed connect resolves the name again, and new connections go to what it says now") {
+  Fixture f(2, 16);
+  f.pool.reset();
+  f.target.cfg.host = "localhost";  // resolves to 127.0.0.1 (and ::1); start() said 127.0.0.9 (stale)
+  f.target.addrs.resize(1);
+  reinterpret_cast<sockaddr_in*>(&f.target.addrs[0].addr)->sin_addr.s_addr = htonl(0x7f000009);
+  f.pool.emplace(f.target, 0, f.kernel, f.now);
+  REQUIRE(f.fetch("/a"));
+  const int stale = f.kernel.connects.back();
+  CHECK(f.kernel.at(stale).to == 9);
+  f.complete(std::exchange(f.kernel.at(stale).connect, 0), -ECONNREFUSED);
+  REQUIRE(f.answers.size() == 1);
+  CHECK(f.answers[0].error == UpstreamError::Unreachable);
+  CHECK(f.pool->stats().resolves.get() == 1);
+  for (int i = 0; i < 300; ++i) {  // the resolver runs on glibc's thread: its answer is taken on a tick
+    f.pool->tick();
+    REQUIRE(f.fetch("/probe"));
+    const int fd = f.kernel.connects.back();
+    const bool moved = f.kernel.at(fd).family == AF_INET6 || f.kernel.at(fd).to == 1;
+    f.complete(std::exchange(f.kernel.at(fd).connect, 0), -ECONNREFUSED);  // refused again: no second resolve yet
+    if (moved) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  const int fd = f.kernel.connects.back();
+  CHECK((f.kernel.at(fd).family == AF_INET6 || f.kernel.at(fd).to == 1));
+  CHECK(f.pool->stats().resolves.get() == 1);  // bounded: once per 5 s, however many connects failed
 }

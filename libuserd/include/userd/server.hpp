@@ -71,7 +71,8 @@ struct ServerConfig {
   unsigned max_tls_handshakes = 512;
   // stop(): how long requests in flight (including ones waiting on an upstream) may take to finish.
   unsigned drain_timeout_ms = 10'000;
-  // Servers handlers may fetch from, by index (Request::fetch). Names are resolved once, in start().
+  // Servers handlers may fetch from, by index (Request::fetch). Names are resolved in start() (one that does not
+  // resolve fails it), and again in the background after a connect fails, at most every 5 s per loop.
   std::vector<UpstreamConfig> upstreams{};
   // Plain HTTP on host:port. False: only the TLS listener (tls must be set).
   bool plain = true;

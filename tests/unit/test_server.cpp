@@ -15,6 +15,40 @@
 #include "userd/server.hpp"
 #include "userd/version.hpp"
 
+namespace {
+// One epoll loop on 127.0.0.1 with an ephemeral port.
+userd::ServerConfig one_loop() {
+  userd::ServerConfig cfg;
+  cfg.host = "127.0.0.1";
+  cfg.port = 0;
+  cfg.threads = 1;
+  cfg.backend = userd::BackendKind::Epoll;
+  return cfg;
+}
+
+// Sends requests on one connection and reads until `until` has arrived (or 5 s pass): what came back.
+std::string exchange(const userd::Server& server, const std::string& requests, std::string_view until) {
+  const int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_port = htons(server.port());
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  REQUIRE(::connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0);
+  REQUIRE(::send(fd, requests.data(), requests.size(), 0) == ssize_t(requests.size()));
+  timeval tv{5, 0};
+  setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+  std::string got;
+  char buf[4096];
+  while (got.find(until) == std::string::npos) {
+    const ssize_t n = ::recv(fd, buf, sizeof buf, 0);
+    if (n <= 0) break;
+    got.append(buf, std::size_t(n));
+  }
+  ::close(fd);
+  return got;
+}
+}  // namespace
+
 TEST_CASE("a receive buffer count that is not a power of two is a configuration error on every backend") {
   for (auto kind : {userd::BackendKind::Auto, userd::BackendKind::IoUring, userd::BackendKind::Epoll}) {
     userd::ServerConfig cfg;
@@ -71,11 +105,8 @@ TEST_CASE("after start() and stop() on io_uring, the caller's next blocking rece
 // Every listener sets SO_REUSEPORT, and any process of the same user could join the group and take a share of
 // the connections: a second server on a port in use must be refused unless both asked to share it.
 TEST_CASE("a second server on a port another server listens on is refused, unless both share it on purpose") {
-  userd::ServerConfig cfg;
-  cfg.host = "127.0.0.1";
-  cfg.port = 0;
+  userd::ServerConfig cfg = one_loop();
   cfg.threads = 2;
-  cfg.backend = userd::BackendKind::Epoll;
   userd::Server first(cfg, userd::Router{});
   REQUIRE(first.start());
   cfg.port = first.port();
@@ -98,11 +129,7 @@ TEST_CASE("a second server on a port another server listens on is refused, unles
 
 // An upstream connection's tag carries its index in 16 bits: more connections would alias each other's tags.
 TEST_CASE("an upstream with more than 65535 connections per thread is a configuration error") {
-  userd::ServerConfig cfg;
-  cfg.host = "127.0.0.1";
-  cfg.port = 0;
-  cfg.threads = 1;
-  cfg.backend = userd::BackendKind::Epoll;
+  userd::ServerConfig cfg = one_loop();
   userd::UpstreamConfig u;
   u.host = "127.0.0.1";
   u.port = 9;
@@ -136,33 +163,12 @@ TEST_CASE("metrics label every registered status code, and an unregistered one b
     r.status = std::stoi(std::string(req.param("code")));
     res.send(r);
   });
-  userd::ServerConfig cfg;
-  cfg.host = "127.0.0.1";
-  cfg.port = 0;
-  cfg.threads = 1;
-  cfg.backend = userd::BackendKind::Epoll;
-  userd::Server server(cfg, std::move(router));
+  userd::Server server(one_loop(), std::move(router));
   REQUIRE(server.start());
-  const int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  sockaddr_in a{};
-  a.sin_family = AF_INET;
-  a.sin_port = htons(server.port());
-  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  REQUIRE(::connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0);
   std::string reqs;
   for (const char* code : {"201", "202", "301", "302", "401", "403", "409", "422", "429", "299", "599"})
     reqs += std::string("GET /s/") + code + " HTTP/1.1\r\nHost: t\r\n\r\n";
-  REQUIRE(::send(fd, reqs.data(), reqs.size(), 0) == ssize_t(reqs.size()));
-  std::string got;
-  char buf[4096];
-  timeval tv{5, 0};
-  setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
-  while (got.find("HTTP/1.1 599") == std::string::npos) {
-    const ssize_t n = ::recv(fd, buf, sizeof buf, 0);
-    if (n <= 0) break;
-    got.append(buf, std::size_t(n));
-  }
-  ::close(fd);
+  CHECK(exchange(server, reqs, "HTTP/1.1 599").find("HTTP/1.1 599") != std::string::npos);
   const std::string text = server.metrics_text();
   for (const char* code : {"201", "202", "301", "302", "401", "403", "409", "422", "429", "2xx", "5xx"}) {
     CAPTURE(code);
@@ -181,26 +187,9 @@ TEST_CASE("Request::fetch says why it refused: no such upstream, or called off t
         .join();
     res.send(userd::Response{});
   });
-  userd::ServerConfig cfg;
-  cfg.host = "127.0.0.1";
-  cfg.port = 0;
-  cfg.threads = 1;
-  cfg.backend = userd::BackendKind::Epoll;
-  userd::Server server(cfg, std::move(router));
+  userd::Server server(one_loop(), std::move(router));
   REQUIRE(server.start());
-  const int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  sockaddr_in a{};
-  a.sin_family = AF_INET;
-  a.sin_port = htons(server.port());
-  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  REQUIRE(::connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0);
-  const std::string req = "GET /f HTTP/1.1\r\nHost: t\r\n\r\n";
-  REQUIRE(::send(fd, req.data(), req.size(), 0) == ssize_t(req.size()));
-  char buf[4096];
-  timeval tv{5, 0};
-  setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
-  CHECK(::recv(fd, buf, sizeof buf, 0) > 0);
-  ::close(fd);
+  CHECK(exchange(server, "GET /f HTTP/1.1\r\nHost: t\r\n\r\n", "\r\n\r\n").find("200 OK") != std::string::npos);
   CHECK(direct == userd::FetchRefused::NoUpstream);
   CHECK(off_loop == userd::FetchRefused::NotOnLoop);
 }

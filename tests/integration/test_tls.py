@@ -400,6 +400,39 @@ class Memory(unittest.TestCase):
             stop_ok(self, srv)
 
 
+class SlowReaders(unittest.TestCase):
+    def test_a_slow_but_steady_tls_reader_of_a_large_answer_is_not_cut(self):
+        """Found from outside (epoll, TLS): a client reading 32 KiB/s of a 12 MB answer was cut at the send
+        deadline with a truncated body. The socket's own drain counts as progress, on TLS as on plain."""
+        data = tempfile.NamedTemporaryFile("w", suffix=".json", delete=False)
+        data.write("[" + ",".join('{"id":%d,"pad":"%s"}' % (i, "x" * 230) for i in range(20000)) + "]")
+        data.close()
+        self.addCleanup(os.unlink, data.name)
+        size = os.path.getsize(data.name)
+        srv = userd("--data", data.name, "--threads", "1", "--send-timeout", "2", plain=False)
+        try:
+            raw = socket.socket()
+            raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16384)
+            raw.settimeout(10)
+            raw.connect(("127.0.0.1", srv.tls_port))
+            c = client_context().wrap_socket(raw, server_hostname="localhost")
+            c.sendall(b"GET /v1/user HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+            got = bytearray()
+            t0 = time.monotonic()
+            while time.monotonic() - t0 < 6:  # 64 KiB/s for three send deadlines
+                chunk = c.recv(8192)
+                if not chunk:
+                    break
+                got += chunk
+                time.sleep(0.125)
+            while (chunk := c.recv(1 << 16)):
+                got += chunk
+            c.close()
+            self.assertEqual(len(bytes(got).split(b"\r\n\r\n", 1)[1]), size)
+        finally:
+            stop_ok(self, srv)
+
+
 class Handshakes(unittest.TestCase):
     def test_handshakes_in_progress_are_bounded_and_the_rest_is_served(self):
         """Found by the attack: handshakes in progress cost 50-60 KiB each and were bounded only by --max-conns and

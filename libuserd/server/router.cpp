@@ -4,6 +4,7 @@
 #include "userd/router.hpp"
 
 #include <algorithm>
+#include <array>
 #include <stdexcept>
 #include <utility>
 
@@ -166,7 +167,7 @@ void Router::collect(const Node& n, std::string_view path, std::size_t pos, bool
 }
 
 // The union of the methods of every route matching the path, in the order the routes were added, each once
-// (HEAD after GET where GET is served). Written into a per-thread buffer: find() allocates nothing, and the
+// (HEAD after GET: HEAD falls back to GET). Written into a per-thread buffer: find() allocates nothing, and the
 // caller copies the value into its answer before it routes again.
 std::string_view Router::allow_for(std::string_view path) const noexcept {
   thread_local char buf[512];
@@ -174,33 +175,25 @@ std::string_view Router::allow_for(std::string_view path) const noexcept {
   std::size_t count = 0;
   collect(*root_, path, 1, path.size() > 1, routes, count);
   std::sort(routes, routes + count);
-  std::size_t len = 0;
-  auto listed = [&](std::string_view name) {
-    for (std::size_t at = 0; at < len;) {
-      std::size_t comma = std::string_view(buf, len).find(", ", at);
-      if (comma == std::string_view::npos) comma = len;
-      if (std::string_view(buf + at, comma - at) == name) return true;
-      at = comma + 2;
-    }
-    return false;
+  std::array<std::string_view, 32> names;
+  std::size_t k = 0;
+  auto add = [&](std::string_view m) {
+    if (k < names.size() && std::find(names.begin(), names.begin() + k, m) == names.begin() + k) names[k++] = m;
   };
-  auto append = [&](std::string_view name) {
-    if (listed(name) || len + name.size() + 2 > sizeof buf) return;
+  for (std::size_t i = 0; i < count; ++i)
+    for (const Method& m : routes_[std::size_t(routes[i])].methods) {
+      add(m.name);
+      if (m.name == "GET") add("HEAD");
+    }
+  std::size_t len = 0;
+  for (std::size_t i = 0; i < k && len + names[i].size() + 2 <= sizeof buf; ++i) {
     if (len) {
       buf[len++] = ',';
       buf[len++] = ' ';
     }
-    std::copy(name.begin(), name.end(), buf + len);
-    len += name.size();
-  };
-  bool head = false;  // a route that serves HEAD itself: GET's fallback is not listed twice, nor before it
-  for (std::size_t i = 0; i < count; ++i)
-    for (const Method& m : routes_[std::size_t(routes[i])].methods) head |= m.name == "HEAD";
-  for (std::size_t i = 0; i < count; ++i)
-    for (const Method& m : routes_[std::size_t(routes[i])].methods) {
-      append(m.name);
-      if (m.name == "GET" && !head) append("HEAD");
-    }
+    std::copy(names[i].begin(), names[i].end(), buf + len);
+    len += names[i].size();
+  }
   return {buf, len};
 }
 

@@ -245,11 +245,6 @@ class UringBackend final : public Backend {
   // -EBUSY on the next wait(), so its owner closes or retries instead of waiting forever.
   io_uring_sqe* sqe() noexcept {
     stats_.sqes.add();
-    if (lose_next_ > 0) {  // a test's stand-in for a full SQ the kernel will not take
-      --lose_next_;
-      lost_ = {};
-      return &lost_;
-    }
     io_uring_sqe* s = io_uring_get_sqe(&ring_);
     for (int tries = 0; !s && tries < 3; ++tries) {
       io_uring_submit(&ring_);
@@ -272,7 +267,8 @@ class UringBackend final : public Backend {
   }
 
   void arm_wake() noexcept {
-    io_uring_sqe* s = sqe();
+    io_uring_sqe* s = lose_wake_arm_ ? &lost_ : sqe();  // a test's stand-in for a ring that takes no SQE
+    lose_wake_arm_ = false;
     io_uring_prep_read(s, wake_fd_, &wake_value_, sizeof wake_value_, 0);
     set_tag(s, tag(Op::Wake));
   }
@@ -288,9 +284,8 @@ class UringBackend final : public Backend {
   std::uint64_t wake_value_ = 0;
   bool overflowed_ = false;
   io_uring_sqe lost_{};                 // where an operation goes when the ring takes no SQE
- public:
-  unsigned lose_next_ = 0;  // tests: this many more operations are lost as if the ring took no SQE
- private:
+  bool lose_wake_arm_ = false;  // tests: the next wake read is lost as if the ring took no SQE
+  friend void lose_next_wake_arm(Backend& b) noexcept;
   std::vector<Completion> lost_done_;  // and its -EBUSY completion, returned by the next wait()
   BackendStats stats_;
 };
@@ -325,8 +320,8 @@ std::string describe_uring() {
   return out;
 }
 
-void lose_next_submissions(Backend& b, unsigned n) noexcept {
-  if (auto* u = dynamic_cast<UringBackend*>(&b)) u->lose_next_ = n;
+void lose_next_wake_arm(Backend& b) noexcept {
+  if (auto* u = dynamic_cast<UringBackend*>(&b)) u->lose_wake_arm_ = true;
 }
 
 Result<std::unique_ptr<Backend>> make_uring_backend(const UringConfig& cfg) noexcept {

@@ -24,9 +24,9 @@ class UringBackend;
 // Fails with Errc::Unsupported (sys = errno) when the kernel refuses io_uring or lacks what it needs.
 Result<std::unique_ptr<Backend>> make_uring_backend(const UringConfig& cfg) noexcept;
 
-// For tests: the next n operations armed on b (an io_uring backend) are lost as when the SQ is full and the
-// kernel refuses the batch: they complete with -EBUSY on the next wait().
-void lose_next_submissions(Backend& b, unsigned n) noexcept;
+// For tests: the next re-arm of b's wake read (an io_uring backend) is lost as when the SQ is full and the
+// kernel refuses the batch: it completes with -EBUSY on the next wait(). Off the path of every other SQE.
+void lose_next_wake_arm(Backend& b) noexcept;
 
 // One line on what this kernel offers: the io_uring features and opcodes libuserd uses, or why it has none.
 std::string describe_uring();

@@ -460,7 +460,7 @@ TEST_CASE("backend: io_uring re-arms a wake read that was lost for want of an SQ
   };
   int res = 0;
   b->wake();
-  lose_next_submissions(*b, 1);  // the re-arm inside this wait is lost
+  lose_next_wake_arm(*b);  // the re-arm inside this wait is lost
   REQUIRE(wakes(1000, res) == 1);
   CHECK(res == 8);
   CHECK(wakes(0, res) == 1);  // the lost re-arm's -EBUSY, as a Wake

@@ -136,14 +136,14 @@ bool Worker::turn() noexcept {
   refresh_clock();
   if (next_tls_.load(std::memory_order_relaxed)) adopt_tls();
   for (int i = 0; i < n; ++i) on_completion(batch_[std::size_t(i)]);
-  if (!ctx_.ready.empty() || !ctx_.writable_due.empty()) run_continuations();
+  run_continuations();
   if (!timed_.empty() && timed_.front().due_ms <= ctx_.now_ms) {
     run_timers();
-    if (!ctx_.ready.empty() || !ctx_.writable_due.empty()) run_continuations();
+    run_continuations();
   }
   if (ctx_.now_ms - last_tick_ms_ >= std::uint64_t(kTickMs)) {
     tick();
-    if (!ctx_.ready.empty()) run_continuations();
+    run_continuations();
   } else if (access_log_.size() > 64 * 1024) {
     flush_access_log();
   }
@@ -166,7 +166,8 @@ bool later(const auto& a, const auto& b) noexcept {  // std::push_heap's order f
 }  // namespace
 
 bool Worker::run_after(std::uint64_t ms, std::function<void()> fn) noexcept {
-  if (std::this_thread::get_id() != loop_thread_ || !fn || timed_.size() >= kMaxTimers || draining_) return false;
+  // Also while draining: a timer may be what finishes a request in flight; the loop's end drops what is left.
+  if (std::this_thread::get_id() != loop_thread_ || !fn || timed_.size() >= kMaxTimers) return false;
   try {
     timed_.push_back({ctx_.now_ms + ms, timed_order_++, std::move(fn)});
   } catch (const std::bad_alloc&) {
@@ -264,9 +265,6 @@ void Worker::tick() noexcept {
   ctx_.timers.expire(ctx_.now_ms, expired);
   ctx_.handler_timers.expire(ctx_.now_ms, expired);
   for (auto& p : pools_) p->tick();
-  // A burst leaves many free slots, each keeping small buffers for its next connection; the oldest beyond
-  // kWarmSlots give theirs back (free_ is a stack: its bottom is reused last).
-  for (std::size_t i = 0; i + kWarmSlots < free_.size(); ++i) conns_[free_[i]]->shed();
   // Freed buffers sit in malloc's free lists, so RSS stays up after a burst of connections unless the heap is
   // trimmed; a tick is off the request path, and only a burst's worth of freeing pays for it.
   if (ctx_.released_bytes >= kTrimAfter) {
@@ -287,6 +285,9 @@ void Worker::after(Connection& c) noexcept {
   if (!c.take_release()) return;
   if (!stalled_.empty()) drop_stalled(c.slot());
   free_.push_back(c.slot());
+  // A burst leaves many free slots, each keeping small buffers for its next connection. free_ is a stack: the
+  // slot that now sits kWarmSlots below its top is reused last, so it gives its buffers back (once).
+  if (free_.size() > kWarmSlots) conns_[free_[free_.size() - 1 - kWarmSlots]]->shed();
   metrics_.connections_open.sub();
   arm_paused_accepts();  // a descriptor came free
 }

@@ -161,3 +161,28 @@ TEST_CASE("work posted onto a loop and timers are bounded, and run in order on t
   rig.turn();
   CHECK(order == std::vector<int>{1, 2});
 }
+
+// A timer may be what finishes a request in flight (a feed's next event, a delayed answer): the drain waits for
+// requests in flight, so a timer set while it runs is taken and run too.
+TEST_CASE("timers are taken and run while the loop drains") {
+  WorkerRig rig;
+  std::optional<Responder> held;
+  rig.router.get("/later", [&](const Request&, Responder res) { held = res; });
+  rig.start();
+  const std::uint64_t a = rig.accept();
+  rig.recv(a, "GET /later HTTP/1.1\r\nHost: t\r\n\r\n");
+  rig.turn();
+  REQUIRE(held);
+  rig.worker->stop();
+  rig.turn();  // the drain begins: the request in flight is still awaited
+  bool fired = false;
+  CHECK(held->after(0, [&] {
+    fired = true;
+    Response r;
+    r.body = "late";
+    CHECK(held->send(r));
+  }));
+  rig.turn();
+  CHECK(fired);
+  CHECK(rig.kernel->wire_of[io::tag_slot(a)].find("Connection: close") != std::string::npos);
+}

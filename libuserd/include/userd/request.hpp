@@ -77,7 +77,8 @@ class Request {
   // state in an array indexed by it, without locks or thread_local (Server::post runs work on a given loop).
   unsigned loop_index() const noexcept;
   // Runs fn on this loop thread after ms (a timer: nothing blocks meanwhile). False, and fn dropped, when the
-  // loop holds 65,536 timers already or the server is stopping. Also on Responder and Stream, for later.
+  // loop holds 65,536 timers already. While the server drains, timers still run (one may finish a request in
+  // flight); those still pending when the loop ends are dropped. Also on Responder and Stream, for later.
   bool after(std::uint64_t ms, std::function<void()> fn) const;
 
   // GET path from ServerConfig::upstreams[upstream] on this loop thread; done runs when it ends (never before

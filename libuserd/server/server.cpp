@@ -144,19 +144,11 @@ std::vector<upstream::Target::Address> resolve_all(const std::string& host, std:
   hints.ai_flags = AI_NUMERICSERV;
   addrinfo* res = nullptr;
   const std::string service = std::to_string(port);
-  std::vector<upstream::Target::Address> out;
   if (const int rc = getaddrinfo(host.c_str(), service.c_str(), &hints, &res); rc != 0 || !res) {
     *why = rc == EAI_SYSTEM ? std::strerror(errno) : gai_strerror(rc);
-    return out;
+    return {};
   }
-  for (addrinfo* a = res; a; a = a->ai_next) {
-    upstream::Target::Address addr;
-    std::memcpy(&addr.addr, a->ai_addr, a->ai_addrlen);
-    addr.len = a->ai_addrlen;
-    bool seen = false;
-    for (const auto& o : out) seen = seen || (o.len == addr.len && std::memcmp(&o.addr, &addr.addr, addr.len) == 0);
-    if (!seen) out.push_back(addr);
-  }
+  std::vector<upstream::Target::Address> out = upstream::unique_addresses(res);
   freeaddrinfo(res);
   return out;
 }

@@ -44,6 +44,22 @@ Pool::Pool(const Target& target, std::uint16_t index, io::Backend& backend, cons
   queue_bytes_.resize(q);
   addrs_ = target.addrs;
   refused_until_.assign(addrs_.size(), 0);
+  in6_addr scratch;
+  const char* host = target.cfg.host.c_str();
+  named_ = inet_pton(AF_INET, host, &scratch) != 1 && inet_pton(AF_INET6, host, &scratch) != 1;
+}
+
+std::vector<Target::Address> unique_addresses(const addrinfo* list) {
+  std::vector<Target::Address> out;
+  for (const addrinfo* a = list; a; a = a->ai_next) {
+    Target::Address addr;
+    std::memcpy(&addr.addr, a->ai_addr, a->ai_addrlen);
+    addr.len = a->ai_addrlen;
+    bool seen = false;
+    for (const auto& o : out) seen = seen || (o.len == addr.len && std::memcmp(&o.addr, &addr.addr, addr.len) == 0);
+    if (!seen) out.push_back(addr);
+  }
+  return out;
 }
 
 Pool::~Pool() {
@@ -61,15 +77,12 @@ struct Pool::Resolve {
 };
 
 void Pool::maybe_resolve() noexcept {
-  if (resolving_ || now_ms_ < next_resolve_ms_) return;
-  in6_addr scratch;
-  const std::string& host = target_.cfg.host;
-  if (inet_pton(AF_INET, host.c_str(), &scratch) == 1 || inet_pton(AF_INET6, host.c_str(), &scratch) == 1) return;
+  if (!named_ || resolving_ || now_ms_ < next_resolve_ms_) return;
   next_resolve_ms_ = now_ms_ + kResolveEveryMs;
   auto* r = new (std::nothrow) Resolve;
   if (!r) return;
   try {
-    r->host = host;
+    r->host = target_.cfg.host;
     r->service = std::to_string(target_.cfg.port);
   } catch (const std::bad_alloc&) {
     delete r;
@@ -99,15 +112,7 @@ void Pool::take_resolve() noexcept {
   addrinfo* res = resolving_->req.ar_result;
   if (gai_error(&resolving_->req) == 0 && res) {
     try {
-      std::vector<Target::Address> fresh;
-      for (addrinfo* a = res; a; a = a->ai_next) {
-        Target::Address addr;
-        std::memcpy(&addr.addr, a->ai_addr, a->ai_addrlen);
-        addr.len = a->ai_addrlen;
-        bool seen = false;
-        for (const auto& o : fresh) seen = seen || (o.len == addr.len && std::memcmp(&o.addr, &addr.addr, addr.len) == 0);
-        if (!seen) fresh.push_back(addr);
-      }
+      std::vector<Target::Address> fresh = unique_addresses(res);
       if (!fresh.empty()) {
         std::vector<std::uint64_t> refused(fresh.size(), 0);
         addrs_.swap(fresh);
@@ -605,8 +610,10 @@ void Pool::tick() noexcept {
   try {
     for (std::uint32_t i = 0; i < conns_.size(); ++i) {
       Conn& c = conns_[i];
-      if ((c.state == State::Connecting || c.state == State::Busy) && c.job.done && c.job.deadline <= now)
+      if ((c.state == State::Connecting || c.state == State::Busy) && c.job.done && c.job.deadline <= now) {
+        if (c.state == State::Connecting) maybe_resolve();  // a connect that hangs is a failed connect too
         fail(i, c.state == State::Connecting ? UpstreamError::Unreachable : UpstreamError::Timeout);
+      }
       else if (c.state == State::Settling && c.job.deadline <= now)
         close(i);  // answered, but the upstream never took the rest of the request: the slot is not held forever
     }

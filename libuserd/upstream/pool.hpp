@@ -7,6 +7,8 @@
 // Not here: what the caller does with the answer (the handler's UpstreamDone).
 #pragma once
 
+#include <netdb.h>
+
 #include <sys/socket.h>
 
 #include <array>
@@ -37,6 +39,10 @@ struct Target {
   tls::Context tls;            // a client context when cfg.tls (made once, in Server::start)
 };
 
+// The addresses of a resolver's answer, in its order, each once: what Server::start and a later re-resolution
+// both make a Target's list from.
+std::vector<Target::Address> unique_addresses(const addrinfo* list);
+
 // Written by the pool's thread, read by a metrics scrape from any.
 struct PoolStats {
   metrics::Counter ok;
@@ -58,15 +64,6 @@ class Pool {
   // False when the request cannot even be queued (the queue holds cfg.max_queue): counted as Overloaded, and
   // the caller answers the client itself.
   FetchRefused fetch(const UpstreamRequest& request, Responder res, const UpstreamCallback& done) noexcept;
-  // The plain forms, for tests: true when on its way.
-  bool fetch(const UpstreamRequest& request, Responder res, UpstreamDone done, void* user) noexcept {
-    return fetch(request, res, UpstreamCallback(done, user)) == FetchRefused::None;
-  }
-  bool fetch(std::string_view path, Responder res, UpstreamDone done, void* user) noexcept {
-    UpstreamRequest r;
-    r.target = path;
-    return fetch(r, res, done, user);
-  }
   void on_completion(const io::Completion& c) noexcept;
   // Expires exchanges and queued requests past their deadline.
   void tick() noexcept;
@@ -148,6 +145,7 @@ class Pool {
   struct Resolve;
   Resolve* resolving_ = nullptr;  // a getaddrinfo_a in progress
   std::uint64_t next_resolve_ms_ = 0;
+  bool named_ = false;  // cfg.host is a name, not a numeric address: worth asking the resolver again
   void maybe_resolve() noexcept;
   void take_resolve() noexcept;
   void end_resolve() noexcept;

@@ -143,9 +143,15 @@ struct Fixture {
     self->answers.push_back(std::move(a));
   }
   bool fetch(std::string_view path, std::uint32_t client = 0) {
-    return pool->fetch(path, server::Access::responder(&clients, client, 0, 0), &done, this);
+    UpstreamRequest r;
+    r.target = path;
+    return pool->fetch(r, server::Access::responder(&clients, client, 0, 0), UpstreamCallback(&done, this)) ==
+           FetchRefused::None;
   }
-  bool fetch(const UpstreamRequest& r) { return pool->fetch(r, server::Access::responder(&clients, 0, 0, 0), &done, this); }
+  bool fetch(const UpstreamRequest& r) {
+    return pool->fetch(r, server::Access::responder(&clients, 0, 0, 0), UpstreamCallback(&done, this)) ==
+           FetchRefused::None;
+  }
   void complete(std::uint64_t tag, int res, bool more = false, char* data = nullptr) {
     pool->on_completion(io::Completion{tag, res, more, data != nullptr, 0, data});
   }
@@ -662,4 +668,20 @@ TEST_CASE("pool: a failed connect resolves the name again, and new connections g
   const int fd = f.kernel.connects.back();
   CHECK((f.kernel.at(fd).family == AF_INET6 || f.kernel.at(fd).to == 1));
   CHECK(f.pool->stats().resolves.get() == 1);  // bounded: once per 5 s, however many connects failed
+}
+
+// An address that black-holes (no refusal, the connect just hangs) fails at the exchange's deadline: that is a
+// failed connect too, and the name is asked about again.
+TEST_CASE("pool: a connect that hangs until its deadline resolves the name again") {
+  Fixture f(1, 16);
+  f.pool.reset();
+  f.target.cfg.host = "localhost";
+  f.pool.emplace(f.target, 0, f.kernel, f.now);
+  REQUIRE(f.fetch("/a"));
+  CHECK(f.pool->stats().resolves.get() == 0);
+  f.now += 2500;  // past timeout_ms: the connect never completed
+  f.pool->tick();
+  REQUIRE(f.answers.size() == 1);
+  CHECK(f.answers[0].error == UpstreamError::Unreachable);
+  CHECK(f.pool->stats().resolves.get() == 1);
 }

@@ -16,16 +16,17 @@ namespace example {
 // One loop thread.
 // Also blocks SIGINT and SIGTERM for the whole process (serve() takes them with sigwait): called first in main,
 // before any thread exists, so that no thread an example starts later dies of a second signal during the drain.
-inline void block_stop_signals() {
+inline sigset_t block_stop_signals() {
   sigset_t set;
   sigemptyset(&set);
   sigaddset(&set, SIGINT);
   sigaddset(&set, SIGTERM);
   pthread_sigmask(SIG_BLOCK, &set, nullptr);
+  return set;
 }
 
 inline userd::ServerConfig config(int argc, char** argv, const std::string& listen) {
-  block_stop_signals();
+  (void)block_stop_signals();
   const std::string addr = argc > 1 ? argv[1] : listen;
   const auto colon = addr.rfind(':');
   userd::ServerConfig cfg;
@@ -42,11 +43,7 @@ inline userd::ServerConfig config(int argc, char** argv, const std::string& list
 inline int serve(const char* name, userd::Server& server, const userd::ServerConfig& cfg,
                  const std::function<void()>& before_stop = {}) {
   // Blocked before start(): the loop threads inherit the mask, and sigwait below takes the signals.
-  block_stop_signals();
-  sigset_t set;
-  sigemptyset(&set);
-  sigaddset(&set, SIGINT);
-  sigaddset(&set, SIGTERM);
+  const sigset_t set = block_stop_signals();
   if (auto r = server.start(); !r) {
     std::fprintf(stderr, "%s: cannot start: %s\n", name, r.error().what);
     return 1;

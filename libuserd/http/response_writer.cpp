@@ -90,7 +90,7 @@ void write_response_head(core::ByteBuffer& out, const ResponseHead& r) {
   out.append(line, 13);
   out.append(reason_phrase(status));
   out.append("\r\n");
-  if (!r.content_type.empty()) {
+  if (!r.content_type.empty() && status != 204) {  // 204 has no content to describe (RFC 9110 15.3.5)
     out.append("Content-Type: ");
     out.append(r.content_type);
     out.append("\r\n");

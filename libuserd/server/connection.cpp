@@ -729,8 +729,7 @@ bool Connection::write_head(const Response& r, http::BodyFraming framing) {
   const std::size_t from = q.bytes.size();
   http::ResponseHead h;
   h.status = r.status;
-  // 204 has no content to describe (RFC 9110 15.3.5): the default type is not sent with it.
-  h.content_type = check.has_content_type || r.status == 204 ? std::string_view() : r.content_type;
+  h.content_type = check.has_content_type ? std::string_view() : r.content_type;
   h.content_length = r.body.size();
   h.headers = r.headers;
   h.date = ctx_->date.value();

@@ -32,10 +32,12 @@ TEST_CASE("response writer says close or keep-alive when asked, and omits the le
   core::ByteBuffer out;
   ResponseHead h;
   h.status = 204;
+  h.content_type = "application/json";  // a default type: 204 has no content to describe
   h.date = "D";
   h.connection = ConnectionHeader::Close;
   write_response_head(out, h);
   CHECK(str(out) == "HTTP/1.1 204 No Content\r\nDate: D\r\nConnection: close\r\n\r\n");
+  h.content_type = {};
   out.clear();
   h.status = 200;
   h.connection = ConnectionHeader::KeepAlive;

@@ -71,6 +71,12 @@ struct WorkerRig {
       if (f.first == t) return true;
     return false;
   }
+  // What was sent to conn's slot so far.
+  const std::string& wire(std::uint64_t conn) {
+    const std::uint32_t s = io::tag_slot(conn);
+    if (kernel->wire_of.size() <= s) kernel->wire_of.resize(s + 1);
+    return kernel->wire_of[s];
+  }
   void wake() { kernel->ready.push_back({io::tag(io::Op::Wake), 8, true, false, 0, nullptr}); }
   // Completes every send in flight, turn after turn, until none is left (bounded).
   void flush_all() {

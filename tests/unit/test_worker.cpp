@@ -15,11 +15,6 @@ using userd::testing::WorkerRig;
 
 namespace {
 std::uint32_t slot_of(std::uint64_t t) { return io::tag_slot(t); }
-const std::string& wire(WorkerRig& r, std::uint64_t conn) {
-  static const std::string none;
-  const std::uint32_t s = slot_of(conn);
-  return s < r.kernel->wire_of.size() ? r.kernel->wire_of[s] : none;
-}
 }  // namespace
 
 // Found by reading: run_continuations (then run_writables) released the slot through end() inside the callback
@@ -50,8 +45,8 @@ TEST_CASE("a stream ended inside its writable callback, releasing the connection
   CHECK(rig.worker->free_slots() == 0);
   rig.recv(b, "GET /s HTTP/1.1\r\nHost: t\r\n\r\n");
   rig.turn();
-  CHECK(wire(rig, b).find("HTTP/1.1 200 OK") == 0);
-  CHECK(wire(rig, c).empty());
+  CHECK(rig.wire(b).find("HTTP/1.1 200 OK") == 0);
+  CHECK(rig.wire(c).empty());
 }
 
 // Found from outside: Socket::release() moved the generation on before the worker dropped what waited for the
@@ -94,7 +89,7 @@ TEST_CASE("stream data waiting off the loop for a client that leaves is dropped,
   rig.wake();
   rig.turn();
   rig.flush_all();
-  const std::string& out = wire(rig, b);
+  const std::string& out = rig.wire(b);
   CHECK(out.find(std::string(1024, 'y')) != std::string::npos);
   CHECK(out.size() >= 200 * 1024);
   CHECK(out.substr(out.size() - 5) == "0\r\n\r\n");
@@ -133,8 +128,8 @@ TEST_CASE("an answer from another connection's handler continues that connection
   CHECK(waits == 2);                   // it ran later in the same turn
   REQUIRE(waiting);
   CHECK(waiting->alive());  // the second /wait is held, not lost
-  CHECK(wire(rig, w).find("woken") != std::string::npos);
-  CHECK(wire(rig, k).find("woke one") != std::string::npos);
+  CHECK(rig.wire(w).find("woken") != std::string::npos);
+  CHECK(rig.wire(k).find("woke one") != std::string::npos);
 }
 
 TEST_CASE("work posted onto a loop and timers are bounded, and run in order on the loop's turn") {
@@ -184,5 +179,5 @@ TEST_CASE("timers are taken and run while the loop drains") {
   }));
   rig.turn();
   CHECK(fired);
-  CHECK(rig.kernel->wire_of[io::tag_slot(a)].find("Connection: close") != std::string::npos);
+  CHECK(rig.wire(a).find("Connection: close") != std::string::npos);
 }

@@ -42,7 +42,7 @@ TEST_CASE("an answer from another thread that cannot be copied claims nothing: a
   CHECK(second);
   rig.wake();
   rig.turn();
-  CHECK(rig.kernel->wire_of[io::tag_slot(a)].find("\r\n\r\nsmall") != std::string::npos);
+  CHECK(rig.wire(a).find("\r\n\r\nsmall") != std::string::npos);
   CHECK(rig.worker->pending_stream_bytes() == 0);
 }
 

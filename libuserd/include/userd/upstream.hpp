@@ -17,7 +17,8 @@
 namespace userd {
 
 struct UpstreamConfig {
-  // A numeric address, or a name resolved at start (and again after a failed connect, at most every 5 s): every address it resolves to is used in turn, and one
+  // A numeric address, or a name resolved at start (and again after a failed connect, at most every 5 s):
+  // every address it resolves to is used in turn, and one
   // that refused a connection is skipped for a few seconds.
   std::string host = "127.0.0.1";
   std::uint16_t port = 80;

@@ -550,26 +550,21 @@ bool Connection::stream_begin(std::uint32_t seq, const Response& head) noexcept 
   bool ok = false;
   guarded([&] {
     // Chunked to HTTP/1.1; to HTTP/1.0 the close ends the body.
-    if (!write_head(head, req_minor_ == 1 ? http::BodyFraming::Chunked : http::BodyFraming::Close)) {
-      set_awaiting(false);  // answered: with the 500 write_head wrote instead
-      ctx_->handler_timers.clear(*this);
-      if (!in_dispatch_) continue_later();
-      flush();
-      update_waits();
-      return;
-    }
-    if (req_head_only_ || !http::status_has_body(head.status)) {
-      // HEAD, 1xx, 204, 304: the head is the whole response. The stream is over now, so write() and alive()
-      // say false at once and a producer driven by on_writable stops instead of spinning on writes that take
-      // nothing and always succeed.
+    const bool head_ok = write_head(head, req_minor_ == 1 ? http::BodyFraming::Chunked : http::BodyFraming::Close);
+    // Refused (write_head wrote a 500 instead), or HEAD, 204, 304: the head is the whole response. The stream is
+    // over now, so write() and alive() say false at once, and a producer driven by on_writable stops instead of
+    // spinning on writes that take nothing and always succeed.
+    if (!head_ok || req_head_only_ || !http::status_has_body(head.status)) {
       set_awaiting(false);
       ctx_->handler_timers.clear(*this);
-      if (!req_keep_alive_) close_after_flush_ = true;
-      count(head.status, 0);
+      if (head_ok) {
+        if (!req_keep_alive_) close_after_flush_ = true;
+        count(head.status, 0);
+      }
       if (!in_dispatch_) continue_later();
       flush();
       update_waits();
-      ok = true;
+      ok = head_ok;
       return;
     }
     streaming_ = true;

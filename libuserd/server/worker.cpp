@@ -590,7 +590,7 @@ bool Worker::stream_write(std::uint32_t slot, std::uint16_t gen, std::uint32_t s
     if (!c.inbox_waiting()) return c.stream_write(seq, data, end);
     // On the loop, with data from another thread still waiting for this connection: a write would overtake it
     // (false: on_writable runs once it is out), and so would the end, which instead waits behind it.
-    if (!end || !c.streaming() || seq != c.seq()) return false;
+    if (!end || !c.streaming(seq)) return false;
     try {
       stalled_.push_back(Posted{Kind::End, slot, gen, seq, 0, {}, {}, {}, {}});
     } catch (const std::bad_alloc&) {
@@ -660,7 +660,7 @@ bool Worker::awaiting(std::uint32_t slot, std::uint16_t gen, std::uint32_t seq) 
     return v == t || v == (t | kAwaitedStreaming);
   }
   Connection* conn = find(slot, gen);
-  return conn && conn->state() == Connection::State::Open && conn->awaiting_reply() && conn->seq() == seq;
+  return conn && conn->awaiting(seq);
 }
 
 }  // namespace userd::server

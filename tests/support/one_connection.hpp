@@ -19,7 +19,7 @@ struct OneConnection final : server::ReplyTarget {
     return ok;
   }
   bool awaiting(std::uint32_t, std::uint16_t, std::uint32_t seq) const noexcept override {
-    return conn->awaiting_reply() && conn->seq() == seq;
+    return conn->awaiting(seq);
   }
   FetchRefused fetch(std::size_t, const UpstreamRequest&, Responder, const UpstreamCallback&) noexcept override {
     return FetchRefused::NoUpstream;

@@ -18,6 +18,7 @@ struct RequestHead;
 namespace server {
 class ReplyTarget;
 class Connection;
+class Dispatch;
 struct Access;
 }
 class Responder;
@@ -101,7 +102,7 @@ class Request {
   std::string_view body_;
   std::string_view backend_;
   server::ReplyTarget* loop_;
-  friend class server::Connection;  // makes it, and fills what routing and decoding produced
+  friend class server::Dispatch;  // makes it, and fills what routing and decoding produced
   friend struct server::Access;
   Request(const http::RequestHead& head, std::string_view body, std::string_view backend,
           server::ReplyTarget* loop = nullptr) noexcept

@@ -15,7 +15,7 @@ namespace userd {
 
 namespace server {
 class ReplyTarget;
-class Connection;
+class Dispatch;
 struct Access;
 }
 
@@ -87,7 +87,7 @@ class Responder {
   Responder() noexcept = default;
 
  private:
-  friend class server::Connection;
+  friend class server::Dispatch;
   friend struct server::Access;
   Responder(server::ReplyTarget* w, std::uint32_t slot, std::uint16_t gen, std::uint32_t seq) noexcept
       : target_(w), slot_(slot), gen_(gen), seq_(seq) {}

@@ -1,0 +1,461 @@
+// server/http1_session.cpp: the HTTP/1.1 session. Requests are parsed straight out of the bytes the transport
+// hands in; only an unfinished request (or requests queued behind one awaiting its answer) is copied into the
+// session's own buffer, so a receive buffer goes back to the kernel as soon as the transport's call returns.
+#include "libuserd/server/http1_session.hpp"
+
+#include <cstdio>
+#include <cstring>
+
+#include "libuserd/server/connection.hpp"
+
+namespace userd::server {
+namespace {
+// Input backpressure: when a request waits for its handler and more than kInHighWater of pipelined input sits
+// behind it, the socket is no longer read; reading resumes below kInLowWater.
+constexpr std::size_t kInHighWater = 64 * 1024;
+constexpr std::size_t kInLowWater = 16 * 1024;
+// A static body this large is sent from where it lives (sendmsg with head and body iovecs) instead of being
+// copied next to its head. Measured on the 3.7 KB dataset (benchmarks/NOTES.md): 3 % less CPU per request on
+// io_uring, equal on epoll, and no 4 KiB copy per connection and queue. Tiny bodies are cheaper to copy.
+constexpr std::size_t kCopyBelow = 1024;
+constexpr std::string_view kContinue = "HTTP/1.1 100 Continue\r\n\r\n";
+
+http::ConnectionHeader connection_header(bool keep_alive, std::uint8_t minor) noexcept {
+  if (!keep_alive) return http::ConnectionHeader::Close;
+  return minor == 0 ? http::ConnectionHeader::KeepAlive : http::ConnectionHeader::None;
+}
+}  // namespace
+
+void Http1Session::start() noexcept {
+  in_dispatch_ = draining_ = ready_due_ = false;
+  set_awaiting(false);
+  reader_.reset(ctx_->max_body);
+  continue_sent_ = false;
+  streaming_ = writable_due_ = inbox_waits_ = false;
+}
+
+// Off-loop senders check this before queueing an answer (Worker::post): the request a Responder names is still
+// awaited only while its token is published. One relaxed store per change, on the loop thread.
+void Http1Session::set_awaiting(bool on) noexcept {
+  awaiting_ = on;
+  t_->hold(on);
+  if (ctx_->awaited)
+    ctx_->awaited[t_->slot()].store(on ? awaited_token(t_->gen(), seq_) : 0, std::memory_order_relaxed);
+}
+
+void Http1Session::after_output() noexcept {
+  t_->flush();
+  conn_->update_waits();
+}
+
+Timer Http1Session::deadline() const noexcept {
+  if (awaiting_) return Timer::None;
+  if (reader_.head_done()) return Timer::Body;
+  if (!in_.empty()) return Timer::Header;
+  return Timer::Idle;
+}
+
+bool Http1Session::input_stuck(bool paused) const noexcept {
+  return !reading() && in_.size() > (paused ? kInLowWater : kInHighWater);
+}
+
+void Http1Session::release_buffers(std::size_t keep) noexcept {
+  for (core::ByteBuffer* b : {&in_, &ex_.log_request}) {
+    if (b->capacity() <= keep || !b->empty()) continue;
+    ctx_->released_bytes += b->capacity();
+    b->release();
+  }
+}
+
+void Http1Session::shed() noexcept {
+  if (!decode_.capacity()) return;
+  ctx_->released_bytes += decode_.capacity();
+  decode_.release();
+}
+
+void Http1Session::drain() noexcept {
+  const bool idle = !awaiting_ && !t_->sending() && !t_->queued() && in_.empty() && !reader_.head_done();
+  if (idle) {
+    conn_->abort();
+    return;
+  }
+  draining_ = true;
+  if (awaiting_) req_keep_alive_ = false;  // its answer says Connection: close
+  else if (!reader_.head_done() && in_.empty()) t_->close_after_flush();  // only output left
+  t_->guarded([&] { after_output(); });
+}
+
+void Http1Session::on_timeout(Timer t) noexcept {
+  if (t == Timer::Handler) {
+    if (streaming_ && (writable_ || inbox_waits_ || t_->queued() > Transport::kOutLowWater)) {
+      // The producer waits for us: held back by a client that reads slowly (the send deadline judges that
+      // client), not stalled on its own.
+      ctx_->handler_timers.set(*conn_, Timer::Handler, ctx_->now_ms);
+      return;
+    }
+    if (streaming_) {  // the producer stopped writing: the body cannot be finished
+      if (ctx_->metrics) ctx_->metrics->handler_timeouts.add();
+      conn_->abort();
+      return;
+    }
+    // The handler keeps its Responder, which no longer matches a request awaiting an answer: a no-op.
+    if (!t_->is_open() || !awaiting_) return;
+    set_awaiting(false);
+    if (ctx_->metrics) ctx_->metrics->handler_timeouts.add();
+    t_->guarded([&] {
+      write_error_status(503, "handler timed out");
+      resume();
+      after_output();
+    });
+    return;
+  }
+  // Header or body not complete in time: nothing more is read from this client.
+  in_.clear();
+  t_->guarded([&] {
+    refuse(408, t == Timer::Header ? "request header timeout" : "request body timeout");
+    after_output();
+  });
+}
+
+void Http1Session::on_abort() noexcept {
+  streaming_ = false;
+  set_awaiting(false);  // from now on alive() and send() say false, from any thread
+  writable_ = nullptr;  // what the producer's callback holds goes now
+}
+
+void Http1Session::on_released() noexcept {
+  set_awaiting(false);
+  reader_.reset(ctx_->max_body);
+  in_.clear();
+  ex_.log_request.clear();
+}
+
+bool Http1Session::reading() const noexcept {
+  return t_->is_open() && !awaiting_ && !t_->closing_after_flush() && t_->queued() <= Transport::kOutHighWater;
+}
+
+void Http1Session::on_bytes(char* data, std::size_t n) {
+  if (in_.empty()) {
+    std::size_t used = process(data, n);
+    if (used < n) keep_unfinished(data + used, n - used);
+  } else {
+    // One request (head + body) plus the pipelined input that arrives while the receive is being ended.
+    if (in_.size() + n > ctx_->limits.max_head + ctx_->max_body + 4 * kInHighWater) {
+      conn_->abort();
+      return;
+    }
+    in_.append(data, n);
+    resume();
+  }
+  after_output();
+}
+
+void Http1Session::on_sent() noexcept {
+  t_->guarded([&] {
+    resume();
+    after_output();
+    if (streaming_ && (writable_ || inbox_waits_) && !writable_due_ && t_->queued() <= Transport::kOutLowWater)
+      writable_soon();
+  });
+}
+
+void Http1Session::writable_soon() noexcept {
+  writable_due_ = true;
+  ctx_->writable_due.push_back({t_->slot(), t_->gen()});
+}
+
+void Http1Session::resume() {
+  if (in_.empty() || !t_->is_open()) return;
+  std::size_t used = process(in_.data(), in_.size());
+  keep_unfinished(in_.data() + used, in_.size() - used);
+}
+
+// Moves the unfinished request at req into in_: the head, the body decoded so far, then the undecoded rest.
+// req may point into in_ itself.
+void Http1Session::keep_unfinished(char* req, std::size_t avail) {
+  const std::size_t live = reader_.live();
+  const std::size_t raw = reader_.raw_off();
+  if (in_.size() && req >= in_.data() && req <= in_.data() + in_.size()) {
+    std::memmove(in_.data(), req, live);
+    std::memmove(in_.data() + live, req + raw, avail - raw);
+    in_.resize_down(live + avail - raw);
+  } else {
+    in_.clear();
+    in_.append(req, live);
+    in_.append(req + raw, avail - raw);
+  }
+  reader_.compacted();
+}
+
+std::size_t Http1Session::process(char* buf, std::size_t len) {
+  std::size_t pos = 0;
+  while (pos < len && reading()) {
+    char* req = buf + pos;
+    const http::ReadStep step = reader_.read(req, len - pos, ctx_->limits);
+    if (step.status == http::ReadStatus::Bad) {
+      write_error(step.error);
+      return len;
+    }
+    if (step.status != http::ReadStatus::Done) {
+      write_continue();
+      break;
+    }
+    continue_sent_ = false;
+    dispatch(reader_.head(), reader_.body(req));
+    pos += step.total;
+  }
+  return pos;
+}
+
+void Http1Session::count(int status, std::size_t body_bytes) { Dispatch::record(*ctx_, ex_, *conn_, status, body_bytes); }
+
+void Http1Session::dispatch(const http::RequestHead& head, std::string_view body) {
+  ++seq_;
+  req_keep_alive_ = head.keep_alive && !draining_;
+  req_minor_ = head.minor;
+  req_head_only_ = head.method == "HEAD";
+  const Router::Match m = Dispatch::route(*ctx_, ex_, head, params_);
+  if (!m.handler) {
+    if (m.allow.empty()) {
+      write_error_status(404, "not found");
+    } else {
+      const Header allow{"Allow", m.allow};
+      write_error_status(405, "method not allowed", {&allow, 1});
+    }
+    return;
+  }
+  Request request = Dispatch::request(*ctx_, head, body);
+  if (!Dispatch::prepare(request, *conn_, head, params_, decode_)) {
+    write_error_status(400, "malformed percent-escape in the path or query");
+    return;
+  }
+  set_awaiting(true);
+  in_dispatch_ = true;
+  if (!Dispatch::run(*ctx_, *m.handler, request, Dispatch::responder(*ctx_, t_->slot(), t_->gen(), seq_))) {
+    if (streaming_) {
+      conn_->abort();  // the head and maybe some body are out: a 500 now would land inside the body
+    } else if (awaiting_) {
+      set_awaiting(false);
+      write_error_status(500, "internal error");
+    }
+  }
+  in_dispatch_ = false;
+  if (awaiting_ && t_->is_open()) ctx_->handler_timers.set(*conn_, Timer::Handler, ctx_->now_ms);
+}
+
+bool Http1Session::stream_begin(std::uint32_t seq, const Response& head) noexcept {
+  if (!awaiting_ || streaming_ || seq != seq_ || !t_->is_open()) return false;
+  bool ok = false;
+  t_->guarded([&] {
+    // Chunked to HTTP/1.1; to HTTP/1.0 the close ends the body.
+    const bool head_ok = write_head(head, req_minor_ == 1 ? http::BodyFraming::Chunked : http::BodyFraming::Close);
+    // Refused (write_head wrote a 500 instead), or HEAD, 204, 304: the head is the whole response. The stream is
+    // over now, so write() and alive() say false at once, and a producer driven by on_writable stops instead of
+    // spinning on writes that take nothing and always succeed.
+    if (!head_ok || req_head_only_ || !http::status_has_body(head.status)) {
+      set_awaiting(false);
+      ctx_->handler_timers.clear(*conn_);
+      if (head_ok) {
+        if (!req_keep_alive_) t_->close_after_flush();
+        count(head.status, 0);
+      }
+      if (!in_dispatch_) continue_later();
+      after_output();
+      ok = head_ok;
+      return;
+    }
+    streaming_ = true;
+    if (ctx_->awaited) {  // begun here on the loop: writes from other threads may follow (never undo an end)
+      std::uint64_t t = awaited_token(t_->gen(), seq_);
+      ctx_->awaited[t_->slot()].compare_exchange_strong(t, t | kAwaitedStreaming, std::memory_order_relaxed);
+    }
+    stream_status_ = head.status;
+    stream_bytes_ = 0;
+    // Answered, as far as the client knows; a producer that stops writing is cut at the same deadline.
+    ctx_->handler_timers.set(*conn_, Timer::Handler, ctx_->now_ms);
+    after_output();
+    ok = true;
+  });
+  return ok;
+}
+
+bool Http1Session::stream_write(std::uint32_t seq, std::string_view data, bool end) noexcept {
+  if (!end && t_->queued() > Transport::kOutHighWater) return false;
+  return stream_append(seq, data, end);
+}
+
+bool Http1Session::stream_write_taken(std::uint32_t seq, std::string_view data) noexcept {
+  return stream_append(seq, data, false);
+}
+
+bool Http1Session::stream_append(std::uint32_t seq, std::string_view data, bool end) noexcept {
+  if (!streaming_ || seq != seq_ || !t_->is_open()) return false;
+  bool ok = false;
+  t_->guarded([&] {
+    Transport::OutQueue& q = t_->out();
+    const std::size_t from = q.bytes.size();
+    const bool body = !req_head_only_ && http::status_has_body(stream_status_);
+    if (!end && body && !data.empty()) {
+      if (req_minor_ == 1) {
+        char size[24];
+        const int n = std::snprintf(size, sizeof size, "%zx\r\n", data.size());
+        q.bytes.append(size, std::size_t(n));
+        q.bytes.append(data);
+        q.bytes.append("\r\n", 2);
+      } else {
+        q.bytes.append(data);
+      }
+      stream_bytes_ += data.size();
+    }
+    if (end) {
+      if (body && req_minor_ == 1) q.bytes.append("0\r\n\r\n");
+      streaming_ = false;
+      set_awaiting(false);
+      writable_ = nullptr;
+      ctx_->handler_timers.clear(*conn_);
+      if (!req_keep_alive_) t_->close_after_flush();
+      count(stream_status_, stream_bytes_);
+    } else {
+      ctx_->handler_timers.set(*conn_, Timer::Handler, ctx_->now_ms);
+    }
+    q.note_bytes(from);
+    if (end && !in_dispatch_) continue_later();
+    after_output();
+    ok = true;
+  });
+  return ok;
+}
+
+void Http1Session::stream_on_writable(std::uint32_t seq, std::function<void()> fn) {
+  if (!streaming_ || seq != seq_ || !t_->is_open()) return;
+  writable_ = std::move(fn);
+  if (t_->queued() <= Transport::kOutLowWater && !writable_due_) writable_soon();
+}
+
+bool Http1Session::stream_backed_up() const noexcept {
+  return streaming_ && t_->is_open() && t_->queued() > Transport::kOutHighWater;
+}
+
+void Http1Session::run_writable() noexcept {
+  writable_due_ = false;
+  if (!streaming_ || !writable_ || !t_->is_open()) return;
+  std::function<void()> fn = std::move(writable_);
+  writable_ = nullptr;
+  try {
+    fn();
+  } catch (...) {
+    conn_->abort();  // a producer that throws mid-stream: the body cannot be finished
+  }
+}
+
+// An answer that came from outside this session's own dispatch (another thread, an upstream, another
+// connection's handler, a writable callback): the requests queued behind it are parsed and their handlers run
+// later in the turn (Worker::run_continuations), never on the stack of whoever answered, which may be another
+// connection's handler holding views and state that those handlers would overwrite.
+void Http1Session::continue_later() {
+  if (ready_due_) return;
+  ctx_->ready.push_back({t_->slot(), t_->gen()});
+  ready_due_ = true;
+}
+
+void Http1Session::run_ready() noexcept {
+  ready_due_ = false;
+  if (!t_->is_open()) return;
+  t_->guarded([&] {
+    resume();
+    after_output();
+  });
+}
+
+bool Http1Session::reply(std::uint32_t seq, const Response& r) noexcept {
+  if (!awaiting_ || streaming_ || seq != seq_ || !t_->is_open()) return false;
+  set_awaiting(false);
+  ctx_->handler_timers.clear(*conn_);
+  t_->guarded([&] {
+    write_response(r);
+    if (!in_dispatch_) continue_later();  // answered later: carry on with requests that queued up meanwhile
+  });
+  return true;
+}
+
+// A response that would corrupt the stream (CR/LF in a header) or contradict the server's framing is not sent;
+// the client gets a 500 instead.
+void Http1Session::refuse_response(std::string_view why) {
+  Dispatch::refused(*ctx_, why);
+  write_error_status(500, "invalid response from handler");
+}
+
+// The status line and headers of r, framed as asked (Length: r.body's). A head the handler got wrong is not
+// written: refuse_response writes a 500 instead, and this returns false.
+bool Http1Session::write_head(const Response& r, http::BodyFraming framing) {
+  const std::optional<std::uint64_t> length =
+      framing == http::BodyFraming::Length ? std::optional<std::uint64_t>(r.body.size()) : std::nullopt;
+  // A handler answers with a final status (RFC 9110 15: three digits, 2xx to 5xx); an interim 1xx as the
+  // answer would leave the client waiting for the final one, and 600 or more is no status at all.
+  if (r.status < 200 || r.status > 599) {
+    refuse_response("status outside 200-599");
+    return false;
+  }
+  const http::HeaderCheck check = http::check_headers(r.headers, r.content_type, length);
+  if (!check.ok) {
+    refuse_response(check.why);
+    return false;
+  }
+  if (check.close || framing == http::BodyFraming::Close) req_keep_alive_ = false;
+  Transport::OutQueue& q = t_->out();
+  const std::size_t from = q.bytes.size();
+  http::ResponseHead h;
+  h.status = r.status;
+  h.content_type = check.has_content_type ? std::string_view() : r.content_type;
+  h.content_length = r.body.size();
+  h.headers = r.headers;
+  h.date = ctx_->date.value();
+  h.connection = connection_header(req_keep_alive_, req_minor_);
+  h.framing = framing;
+  http::write_response_head(q.bytes, h);
+  q.note_bytes(from);
+  return true;
+}
+
+void Http1Session::write_response(const Response& r) {
+  if (!write_head(r, http::BodyFraming::Length)) return;
+  Transport::OutQueue& q = t_->out();
+  const bool with_body = !req_head_only_ && http::status_has_body(r.status) && !r.body.empty();
+  if (with_body && r.body_is_static && r.body.size() >= kCopyBelow) q.append_external(r.body.data(), r.body.size());
+  else if (with_body) q.append(r.body);
+  if (!req_keep_alive_) t_->close_after_flush();
+  count(r.status, with_body ? r.body.size() : 0);
+}
+
+void Http1Session::write_error_status(int status, std::string_view message, std::span<const Header> extra) {
+  Transport::OutQueue& q = t_->out();
+  const std::size_t from = q.bytes.size();
+  const std::size_t body = http::write_error_response(q.bytes, status, message, ctx_->date.value(),
+                                                      connection_header(req_keep_alive_, req_minor_), req_head_only_, extra);
+  q.note_bytes(from);
+  if (!req_keep_alive_) t_->close_after_flush();
+  count(status, body);
+}
+
+// A request we cannot trust the framing of: answer, then close (the rest of the stream is not read).
+void Http1Session::write_error(http::HttpError e) { refuse(http::status_for(e), http::describe(e)); }
+
+// The answer to something that never became a routed request (bad framing, a deadline): an HTTP/1.1 error that
+// closes the connection, whatever the request being read had asked for.
+void Http1Session::refuse(int status, std::string_view message) {
+  reader_.reset(ctx_->max_body);
+  ex_.route = ctx_->router->route_count();
+  req_keep_alive_ = false;
+  req_head_only_ = false;
+  req_minor_ = 1;
+  write_error_status(status, message);
+}
+
+// RFC 9110 10.1.1: a client that sent "Expect: 100-continue" may wait for this before sending the body.
+void Http1Session::write_continue() {
+  if (!reader_.head_done() || !reader_.head().expect_continue || continue_sent_ || reader_.head().minor == 0) return;
+  continue_sent_ = true;
+  t_->out().append(kContinue);
+}
+
+}  // namespace userd::server

@@ -31,6 +31,13 @@ int main(int argc, char** argv) {
     r.body = req.query() == "name=embedder" ? "hello, embedder\n" : "hello\n";
     res.send(r);
   });
+  // Which protocol carried the request: a handler needs no change for HTTP/2.
+  router.get("/protocol", [](const userd::Request& req, userd::Responder res) {
+    userd::Response r;
+    r.content_type = "text/plain";
+    r.body = req.protocol();
+    res.send(r);
+  });
   // A route parameter, a query value (both percent-decoded) and the client's address.
   router.get("/greet/{name}", [](const userd::Request& req, userd::Responder res) {
     thread_local std::string text;  // the body is copied by send(): one buffer per thread is enough

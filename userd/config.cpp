@@ -89,7 +89,7 @@ std::string usage() {
          "\n"
          "  --listen HOST:PORT   address to listen on (env M1_DOMAIN, M1_PORT; default 0.0.0.0:8080, or none\n"
          "                       when only --tls-listen is given)\n"
-         "  --tls-listen HOST:PORT  serve HTTPS there too (TLS 1.2/1.3, ALPN http/1.1); needs --tls-cert, --tls-key\n"
+         "  --tls-listen HOST:PORT  serve HTTPS there too (TLS 1.2/1.3, ALPN h2 and http/1.1); needs --tls-cert, --tls-key\n"
          "  --tls-cert FILE      PEM certificate (leaf first, then its chain); SIGHUP reloads it and the key\n"
          "  --tls-key FILE       PEM private key of --tls-cert\n"
          "  --tls-client-ca FILE mutual TLS: clients must present a certificate signed by a CA in this PEM file\n"
@@ -115,6 +115,8 @@ std::string usage() {
          "  --handler-timeout S  answer 503 for a request its handler has not answered in this long (30)\n"
          "  --max-conns N        connections per thread; more are accepted and closed at once (10000)\n"
          "  --max-tls-handshakes N  TLS handshakes in progress per thread; more are closed at once (512)\n"
+         "  --http2 on|off       HTTP/2 beside HTTP/1.1: prior knowledge on plain ports, ALPN h2 on TLS (on)\n"
+         "  --http2-max-streams N  streams an HTTP/2 client may have open at once (128)\n"
          "  --drain-timeout S    on SIGTERM/SIGINT, how long requests in flight may take to finish (10)\n"
          "  --access-log PATH|-  one line per request, appended to PATH or written to stdout (off)\n"
          "  --extra-routes N     add N placeholder routes (/extra/N/{id}): to measure what routing costs (0)\n"
@@ -260,6 +262,16 @@ std::string parse_config(int argc, const char* const* argv, const Getenv& getenv
       if (!parse_uint(value, 10'000'000, n) || n == 0)
         return fmt::format("invalid --max-tls-handshakes '{}': expected 1 or more", value);
       out.server.max_tls_handshakes = unsigned(n);
+    } else if (arg == "--http2") {
+      if (!need(err)) return err;
+      if (value != "on" && value != "off") return fmt::format("invalid --http2 '{}': expected on or off", value);
+      out.server.http2 = value == "on";
+    } else if (arg == "--http2-max-streams") {
+      if (!need(err)) return err;
+      unsigned long n;
+      if (!parse_uint(value, 1'000'000, n) || n == 0)
+        return fmt::format("invalid --http2-max-streams '{}': expected 1 or more", value);
+      out.server.http2_max_streams = unsigned(n);
     } else if (arg == "--upstream-conns") {
       if (!need(err)) return err;
       unsigned long n;

@@ -55,6 +55,7 @@ struct RequestHead {
   std::string_view target;
   std::string_view path;
   std::string_view query;
+  std::uint8_t major = 1;  // 2: HTTP/2 (made by the HTTP/2 session, never parsed)
   std::uint8_t minor = 1;  // HTTP/1.minor
   std::uint16_t header_count = 0;
   std::array<Header, kMaxHeaders> headers;

@@ -49,10 +49,14 @@ inline std::string code_label(std::size_t slot) {
 inline constexpr std::array<std::uint64_t, 14> kBucketsUs = {50, 100, 250, 500, 1'000, 2'500, 5'000, 10'000,
                                                              25'000, 50'000, 100'000, 250'000, 1'000'000, 2'500'000};
 
+inline constexpr std::array<const char*, 3> kProtocols = {"HTTP/1.0", "HTTP/1.1", "HTTP/2"};
+
 struct ThreadMetrics {
   explicit ThreadMetrics(std::size_t routes) : requests((routes + 1) * kCodeSlots) {}
   // requests[route * kCodeSlots + code_index(status)]; the last route is "unmatched" (404)
   std::vector<Counter> requests;
+  std::array<Counter, 3> by_protocol;  // HTTP/1.0, HTTP/1.1, HTTP/2 (kProtocols)
+  Counter http2_connections;           // connections that became HTTP/2
   std::array<Counter, kBucketsUs.size() + 1> duration_buckets;  // not cumulative; the last is +Inf
   Counter duration_sum_us;
   Counter duration_count;
@@ -70,8 +74,9 @@ struct ThreadMetrics {
   Counter tls_handshakes_refused;  // TLS connections closed at accept: max_tls_handshakes were in progress
   Counter tls_record_failures;   // TLS connections closed after it: a bad record, a renegotiation attempt
 
-  void record(std::size_t route, int status, std::uint64_t micros) noexcept {
+  void record(std::size_t route, int status, std::uint64_t micros, std::size_t protocol = 1) noexcept {
     requests[route * kCodeSlots + code_index(status)].add();
+    by_protocol[protocol].add();
     std::size_t b = 0;
     while (b < kBucketsUs.size() && micros > kBucketsUs[b]) ++b;
     duration_buckets[b].add();

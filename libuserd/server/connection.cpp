@@ -7,6 +7,7 @@
 #include <netinet/in.h>
 
 #include <cstdio>
+#include <cstring>
 
 namespace userd::server {
 namespace {
@@ -46,6 +47,20 @@ bool Connection::open(int fd, std::uint32_t slot, SSL_CTX* tls) noexcept {
   if (ctx_->access_log) describe_peer(fd, peer_, sizeof peer_);
   update_timer();
   return true;
+}
+
+void Connection::switch_to_h2(const char* magic, char* data, std::size_t n) {
+  if (!h2_) h2_ = std::make_unique<Http2Session>(*ctx_, *this, t_);
+  if (!h2_->start()) throw std::bad_alloc();
+  session_ = h2_.get();
+  if (ctx_->metrics) ctx_->metrics->http2_connections.add();
+  if (magic) {  // the preface HTTP/1.1 recognised: nghttp2 checks it again, as it would any client's
+    char copy[24];
+    std::memcpy(copy, magic, sizeof copy);
+    h2_->on_bytes(copy, sizeof copy);
+  }
+  if (n) h2_->on_bytes(data, n);
+  if (!n && !magic) h2_->on_sent();  // nothing from the client yet: our SETTINGS go out
 }
 
 void Connection::update_waits() noexcept {
@@ -117,6 +132,7 @@ void Connection::shed() noexcept {
   t_.release_buffers(0);
   h1_.release_buffers(0);
   h1_.shed();
+  h2_.reset();  // its nghttp2 session is gone already; its spare streams go now
   shed_ = true;
 }
 

@@ -20,6 +20,7 @@
 #include "libuserd/io/backend.hpp"
 #include "libuserd/metrics/metrics.hpp"
 #include "libuserd/server/http1_session.hpp"
+#include "libuserd/server/http2_session.hpp"
 #include "libuserd/server/session.hpp"
 #include "libuserd/server/timers.hpp"
 #include "libuserd/server/transport.hpp"
@@ -39,6 +40,9 @@ constexpr std::uint64_t awaited_token(std::uint16_t gen, std::uint32_t seq) noex
 }
 inline constexpr std::uint64_t kAwaitedStreaming = 1ull << 62;  // a Stream was begun: writes and end may follow
 inline constexpr std::uint64_t kAwaitedAnswered = 1ull << 61;   // send() or end() is on its way: nothing more
+// An HTTP/2 connection awaits many requests at once: its token names the connection (gen) only, and the loop
+// decides whether the request an answer names is still open.
+inline constexpr std::uint64_t kAwaitedMultiplexed = 1ull << 60;
 
 class Connection final : private Transport::Owner {
  public:
@@ -101,6 +105,10 @@ class Connection final : private Transport::Owner {
   // A free slot gives back every buffer it kept for its next connection (the worker's tick, after a burst).
   void shed() noexcept;
 
+  // HTTP/1.1's first bytes were the HTTP/2 preface (magic: they are fed to nghttp2 first), or TLS chose h2: the
+  // connection speaks HTTP/2 from now on. Throws std::bad_alloc when it cannot.
+  void switch_to_h2(const char* magic, char* data, std::size_t n);
+
   // The session's: after its input or output changed, the receive (backpressure) and the deadline.
   void update_waits() noexcept override;
   void update_timer() noexcept override;
@@ -117,6 +125,7 @@ class Connection final : private Transport::Owner {
   Transport t_;
   Http1Session h1_;          // every connection starts as HTTP/1.1
   Session* session_ = &h1_;  // the protocol spoken now
+  std::unique_ptr<Http2Session> h2_;  // made the first time this slot speaks HTTP/2, kept for its next ones
   bool shed_ = false;        // free, and holding no buffers
   mutable char peer_[64] = {};  // "address:port": at open when logging, else on first peer()
 };
@@ -130,6 +139,10 @@ struct LoopContext {
   std::uint64_t max_body = 1 << 20;
   std::uint64_t now_ms = 0;  // CLOCK_MONOTONIC, refreshed once per loop turn
   unsigned loop_index = 0;   // which of the server's loops: Request::loop_index()
+  std::uint64_t handler_timeout_ms = 30'000;  // ServerConfig's: HTTP/2 keeps one deadline per stream
+  // HTTP/2 (ServerConfig::http2): null when off.
+  std::unique_ptr<H2Shared> h2;
+  std::uint32_t h2_max_streams = 128;
   std::string_view backend_name;
   TimerLists<Connection, &Connection::timer_link> timers;  // idle, header, body, send and linger deadlines
   TimerLists<Connection, &Connection::handler_link> handler_timers;  // requests a handler holds

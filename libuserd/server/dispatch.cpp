@@ -19,6 +19,7 @@ std::uint64_t monotonic_us() noexcept {
 Router::Match Dispatch::route(LoopContext& ctx, Exchange& ex, const http::RequestHead& head, RouteParams& params) {
   Router::Match m = ctx.router->find(head.method, head.path, params);
   ex.route = m.route;
+  ex.protocol = head.major == 2 ? 2 : head.minor == 0 ? 0 : 1;
   if (ctx.metrics || ctx.access_log) ex.started_us = monotonic_us();
   if (ctx.access_log) {
     ex.log_request.clear();
@@ -73,7 +74,7 @@ bool Dispatch::run(const LoopContext& ctx, const Handler& handler, const Request
 
 void Dispatch::record(LoopContext& ctx, Exchange& ex, const Connection& conn, int status, std::size_t body_bytes) {
   const std::uint64_t took = ex.started_us ? monotonic_us() - ex.started_us : 0;
-  if (ctx.metrics) ctx.metrics->record(ex.route, status, took);
+  if (ctx.metrics) ctx.metrics->record(ex.route, status, took, ex.protocol);
   if (core::ByteBuffer* log = ctx.access_log) {
     char tail[80];
     const int n = std::snprintf(tail, sizeof tail, " %d %zu %.6f\n", status, body_bytes, double(took) / 1e6);
@@ -83,6 +84,8 @@ void Dispatch::record(LoopContext& ctx, Exchange& ex, const Connection& conn, in
     log->append(" ", 1);
     if (ex.log_request.empty()) log->append("- -");  // refused before it was a request (400, 408, 431...)
     else log->append(ex.log_request.data(), ex.log_request.size());
+    log->append(" ", 1);
+    log->append(metrics::kProtocols[ex.protocol]);
     log->append(tail, std::size_t(n));
     ex.log_request.clear();
   }

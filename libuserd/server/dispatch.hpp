@@ -23,6 +23,7 @@ struct Exchange {
   std::size_t route = 0;          // metrics label
   std::uint64_t started_us = 0;   // when it was dispatched; 0 when neither metrics nor the log want it
   core::ByteBuffer log_request;   // "METHOD target", when logging; empty: refused before it was a request
+  std::uint8_t protocol = 1;      // index into metrics::kProtocols: HTTP/1.0, HTTP/1.1, HTTP/2
 };
 
 class Dispatch {

@@ -19,6 +19,8 @@ constexpr std::size_t kInLowWater = 16 * 1024;
 // io_uring, equal on epoll, and no 4 KiB copy per connection and queue. Tiny bodies are cheaper to copy.
 constexpr std::size_t kCopyBelow = 1024;
 constexpr std::string_view kContinue = "HTTP/1.1 100 Continue\r\n\r\n";
+// RFC 9113 3.4: what an HTTP/2 client with prior knowledge sends first.
+constexpr std::string_view kPreface = "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
 http::ConnectionHeader connection_header(bool keep_alive, std::uint8_t minor) noexcept {
   if (!keep_alive) return http::ConnectionHeader::Close;
@@ -28,6 +30,7 @@ http::ConnectionHeader connection_header(bool keep_alive, std::uint8_t minor) no
 
 void Http1Session::start() noexcept {
   in_dispatch_ = draining_ = ready_due_ = false;
+  fresh_ = ctx_->h2 != nullptr;
   set_awaiting(false);
   reader_.reset(ctx_->max_body);
   continue_sent_ = false;
@@ -134,7 +137,34 @@ bool Http1Session::reading() const noexcept {
   return t_->is_open() && !awaiting_ && !t_->closing_after_flush() && t_->queued() <= Transport::kOutHighWater;
 }
 
+// The connection's first bytes: HTTP/2 when they are its preface (recognised across receives, a prefix held in
+// in_ meanwhile) or when TLS chose h2; anything else is HTTP/1.1, from its first byte. True: taken.
+bool Http1Session::preface(char* data, std::size_t n) {
+  if (t_->tls().active()) {
+    fresh_ = false;
+    if (!t_->tls().alpn_h2()) return false;
+    conn_->switch_to_h2(nullptr, data, n);
+    return true;
+  }
+  const std::size_t have = in_.size();
+  const std::size_t take = std::min(n, kPreface.size() - have);
+  if (std::memcmp(data, kPreface.data() + have, take) != 0) {
+    fresh_ = false;
+    return false;
+  }
+  if (have + take < kPreface.size()) {
+    in_.append(data, n);
+    conn_->update_waits();
+    return true;
+  }
+  fresh_ = false;
+  in_.clear();
+  conn_->switch_to_h2(kPreface.data(), data + take, n - take);
+  return true;
+}
+
 void Http1Session::on_bytes(char* data, std::size_t n) {
+  if (fresh_ && preface(data, n)) return;
   if (in_.empty()) {
     std::size_t used = process(data, n);
     if (used < n) keep_unfinished(data + used, n - used);
@@ -445,6 +475,7 @@ void Http1Session::write_error(http::HttpError e) { refuse(http::status_for(e), 
 void Http1Session::refuse(int status, std::string_view message) {
   reader_.reset(ctx_->max_body);
   ex_.route = ctx_->router->route_count();
+  ex_.protocol = 1;
   req_keep_alive_ = false;
   req_head_only_ = false;
   req_minor_ = 1;

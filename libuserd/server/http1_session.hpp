@@ -53,9 +53,11 @@ class Http1Session final : public Session {
   bool inbox_waiting() const noexcept override { return inbox_waits_; }
 
   bool ready_due() const noexcept override { return ready_due_; }
+  bool fresh() const noexcept { return fresh_; }
   void shed() noexcept;  // a free slot gives back its decode buffer too
 
  private:
+  bool preface(char* data, std::size_t n);
   std::size_t process(char* buf, std::size_t len);
   void keep_unfinished(char* req, std::size_t avail);
   void resume();
@@ -85,6 +87,7 @@ class Http1Session final : public Session {
   bool writable_due_ = false;  // on ctx.writable_due
   bool inbox_waits_ = false;   // the worker holds stream data for this connection
   bool ready_due_ = false;     // on ctx.ready
+  bool fresh_ = false;         // nothing read yet, and HTTP/2 is on: the first bytes may be its preface
   int stream_status_ = 0;
   std::size_t stream_bytes_ = 0;
   std::function<void()> writable_;  // Stream::on_writable's callback, until it runs

@@ -13,6 +13,10 @@ std::string_view Request::target() const noexcept { return head_->target; }
 std::string_view Request::path() const noexcept { return head_->path; }
 std::string_view Request::query() const noexcept { return head_->query; }
 int Request::version_minor() const noexcept { return head_->minor; }
+std::string_view Request::protocol() const noexcept {
+  if (head_->major == 2) return "HTTP/2";
+  return head_->minor == 0 ? "HTTP/1.0" : "HTTP/1.1";
+}
 bool Request::keep_alive() const noexcept { return head_->keep_alive; }
 
 std::span<const Header> Request::headers() const noexcept { return {head_->headers.data(), head_->header_count}; }

@@ -257,7 +257,7 @@ Result<void> Server::start() {
   tls::Context tls_ctx;
   if (s.cfg.tls) {
     std::string why;
-    tls_ctx = tls::server_context(*s.cfg.tls, why);
+    tls_ctx = tls::server_context(*s.cfg.tls, why, s.cfg.http2);
     if (!tls_ctx) {
       if (s.cfg.log) s.cfg.log("TLS: " + why);
       else std::fprintf(stderr, "userd: TLS: %s\n", why.c_str());
@@ -343,7 +343,7 @@ Result<void> Server::reload_tls(std::string* why) {
     if (why) *why = "TLS is not configured";
     return fail(Errc::BadInput, EINVAL, "tls");
   }
-  tls::Context ctx = tls::server_context(*s.cfg.tls, reason);
+  tls::Context ctx = tls::server_context(*s.cfg.tls, reason, s.cfg.http2);
   if (!ctx) {
     if (why) *why = reason;
     return fail(Errc::BadInput, 0, "tls");
@@ -416,6 +416,13 @@ std::string Server::metrics_text() const {
       sample(out, labels, v);
     }
   }
+
+  series(out, "userd_requests_by_protocol_total", "counter", "Requests answered, by the protocol that carried them.");
+  for (std::size_t p = 0; p < metrics::kProtocols.size(); ++p)
+    sample(out, std::string("userd_requests_by_protocol_total{protocol=\"") + metrics::kProtocols[p] + "\"}",
+           sum([&](const server::Worker& w) { return w.metrics().by_protocol[p].get(); }));
+  series(out, "userd_http2_connections_total", "counter", "Connections that spoke HTTP/2 (prior knowledge or ALPN h2).");
+  sample(out, "userd_http2_connections_total", sum([&](const server::Worker& w) { return w.metrics().http2_connections.get(); }));
 
   series(out, "userd_request_duration_seconds", "histogram", "Time from a request's dispatch to its response being queued.");
   std::uint64_t cumulative = 0;

@@ -66,6 +66,11 @@ Worker::Worker(const ServerConfig& cfg, const Router& router, int listen_fd, int
   ctx_.timers.set_duration(Timer::Send, cfg.send_timeout_ms);
   ctx_.timers.set_duration(Timer::SendCheck, std::min(cfg.send_timeout_ms, kSendCheckMs));
   ctx_.handler_timers.set_duration(Timer::Handler, cfg.handler_timeout_ms);
+  ctx_.handler_timeout_ms = cfg.handler_timeout_ms;
+  if (cfg.http2) {
+    ctx_.h2 = std::make_unique<H2Shared>(cfg.max_head, cfg.http2_max_streams);
+    ctx_.h2_max_streams = cfg.http2_max_streams;
+  }
   if (cfg.log) ctx_.log = &cfg.log;
   awaited_.reset(new std::atomic<std::uint64_t>[cfg.max_conns ? cfg.max_conns : 1]());
   ctx_.awaited = awaited_.get();
@@ -606,6 +611,10 @@ bool Worker::stream_write(std::uint32_t slot, std::uint16_t gen, std::uint32_t s
 // answered. A compare-and-swap, so that of two threads only one wins.
 bool Worker::claim(Kind kind, std::uint32_t slot, std::uint16_t gen, std::uint32_t seq) noexcept {
   if (slot >= cfg_.max_conns) return false;
+  // HTTP/2: many requests of the connection await at once; the loop checks the one this answer names when it
+  // delivers it (a second answer to a stream is dropped there).
+  const std::uint64_t now = awaited_[slot].load(std::memory_order_relaxed);
+  if ((now & kAwaitedMultiplexed) && std::uint16_t(now >> 32) == gen) return true;
   const std::uint64_t t = awaited_token(gen, seq);
   std::uint64_t from = kind == Kind::Write || kind == Kind::End ? t | kAwaitedStreaming : t;
   const std::uint64_t to = kind == Kind::Reply || kind == Kind::End ? t | kAwaitedAnswered
@@ -657,6 +666,7 @@ bool Worker::awaiting(std::uint32_t slot, std::uint16_t gen, std::uint32_t seq) 
   if (std::this_thread::get_id() != loop_thread_) {
     if (ended_.load(std::memory_order_acquire) || slot >= cfg_.max_conns) return false;
     const std::uint64_t v = awaited_[slot].load(std::memory_order_relaxed), t = awaited_token(gen, seq);
+    if ((v & kAwaitedMultiplexed) && std::uint16_t(v >> 32) == gen) return true;  // HTTP/2: its connection lives
     return v == t || v == (t | kAwaitedStreaming);
   }
   Connection* conn = find(slot, gen);

@@ -52,6 +52,7 @@
   X(SSL_ctrl) \
   X(SSL_do_handshake) \
   X(SSL_free) \
+  X(SSL_get0_alpn_selected) \
   X(SSL_get0_param) \
   X(SSL_get0_peer_certificate) \
   X(SSL_get1_session) \
@@ -135,6 +136,7 @@ const OpenSslApi& api() noexcept;
 #define SSL_ctrl (::userd::tls::api().SSL_ctrl)
 #define SSL_do_handshake (::userd::tls::api().SSL_do_handshake)
 #define SSL_free (::userd::tls::api().SSL_free)
+#define SSL_get0_alpn_selected (::userd::tls::api().SSL_get0_alpn_selected)
 #define SSL_get0_param (::userd::tls::api().SSL_get0_param)
 #define SSL_get0_peer_certificate (::userd::tls::api().SSL_get0_peer_certificate)
 #define SSL_get1_session (::userd::tls::api().SSL_get1_session)

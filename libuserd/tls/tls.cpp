@@ -23,13 +23,16 @@ std::string drain_errors() {
   return out.empty() ? "unknown error" : out;
 }
 
-// ALPN: HTTP/1.1 is all this server speaks. A client offering only h2 gets no ALPN answer, which means
-// HTTP/1.1 to it; refusing the handshake would help no one.
+// ALPN: h2 first when HTTP/2 is on (arg), then http/1.1; never h2c. A client offering neither gets no ALPN
+// answer, which means HTTP/1.1 to it; refusing the handshake would help no one.
+const unsigned char kH2First[] = "\x02h2\x08http/1.1";
 int select_alpn(SSL*, const unsigned char** out, unsigned char* outlen, const unsigned char* in, unsigned inlen,
-                void*) {
+                void* arg) {
   static const unsigned char kH11[] = "\x08http/1.1";
+  const unsigned char* ours = arg ? kH2First : kH11;
+  const unsigned ours_len = arg ? sizeof kH2First - 1 : sizeof kH11 - 1;
   unsigned char* sel = nullptr;
-  if (SSL_select_next_proto(&sel, outlen, kH11, sizeof kH11 - 1, in, inlen) != OPENSSL_NPN_NEGOTIATED)
+  if (SSL_select_next_proto(&sel, outlen, ours, ours_len, in, inlen) != OPENSSL_NPN_NEGOTIATED)
     return SSL_TLSEXT_ERR_NOACK;
   *out = sel;
   return SSL_TLSEXT_ERR_OK;
@@ -85,7 +88,7 @@ void on_info(const SSL* ssl, int where, int) {
   if (s && s->established_ && SSL_version(ssl) < TLS1_3_VERSION) s->renegotiating_ = true;
 }
 
-Context server_context(const TlsConfig& cfg, std::string& why) {
+Context server_context(const TlsConfig& cfg, std::string& why, bool http2) {
   std::string cert = cfg.cert_pem, key = cfg.key_pem;
   if (!cfg.cert_file.empty() && !read_file(cfg.cert_file, cert, why, "certificate")) return {};
   if (!cfg.key_file.empty() && !read_file(cfg.key_file, key, why, "key")) return {};
@@ -133,7 +136,7 @@ Context server_context(const TlsConfig& cfg, std::string& why) {
     ERR_clear_error();
     return {};
   }
-  SSL_CTX_set_alpn_select_cb(c, select_alpn, nullptr);
+  SSL_CTX_set_alpn_select_cb(c, select_alpn, http2 ? const_cast<unsigned char*>(kH2First) : nullptr);
   // Resumption through tickets only: the stateful cache would be shared (and locked) across loop threads.
   SSL_CTX_set_session_cache_mode(c, SSL_SESS_CACHE_OFF);
   static const unsigned char kSid[] = "userd";
@@ -308,6 +311,14 @@ void Session::take(core::ByteBuffer& out) {
 }
 
 std::string_view Session::version() const noexcept { return ssl_ ? SSL_get_version(ssl_) : ""; }
+
+bool Session::alpn_h2() const noexcept {
+  if (!ssl_) return false;
+  const unsigned char* p = nullptr;
+  unsigned n = 0;
+  SSL_get0_alpn_selected(ssl_, &p, &n);
+  return n == 2 && p[0] == 'h' && p[1] == '2';
+}
 
 SSL_SESSION* Session::session_for_reuse() const noexcept {
   if (!ssl_ || !established_) return nullptr;

@@ -47,7 +47,7 @@ class Context {
 // A server context: the certificate chain and key (files or PEM strings), TLS 1.2 and 1.3 only, ALPN http/1.1,
 // session tickets for resumption, no renegotiation, and client verification when client_ca_file is set. On
 // failure the context is empty and why says which input and what OpenSSL found wrong, in one line.
-Context server_context(const TlsConfig& cfg, std::string& why);
+Context server_context(const TlsConfig& cfg, std::string& why, bool http2 = false);
 // A client context for upstreams: verification against ca_file (or the system store when empty), unless
 // insecure; TLS 1.2 and 1.3; a session cache so pooled connections resume.
 Context client_context(const std::string& ca_file, bool insecure, std::string& why);
@@ -91,6 +91,7 @@ class Session {
   void take(core::ByteBuffer& out);
 
   std::string_view version() const noexcept;  // "TLSv1.3"
+  bool alpn_h2() const noexcept;  // the handshake chose HTTP/2
   bool resumed() const noexcept { return ssl_ && SSL_session_reused(ssl_) == 1; }
   // The verified client certificate's subject (RFC 2253), empty when none was asked for or sent.
   std::string_view peer_subject() const noexcept { return subject_; }

@@ -148,7 +148,7 @@ class Https(unittest.TestCase):
         body, _, tail = out.stdout.rpartition(b"\n")
         self.assertEqual(out.returncode, 0, out.stderr)
         self.assertEqual(body, DATASET)
-        self.assertEqual(tail, b"1.1 0")  # ALPN http/1.1, verified
+        self.assertEqual(tail, b"2 0")  # ALPN h2, verified
 
     def test_curl_without_the_ca_refuses(self):
         out = subprocess.run(["curl", "-sS", f"https://localhost:{self.srv.tls_port}/v1/user"], capture_output=True,
@@ -163,15 +163,20 @@ class Https(unittest.TestCase):
         self.assertEqual(c.sock.version(), "TLSv1.3")
         c.close()
 
-    def test_alpn_http11_and_h2_only_client(self):
-        for offer, want in ((["h2", "http/1.1"], "http/1.1"), (["h2"], None)):
+    def test_alpn_prefers_h2_then_http11(self):
+        for offer, want in ((["h2", "http/1.1"], "h2"), (["http/1.1", "h2"], "h2"), (["http/1.1"], "http/1.1"),
+                            (["h2"], "h2"), (["spdy/3"], None)):
             ctx = client_context()
             ctx.set_alpn_protocols(offer)
             with socket.create_connection(("127.0.0.1", self.srv.tls_port)) as raw:
                 with ctx.wrap_socket(raw, server_hostname="localhost") as s:
-                    self.assertEqual(s.selected_alpn_protocol(), want)
-                    s.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-                    self.assertTrue(s.recv(100).startswith(b"HTTP/1.1 200"))
+                    self.assertEqual(s.selected_alpn_protocol(), want, offer)
+                    if want == "h2":  # the server's preface: a SETTINGS frame, once ours is in
+                        s.sendall(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00")
+                        self.assertEqual(s.recv(9)[3], 4)
+                    else:  # no ALPN answer means HTTP/1.1
+                        s.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                        self.assertTrue(s.recv(100).startswith(b"HTTP/1.1 200"))
 
     def test_tls12_works_and_tls11_is_refused(self):
         status, body, c = https_get(self.srv.tls_port, ctx=client_context(maximum=ssl.TLSVersion.TLSv1_2))

@@ -202,7 +202,6 @@ class Serving(unittest.TestCase):
             ("chunked body over 1 MiB", b"POST /v1/user HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n"
                                         b"100001\r\n", 413),
             ("HTTP/2.0", b"GET /v1/user HTTP/2.0\r\nHost: t\r\n\r\n", 505),
-            ("HTTP/2 preface", b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", 505),
             ("bare CR in a header", b"GET /v1/user HTTP/1.1\r\nHost: t\rX: y\r\n\r\n", 400),
             ("DEL in a header value", b"GET /v1/user HTTP/1.1\r\nHost: t\r\nX: a\x7fb\r\n\r\n", 400),
             ("space in a header name", b"GET /v1/user HTTP/1.1\r\nHost: t\r\nX Y: z\r\n\r\n", 400),
@@ -510,12 +509,22 @@ class Lifecycle(unittest.TestCase):
             lines = open(path).read().splitlines()
         finally:
             self.assertEqual(srv.stop(), 0)
-        line = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ 127\.0\.0\.1:\d+ (\S+ \S+) (\d{3}) (\d+) \d+\.\d{6}$")
+        line = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ 127\.0\.0\.1:\d+ (\S+ \S+) HTTP/1\.1 (\d{3}) (\d+) \d+\.\d{6}$")
         got = sorted((m.group(1), m.group(2), m.group(3)) for m in map(line.match, lines) if m)
         self.assertEqual(len(got), len(lines), lines)
         self.assertEqual(got, sorted([("GET /v1/user", "200", "3696"), ("GET /v1/user?x=1", "200", "3696"),
                                       ("GET /nope", "404", "21"), ("HEAD /v1/avatar", "200", "0"),
                                       ("- -", "400", "31")]))
+
+    def test_with_http2_off_its_preface_is_an_http11_505_and_a_close(self):
+        with userd("--http2", "off") as srv:
+            s = connect(srv.port)
+            s.sendall(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + b"GET /v1/user HTTP/1.1\r\nHost: t\r\n\r\n")
+            data = read_until_eof(s)
+            s.close()
+            self.assertTrue(data.startswith(b"HTTP/1.1 505 "), data[:80])
+            self.assertEqual(data.count(b"HTTP/1.1 "), 1)
+            self.assertEqual(srv.stop(), 0)
 
     def test_version_names_the_kernel_and_backend_features(self):
         p = subprocess.run([ARGS.userd, "--version"], capture_output=True, text=True, timeout=5)

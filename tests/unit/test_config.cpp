@@ -71,6 +71,15 @@ TEST_CASE("bad flags and values are one clear message") {
   CHECK(run({"--help"}).cfg.help);
 }
 
+TEST_CASE("HTTP/2 is on by default; --http2 off turns it off, and its stream bound is a flag") {
+  CHECK(run({}).cfg.server.http2);
+  CHECK_FALSE(run({"--http2", "off"}).cfg.server.http2);
+  CHECK(run({"--http2", "on"}).cfg.server.http2);
+  CHECK(run({"--http2", "yes"}).error == "invalid --http2 'yes': expected on or off");
+  CHECK(run({"--http2-max-streams", "16"}).cfg.server.http2_max_streams == 16);
+  CHECK(run({"--http2-max-streams", "0"}).error == "invalid --http2-max-streams '0': expected 1 or more");
+}
+
 TEST_CASE("the seed's M2_ variables turn the proxy on") {
   Run r = run({}, {{"M2_DOMAIN", "http://127.0.0.1"}, {"M2_PORT", "3000"}, {"M2_PATH", "/v1/avatar"}});
   CHECK(r.error.empty());

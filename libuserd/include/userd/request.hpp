@@ -58,7 +58,8 @@ class Request {
   std::string_view target() const noexcept;  // as sent: path and query
   std::string_view path() const noexcept;
   std::string_view query() const noexcept;  // after '?', without it
-  int version_minor() const noexcept;       // HTTP/1.0 -> 0, HTTP/1.1 -> 1
+  int version_minor() const noexcept;       // HTTP/1.0 -> 0, HTTP/1.1 -> 1, HTTP/2 -> 0
+  std::string_view protocol() const noexcept;  // "HTTP/1.1", "HTTP/1.0" or "HTTP/2"
   std::span<const Header> headers() const noexcept;
   // The first header of that name, compared case-insensitively; empty when absent.
   std::string_view header(std::string_view name) const noexcept;

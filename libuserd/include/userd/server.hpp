@@ -74,6 +74,10 @@ struct ServerConfig {
   // Servers handlers may fetch from, by index (Request::fetch). Names are resolved in start() (one that does not
   // resolve fails it), and again in the background after a connect fails, at most every 5 s per loop.
   std::vector<UpstreamConfig> upstreams{};
+  // HTTP/2 beside HTTP/1.1 on the same ports: by prior knowledge on plain HTTP (the client's preface), by ALPN
+  // "h2" on TLS. A client may open at most http2_max_streams streams at once (SETTINGS_MAX_CONCURRENT_STREAMS).
+  bool http2 = true;
+  unsigned http2_max_streams = 128;
   // Plain HTTP on host:port. False: only the TLS listener (tls must be set).
   bool plain = true;
   // HTTPS as well (or instead): its own listener per thread, served by the same loops.
@@ -85,7 +89,7 @@ struct ServerConfig {
   // Listening sockets already open (socket activation: LISTEN_FDS). When given, nothing is bound; threads take
   // them in turn, sharing one when there are fewer sockets than threads.
   std::vector<int> listen_fds{};
-  // Access log: one line per request ("time peer method target status bytes seconds"), appended to a
+  // Access log: one line per request ("time peer method target protocol status bytes seconds"), appended to a
   // per-thread buffer and written to this descriptor on the loop's 100 ms tick (or at 64 KiB), never per
   // request. -1: off. The server does not close it.
   int access_log_fd = -1;

@@ -1,0 +1,747 @@
+// server/http2_session.cpp: the HTTP/2 session. nghttp2's callbacks only collect a stream's head and body and
+// mark it ready; requests are dispatched after mem_recv returns (a stream reset in the same batch is skipped),
+// and frames go out through mem_send only while the transport's queue is below its high-water mark, so that
+// nghttp2's own flood guards (outbound ACKs, SETTINGS) see what the client makes us queue.
+#include "libuserd/server/http2_session.hpp"
+
+#include <algorithm>
+#include <cstdio>
+#include <cstring>
+#include <new>
+
+#include "libuserd/http/response_writer.hpp"
+#include "libuserd/server/connection.hpp"
+
+namespace userd::server {
+namespace {
+// RFC 9113 8.2.2: connection-specific fields have no meaning in HTTP/2; a handler's are dropped. Date and
+// Content-Length are the server's own.
+bool dropped_in_h2(std::string_view lower) noexcept {
+  return lower == "connection" || lower == "keep-alive" || lower == "proxy-connection" ||
+         lower == "transfer-encoding" || lower == "upgrade" || lower == "date" || lower == "content-length";
+}
+}  // namespace
+
+// nghttp2's callbacks: user_data is the session.
+struct H2Callbacks {
+  static Http2Session& self(void* user) { return *static_cast<Http2Session*>(user); }
+  static Http2Session::Stream* stream(nghttp2_session* s, std::int32_t id) {
+    return static_cast<Http2Session::Stream*>(nghttp2_session_get_stream_user_data(s, id));
+  }
+
+  // RFC 9113 5.1.1: a new stream's id is above every earlier one. nghttp2 1.52 ignores HEADERS on a lower id it
+  // no longer knows (h2spec http2/5.1.1/2); this makes it the connection error it is.
+  static int begin_frame(nghttp2_session* s, const nghttp2_frame_hd* hd, void* user) {
+    Http2Session& h = self(user);
+    if (hd->type == NGHTTP2_HEADERS && (hd->stream_id & 1) && hd->stream_id < h.max_opened_ &&
+        !nghttp2_session_find_stream(s, hd->stream_id))
+      nghttp2_session_terminate_session(s, NGHTTP2_PROTOCOL_ERROR);
+    return 0;
+  }
+
+  static int begin_headers(nghttp2_session* s, const nghttp2_frame* f, void* user) {
+    if (f->hd.type != NGHTTP2_HEADERS || f->headers.cat != NGHTTP2_HCAT_REQUEST) return 0;
+    Http2Session& h = self(user);
+    h.max_opened_ = std::max(h.max_opened_, f->hd.stream_id);
+    Http2Session::Stream* st = h.take_stream();
+    if (!st) return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;  // resets this stream only
+    st->id = f->hd.stream_id;
+    nghttp2_session_set_stream_user_data(s, st->id, st);
+    return 0;
+  }
+
+  static int header(nghttp2_session* s, const nghttp2_frame* f, const std::uint8_t* name, std::size_t namelen,
+                    const std::uint8_t* value, std::size_t valuelen, std::uint8_t, void* user) {
+    if (f->hd.type != NGHTTP2_HEADERS || f->headers.cat != NGHTTP2_HCAT_REQUEST) return 0;  // trailers: ignored
+    Http2Session::Stream* st = stream(s, f->hd.stream_id);
+    if (!st || st->refused) return 0;
+    // RFC 9113 6.5.2: each field counts its name, value and 32; the list is bounded like an HTTP/1.1 head.
+    st->head_bytes += namelen + valuelen + 32;
+    if (st->head_bytes > self(user).ctx_->limits.max_head) {
+      st->refused = true;
+      st->refuse_status = 431;
+      return 0;
+    }
+    const std::string_view n(reinterpret_cast<const char*>(name), namelen);
+    const auto off = std::uint32_t(st->fields.size());
+    try {
+      st->fields.append(reinterpret_cast<const char*>(name), namelen);
+      st->fields.append(reinterpret_cast<const char*>(value), valuelen);
+    } catch (const std::bad_alloc&) {
+      return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
+    }
+    const auto voff = std::uint32_t(off + namelen), vlen = std::uint32_t(valuelen);
+    if (n == ":method") {
+      st->method_off = voff, st->method_len = vlen;
+    } else if (n == ":path") {
+      st->path_off = voff, st->path_len = vlen;
+    } else if (n == ":authority") {
+      st->authority_off = voff, st->authority_len = vlen;
+    } else if (!n.empty() && n[0] == ':') {
+      // :scheme (nghttp2 checks the pseudo-fields themselves)
+    } else if (st->field_offsets.size() >= http::kMaxHeaders - 1) {
+      st->refused = true;
+      st->refuse_status = 431;
+    } else {
+      try {
+        st->field_offsets.push_back({off, std::uint32_t(namelen), voff, vlen});
+      } catch (const std::bad_alloc&) {
+        return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
+      }
+    }
+    return 0;
+  }
+
+  static int data_chunk(nghttp2_session* s, std::uint8_t, std::int32_t id, const std::uint8_t* data, std::size_t len,
+                        void* user) {
+    Http2Session::Stream* st = stream(s, id);
+    if (!st || st->refused) return 0;
+    if (st->body.size() + len > self(user).ctx_->max_body) {
+      // Answered now, not at the end of a body that may never end; the stream is then reset (RFC 9113 8.1).
+      st->refused = true;
+      st->refuse_status = 413;
+      if (!st->ready) {
+        st->ready = true;
+        try {
+          self(user).ready_.push_back(st->id);
+        } catch (const std::bad_alloc&) {
+          return NGHTTP2_ERR_CALLBACK_FAILURE;
+        }
+      }
+      return 0;
+    }
+    try {
+      st->body.append(reinterpret_cast<const char*>(data), len);
+    } catch (const std::bad_alloc&) {
+      return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
+    }
+    return 0;
+  }
+
+  static int frame_recv(nghttp2_session* s, const nghttp2_frame* f, void* user) {
+    Http2Session& h = self(user);
+    const std::uint8_t t = f->hd.type;
+    if (t == NGHTTP2_RST_STREAM && !h.spend(h.reset_tokens_)) return 0;
+    const bool no_progress = t == NGHTTP2_PING || t == NGHTTP2_SETTINGS || t == NGHTTP2_WINDOW_UPDATE ||
+                             t == NGHTTP2_PRIORITY || t == NGHTTP2_RST_STREAM ||
+                             (t == NGHTTP2_DATA && f->hd.length == 0 && !(f->hd.flags & NGHTTP2_FLAG_END_STREAM));
+    if (no_progress && !h.spend(h.frame_tokens_)) return 0;
+    if ((f->hd.type != NGHTTP2_HEADERS && f->hd.type != NGHTTP2_DATA) || !(f->hd.flags & NGHTTP2_FLAG_END_STREAM))
+      return 0;
+    Http2Session::Stream* st = stream(s, f->hd.stream_id);
+    if (!st || st->ready) return 0;
+    st->ready = true;
+    try {
+      self(user).ready_.push_back(st->id);
+    } catch (const std::bad_alloc&) {
+      return NGHTTP2_ERR_CALLBACK_FAILURE;
+    }
+    return 0;
+  }
+
+  static int frame_sent(nghttp2_session* s, const nghttp2_frame* f, void*) {
+    if ((f->hd.type != NGHTTP2_HEADERS && f->hd.type != NGHTTP2_DATA) || !(f->hd.flags & NGHTTP2_FLAG_END_STREAM))
+      return 0;
+    Http2Session::Stream* st = stream(s, f->hd.stream_id);
+    if (st && st->refused && st->refuse_status == 413)
+      nghttp2_submit_rst_stream(s, NGHTTP2_FLAG_NONE, st->id, NGHTTP2_NO_ERROR);
+    return 0;
+  }
+
+  static int stream_close(nghttp2_session* s, std::int32_t id, std::uint32_t, void* user) {
+    Http2Session::Stream* st = stream(s, id);
+    if (!st) return 0;
+    nghttp2_session_set_stream_user_data(s, id, nullptr);
+    self(user).give_back(st);  // a handler still holding its Responder now holds a no-op
+    return 0;
+  }
+
+  // DATA bodies are never copied into nghttp2: it asks how much (read), then we queue the frame's header and
+  // the body bytes ourselves (send), from where a static body lives or from the stream's copy.
+  static ssize_t read(nghttp2_session*, std::int32_t, std::uint8_t*, std::size_t length, std::uint32_t* flags,
+                      nghttp2_data_source* src, void*) {
+    auto* st = static_cast<Http2Session::Stream*>(src->ptr);
+    const std::size_t n = std::min(length, st->resp_len - st->resp_off);
+    st->resp_off += n;
+    *flags |= NGHTTP2_DATA_FLAG_NO_COPY;
+    if (st->resp_off == st->resp_len) *flags |= NGHTTP2_DATA_FLAG_EOF;
+    return ssize_t(n);
+  }
+
+  static ssize_t stream_read(nghttp2_session*, std::int32_t, std::uint8_t*, std::size_t length, std::uint32_t* flags,
+                             nghttp2_data_source* src, void*) {
+    auto* st = static_cast<Http2Session::Stream*>(src->ptr);
+    const std::size_t n = std::min(length, st->sbuf.size() - st->soff);
+    if (n == 0 && !st->stream_end) return NGHTTP2_ERR_DEFERRED;  // resumed by the next write
+    st->soff += n;
+    *flags |= NGHTTP2_DATA_FLAG_NO_COPY;
+    if (st->stream_end && st->soff == st->sbuf.size()) *flags |= NGHTTP2_DATA_FLAG_EOF;
+    return ssize_t(n);
+  }
+
+  static int send_data(nghttp2_session*, nghttp2_frame* f, const std::uint8_t* framehd, std::size_t length,
+                       nghttp2_data_source* src, void* user) {
+    auto* st = static_cast<Http2Session::Stream*>(src->ptr);
+    Transport::OutQueue& q = self(user).t_->out();
+    // read() just moved past this frame's bytes
+    const char* body = st->streaming ? st->sbuf.data() + (st->soff - length) : st->resp_body + (st->resp_off - length);
+    try {
+      q.append({reinterpret_cast<const char*>(framehd), 9});
+      if (f->data.padlen > 0) {
+        const char pad = char(f->data.padlen - 1);
+        q.append({&pad, 1});
+      }
+      if (st->resp_static) q.append_external(body, length);
+      else q.append({body, length});
+      if (f->data.padlen > 1) {
+        static const char zeros[256] = {};
+        q.append({zeros, f->data.padlen - 1});
+      }
+    } catch (const std::bad_alloc&) {
+      return NGHTTP2_ERR_CALLBACK_FAILURE;
+    }
+    Http2Session& h = self(user);
+    h.frame_tokens_ = std::min(h.frame_tokens_ + 2, Http2Session::kFrameBurst);  // each DATA earns a WINDOW_UPDATE
+    if (st->streaming && st->soff == st->sbuf.size()) {  // all framed (copied into the queue): start over
+      st->sbuf.clear();
+      st->soff = 0;
+    }
+    return 0;
+  }
+};
+
+
+H2Shared::H2Shared(std::size_t max_head, unsigned max_streams) {
+  (void)max_head;
+  (void)max_streams;
+  if (nghttp2_session_callbacks_new(&callbacks) != 0 || nghttp2_option_new(&options) != 0) throw std::bad_alloc();
+  nghttp2_session_callbacks_set_on_begin_headers_callback(callbacks, H2Callbacks::begin_headers);
+  nghttp2_session_callbacks_set_on_begin_frame_callback(callbacks, H2Callbacks::begin_frame);
+  nghttp2_session_callbacks_set_on_header_callback(callbacks, H2Callbacks::header);
+  nghttp2_session_callbacks_set_on_data_chunk_recv_callback(callbacks, H2Callbacks::data_chunk);
+  nghttp2_session_callbacks_set_on_frame_recv_callback(callbacks, H2Callbacks::frame_recv);
+  nghttp2_session_callbacks_set_on_stream_close_callback(callbacks, H2Callbacks::stream_close);
+  nghttp2_session_callbacks_set_on_frame_send_callback(callbacks, H2Callbacks::frame_sent);
+  nghttp2_session_callbacks_set_send_data_callback(callbacks, H2Callbacks::send_data);
+  // Debian 12 backports both limits into 1.52 (configure-time symbol checks): a budget of received resets
+  // (CVE-2023-44487) and of CONTINUATION frames per header block (CVE-2024-28182), as upstream 1.57 and 1.61.
+#ifdef USERD_HAVE_NGHTTP2_OPTION_SET_STREAM_RESET_RATE_LIMIT
+  nghttp2_option_set_stream_reset_rate_limit(options, 1000, 33);
+#endif
+#ifdef USERD_HAVE_NGHTTP2_OPTION_SET_MAX_CONTINUATIONS
+  nghttp2_option_set_max_continuations(options, 8);
+#endif
+}
+
+H2Shared::~H2Shared() {
+  nghttp2_session_callbacks_del(callbacks);
+  nghttp2_option_del(options);
+}
+
+Http2Session::~Http2Session() {
+  if (s_) nghttp2_session_del(s_);
+}
+
+// Budgets (h2o's reset budget, Envoy's ProtocolConstraints): RST_STREAM frames received (CVE-2023-44487: a
+// reset frees its stream's concurrency slot at once, so MAX_CONCURRENT_STREAMS alone bounds nothing), and frames
+// that make no progress (PING, SETTINGS, WINDOW_UPDATE, PRIORITY, RST_STREAM, empty DATA). Each refills with
+// time, and the frame budget with the work it accompanies (a request, a DATA frame sent); spent, the connection
+// ends with GOAWAY ENHANCE_YOUR_CALM.
+bool Http2Session::spend(std::uint32_t& tokens) noexcept {
+  if (tokens > 0) {
+    --tokens;
+    return true;
+  }
+  nghttp2_session_terminate_session(s_, NGHTTP2_ENHANCE_YOUR_CALM);
+  return false;
+}
+
+void Http2Session::refill() noexcept {
+  const std::uint64_t ms = ctx_->now_ms - budget_ms_;
+  if (ms < 100) return;
+  budget_ms_ = ctx_->now_ms;
+  reset_tokens_ = std::uint32_t(std::min<std::uint64_t>(reset_tokens_ + ms * kResetPerSecond / 1000, kResetBurst));
+  frame_tokens_ = std::uint32_t(std::min<std::uint64_t>(frame_tokens_ + ms * kFramePerSecond / 1000, kFrameBurst));
+}
+
+bool Http2Session::start() noexcept {
+  if (nghttp2_session_server_new2(&s_, ctx_->h2->callbacks, this, ctx_->h2->options) != 0) return false;
+  const nghttp2_settings_entry settings[] = {
+      {NGHTTP2_SETTINGS_MAX_CONCURRENT_STREAMS, ctx_->h2_max_streams},
+      {NGHTTP2_SETTINGS_MAX_HEADER_LIST_SIZE, std::uint32_t(ctx_->limits.max_head)},
+  };
+  if (nghttp2_submit_settings(s_, NGHTTP2_FLAG_NONE, settings, 2) != 0) return false;
+  draining_ = ready_due_ = in_recv_ = false;
+  max_opened_ = 0;
+  reset_tokens_ = kResetBurst;
+  frame_tokens_ = kFrameBurst;
+  budget_ms_ = ctx_->now_ms;
+  publish();
+  return true;
+}
+
+// Answers from other threads are queued for the loop, which finds the stream (if it is still open) by the id the
+// Responder holds: the slot's token says "multiplexed", not which request.
+void Http2Session::publish() noexcept {
+  if (ctx_->awaited)
+    ctx_->awaited[t_->slot()].store(awaited_token(t_->gen(), 0) | kAwaitedMultiplexed, std::memory_order_relaxed);
+  t_->hold(false);
+}
+
+Http2Session::Stream* Http2Session::take_stream() noexcept {
+  if (live_.size() >= ctx_->h2_max_streams || draining_) return nullptr;
+  try {
+    if (spare_.empty()) spare_.push_back(std::make_unique<Stream>());
+    live_.reserve(ctx_->h2_max_streams);
+    spare_.reserve(live_.size() + spare_.size());  // give_back never grows it
+  } catch (const std::bad_alloc&) {
+    return nullptr;
+  }
+  Stream* st = spare_.back().release();
+  spare_.pop_back();
+  st->id = 0;
+  st->seq = 0;
+  st->ready = st->awaiting = st->answered = st->head_only = st->refused = false;
+  st->refuse_status = 0;
+  st->head_bytes = 0;
+  st->fields.clear();
+  st->field_offsets.clear();
+  st->method_len = st->path_len = st->authority_len = 0;
+  st->body.clear();
+  st->resp_body = nullptr;
+  st->resp_len = st->resp_off = 0;
+  st->ex.protocol = 2;
+  st->ex.log_request.clear();
+  st->streaming = st->stream_end = false;
+  st->sbuf.clear();
+  st->soff = 0;
+  live_.push_back(st);
+  return st;
+}
+
+void Http2Session::give_back(Stream* st) noexcept {
+  st->writable = nullptr;  // what the producer's callback holds goes now
+  live_.erase(std::find(live_.begin(), live_.end(), st));
+  spare_.emplace_back(st);  // reserved in take_stream's growth: live_ plus spare_ never exceed what was made
+}
+
+Http2Session::Stream* Http2Session::find(std::uint32_t seq) const noexcept {
+  for (Stream* st : live_)
+    if (st->seq == seq && seq != 0) return st;
+  return nullptr;
+}
+
+bool Http2Session::awaiting(std::uint32_t id) const noexcept {
+  const Stream* st = find(id);
+  return st && st->awaiting;
+}
+
+void Http2Session::on_bytes(char* data, std::size_t n) {
+  if (!s_) return;
+  refill();
+  in_recv_ = true;
+  const ssize_t r = nghttp2_session_mem_recv(s_, reinterpret_cast<const std::uint8_t*>(data), n);
+  in_recv_ = false;
+  if (r < 0) return failed();
+  dispatch_ready();
+  pump();
+  conn_->update_waits();
+}
+
+// nghttp2 gave up on the connection (a flood, a bad preface, memory): what it queued (a GOAWAY) goes out, then
+// the connection closes; nothing more is read.
+void Http2Session::failed() noexcept {
+  pump();
+  t_->close_after_flush();
+  t_->flush();
+  conn_->update_waits();
+}
+
+void Http2Session::on_sent() noexcept {
+  pump();
+  conn_->update_waits();
+  if (t_->queued() <= Transport::kOutLowWater && (inbox_waits_ || std::any_of(live_.begin(), live_.end(), [](const Stream* st) {
+        return bool(st->writable);
+      })))
+    writable_soon();
+}
+
+void Http2Session::pump() noexcept {
+  if (!s_ || !t_->is_open()) return;
+  t_->guarded([&] {
+    while (t_->queued() < Transport::kOutHighWater) {
+      const std::uint8_t* p = nullptr;
+      const ssize_t n = nghttp2_session_mem_send(s_, &p);
+      if (n < 0) {
+        t_->close_after_flush();
+        break;
+      }
+      if (n == 0) break;
+      t_->out().append({reinterpret_cast<const char*>(p), std::size_t(n)});
+    }
+    if (!nghttp2_session_want_read(s_) && !nghttp2_session_want_write(s_)) t_->close_after_flush();
+    if (draining_ && live_.empty()) t_->close_after_flush();
+    t_->flush();
+  });
+}
+
+void Http2Session::dispatch_ready() {
+  // A stream reset in the same batch as its request (rapid reset) is closed by now: never dispatched.
+  for (std::size_t i = 0; i < ready_.size(); ++i)
+    if (Stream* st = H2Callbacks::stream(s_, ready_[i])) dispatch(*st);
+  ready_.clear();
+}
+
+bool Http2Session::make_head(Stream& st) {
+  http::RequestHead& h = st.head;
+  const char* b = st.fields.data();
+  h = http::RequestHead{};
+  if (!st.method_len || !st.path_len) return false;
+  h.method = {b + st.method_off, st.method_len};
+  h.target = {b + st.path_off, st.path_len};
+  const std::size_t q = h.target.find('?');
+  h.path = h.target.substr(0, q);
+  h.query = q == std::string_view::npos ? std::string_view() : h.target.substr(q + 1);
+  if (h.path.empty() || h.path[0] != '/') return false;
+  bool host = false;
+  for (const Stream::Field& f : st.field_offsets) {
+    h.headers[h.header_count++] = {{b + f.name_off, f.name_len}, {b + f.value_off, f.value_len}};
+    host |= h.headers[h.header_count - 1].name == "host";
+  }
+  // RFC 9113 8.3.1: :authority is the target's authority; a handler reads it as Host, as over HTTP/1.1.
+  if (!host && st.authority_len) h.headers[h.header_count++] = {"host", {b + st.authority_off, st.authority_len}};
+  h.major = 2;
+  h.minor = 0;
+  h.keep_alive = true;
+  h.content_length = st.body.size();
+  return true;
+}
+
+void Http2Session::dispatch(Stream& st) {
+  st.seq = ++next_seq_ ? next_seq_ : ++next_seq_;  // 0 names no request
+  if (st.refused) {
+    st.ex.route = ctx_->router->route_count();
+    submit_error(st, st.refuse_status, st.refuse_status == 431 ? "request header fields too large"
+                                                               : "request body too large");
+    return;  // a 413 resets the stream once it is out (frame_sent), so the rest of the body is not sent
+
+  }
+  if (!make_head(st)) {
+    st.ex.route = ctx_->router->route_count();
+    return submit_error(st, 400, "malformed request");
+  }
+  st.head_only = st.head.method == "HEAD";
+  frame_tokens_ = std::min(frame_tokens_ + 20, kFrameBurst);
+  const Router::Match m = Dispatch::route(*ctx_, st.ex, st.head, st.params);
+  if (!m.handler) {
+    if (m.allow.empty()) return submit_error(st, 404, "not found");
+    const Header allow{"allow", m.allow};
+    return submit_error(st, 405, "method not allowed", {&allow, 1});
+  }
+  Request request = Dispatch::request(*ctx_, st.head, {st.body.data(), st.body.size()});
+  if (!Dispatch::prepare(request, *conn_, st.head, st.params, st.decode))
+    return submit_error(st, 400, "malformed percent-escape in the path or query");
+  st.awaiting = true;
+  const std::uint32_t seq = st.seq;
+  in_dispatch_ = true;
+  const bool ok = Dispatch::run(*ctx_, *m.handler, request, Dispatch::responder(*ctx_, t_->slot(), t_->gen(), seq));
+  in_dispatch_ = false;
+  Stream* still = find(seq);
+  if (!ok && still && still->awaiting) {
+    if (still->streaming) {  // the head and maybe some body are out: that stream cannot be finished
+      still->awaiting = false;
+      nghttp2_submit_rst_stream(s_, NGHTTP2_FLAG_NONE, still->id, NGHTTP2_INTERNAL_ERROR);
+    } else {
+      submit_error(*still, 500, "internal error");
+    }
+  }
+  if (still && still->awaiting) {
+    still->deadline_ms = ctx_->now_ms + ctx_->handler_timeout_ms;
+    if (conn_->handler_link.which == Timer::None) ctx_->handler_timers.set(*conn_, Timer::Handler, ctx_->now_ms);
+  }
+}
+
+bool Http2Session::reply(std::uint32_t id, const Response& r) noexcept {
+  Stream* st = find(id);
+  if (!st || !st->awaiting || st->streaming || !t_->is_open()) return false;
+  t_->guarded([&] {
+    if (r.status < 200 || r.status > 599) {
+      Dispatch::refused(*ctx_, "status outside 200-599");
+      return submit_error(*st, 500, "invalid response from handler");
+    }
+    const http::HeaderCheck check = http::check_headers(r.headers, r.content_type, r.body.size());
+    if (!check.ok) {
+      Dispatch::refused(*ctx_, check.why);
+      return submit_error(*st, 500, "invalid response from handler");
+    }
+    submit(*st, r.status, check.has_content_type ? std::string_view() : r.content_type, r.headers, r.body,
+           r.body_is_static);
+  });
+  after_answer();
+  return true;
+}
+
+void Http2Session::submit_error(Stream& st, int status, std::string_view message, std::span<const Header> extra) {
+  char body[160];
+  const int n = std::snprintf(body, sizeof body, "{\"error\":\"%.*s\"}", int(message.size()), message.data());
+  submit(st, status, "application/json", extra, {body, std::size_t(n)}, false);
+}
+
+// The response's fields are lowercased into the stream's buffer (HTTP/2 field names are lowercase), framed by
+// nghttp2; its body goes out as DATA frames from where it lives (static) or from the stream's copy.
+void Http2Session::submit(Stream& st, int status, std::string_view content_type, std::span<const Header> headers,
+                          std::string_view body, bool body_static) {
+  st.awaiting = false;
+  st.answered = true;
+  const bool with_body = !st.head_only && http::status_has_body(status) && !body.empty();
+  st.resp_off = 0;
+  st.resp_len = with_body ? body.size() : 0;
+  st.resp_static = body_static && with_body;
+  if (with_body && !body_static) {
+    st.resp_body_copy.clear();
+    st.resp_body_copy.append(body);
+    st.resp_body = st.resp_body_copy.data();
+  } else {
+    st.resp_body = body.data();
+  }
+  nghttp2_data_provider prd{};
+  prd.source.ptr = &st;
+  prd.read_callback = H2Callbacks::read;
+  submit_head(st, status, content_type, headers, &body, with_body ? &prd : nullptr);
+  Dispatch::record(*ctx_, st.ex, *conn_, status, st.resp_len);
+}
+
+void Http2Session::submit_head(Stream& st, int status, std::string_view content_type, std::span<const Header> headers,
+                               const std::string_view* length_of, const nghttp2_data_provider* prd) {
+  char num[24];
+  const int sn = std::snprintf(num, sizeof num, "%d", status);
+  const int ln = length_of ? std::snprintf(num + 4, sizeof num - 4, "%zu", length_of->size()) : 0;
+  st.resp_fields.clear();
+  struct Off {
+    std::size_t n, nl, v, vl;
+  };
+  Off offs[http::kMaxHeaders + 4];
+  std::size_t count = 0;
+  auto add = [&](std::string_view name, std::string_view value, bool lower) {
+    if (count == std::size(offs)) return;
+    const std::size_t at = st.resp_fields.size();
+    st.resp_fields.append(name);
+    if (lower)
+      for (std::size_t i = 0; i < name.size(); ++i)
+        st.resp_fields.data()[at + i] = char(std::tolower(static_cast<unsigned char>(st.resp_fields.data()[at + i])));
+    st.resp_fields.append(value);
+    offs[count++] = {at, name.size(), at + name.size(), value.size()};
+  };
+  add(":status", {num, std::size_t(sn)}, false);
+  if (!content_type.empty() && http::status_has_body(status)) add("content-type", content_type, false);
+  if (length_of && http::status_has_body(status)) add("content-length", {num + 4, std::size_t(ln)}, false);
+  add("date", ctx_->date.value(), false);
+  for (const Header& h : headers) {
+    char lower[64];
+    const std::size_t k = std::min(h.name.size(), sizeof lower);
+    for (std::size_t i = 0; i < k; ++i) lower[i] = char(std::tolower(static_cast<unsigned char>(h.name[i])));
+    if (h.name.size() <= sizeof lower && dropped_in_h2({lower, k})) continue;
+    add(h.name, h.value, true);
+  }
+  st.nva.clear();
+  const char* b = st.resp_fields.data();
+  for (std::size_t i = 0; i < count; ++i)
+    st.nva.push_back({reinterpret_cast<std::uint8_t*>(const_cast<char*>(b + offs[i].n)),
+                      reinterpret_cast<std::uint8_t*>(const_cast<char*>(b + offs[i].v)), offs[i].nl, offs[i].vl,
+                      NGHTTP2_NV_FLAG_NONE});
+  const int rv = nghttp2_submit_response(s_, st.id, st.nva.data(), st.nva.size(), prd);
+  if (rv == NGHTTP2_ERR_NOMEM) throw std::bad_alloc();
+}
+
+void Http2Session::after_answer() noexcept {
+  if (in_recv_ || in_dispatch_) return;
+  pump();
+  conn_->update_waits();
+}
+
+bool Http2Session::streaming(std::uint32_t id) const noexcept {
+  const Stream* st = find(id);
+  return st && st->streaming;
+}
+
+// A Stream over HTTP/2: the head now, then DATA frames as the producer writes, within the stream's flow-control
+// window and kStreamBuffer of written-but-unframed bytes per stream; write() says false past that, on_writable
+// runs once it drains.
+bool Http2Session::stream_begin(std::uint32_t id, const Response& head) noexcept {
+  Stream* st = find(id);
+  if (!st || !st->awaiting || st->streaming || !t_->is_open()) return false;
+  bool ok = false;
+  t_->guarded([&] {
+    if (head.status < 200 || head.status > 599) {
+      Dispatch::refused(*ctx_, "status outside 200-599");
+      return submit_error(*st, 500, "invalid response from handler");
+    }
+    const http::HeaderCheck check = http::check_headers(head.headers, head.content_type, std::nullopt);
+    if (!check.ok) {
+      Dispatch::refused(*ctx_, check.why);
+      return submit_error(*st, 500, "invalid response from handler");
+    }
+    const std::string_view ct = check.has_content_type ? std::string_view() : head.content_type;
+    if (st->head_only || !http::status_has_body(head.status)) {  // the head is the whole answer
+      st->awaiting = false;
+      st->answered = true;
+      submit_head(*st, head.status, ct, head.headers, nullptr, nullptr);
+      Dispatch::record(*ctx_, st->ex, *conn_, head.status, 0);
+      ok = true;
+      return;
+    }
+    st->sbuf.clear();
+    st->soff = 0;
+    st->stream_end = false;
+    st->stream_status = head.status;
+    st->stream_bytes = 0;
+    nghttp2_data_provider prd{};
+    prd.source.ptr = st;
+    prd.read_callback = H2Callbacks::stream_read;
+    submit_head(*st, head.status, ct, head.headers, nullptr, &prd);
+    st->streaming = true;
+    st->answered = true;
+    st->deadline_ms = ctx_->now_ms + ctx_->handler_timeout_ms;
+    ok = true;
+  });
+  after_answer();
+  return ok;
+}
+
+constexpr std::size_t kStreamBuffer = 64 * 1024;
+
+bool Http2Session::stream_write(std::uint32_t id, std::string_view data, bool end) noexcept {
+  return stream_append(id, data, end, true);
+}
+
+bool Http2Session::stream_write_taken(std::uint32_t id, std::string_view data) noexcept {
+  return stream_append(id, data, false, false);
+}
+
+bool Http2Session::stream_append(std::uint32_t id, std::string_view data, bool end, bool bounded) noexcept {
+  Stream* st = find(id);
+  if (!st || !st->streaming || st->stream_end || !t_->is_open()) return false;
+  if (bounded && !end && (st->sbuf.size() - st->soff > kStreamBuffer || t_->queued() > Transport::kOutHighWater))
+    return false;
+  bool ok = false;
+  t_->guarded([&] {
+    st->sbuf.append(data);
+    st->stream_bytes += data.size();
+    st->deadline_ms = ctx_->now_ms + ctx_->handler_timeout_ms;
+    if (end) {
+      st->stream_end = true;
+      st->awaiting = false;
+      st->writable = nullptr;
+      Dispatch::record(*ctx_, st->ex, *conn_, st->stream_status, st->stream_bytes);
+    }
+    nghttp2_session_resume_data(s_, st->id);
+    ok = true;
+  });
+  after_answer();
+  return ok;
+}
+
+void Http2Session::stream_on_writable(std::uint32_t id, std::function<void()> fn) {
+  Stream* st = find(id);
+  if (!st || !st->streaming || st->stream_end || !t_->is_open()) return;
+  st->writable = std::move(fn);
+  if (st->sbuf.size() - st->soff <= Transport::kOutLowWater && t_->queued() <= Transport::kOutLowWater) writable_soon();
+}
+
+bool Http2Session::stream_backed_up() const noexcept { return t_->is_open() && t_->queued() > Transport::kOutHighWater; }
+
+void Http2Session::writable_soon() noexcept {
+  if (writable_due_) return;
+  writable_due_ = true;
+  ctx_->writable_due.push_back({t_->slot(), t_->gen()});
+}
+
+void Http2Session::run_writable() noexcept {
+  writable_due_ = false;
+  if (!t_->is_open() || t_->queued() > Transport::kOutLowWater) return;
+  // Callbacks may end or open streams: run those that are due now, by id.
+  std::uint32_t due[256];
+  std::size_t n = 0;
+  for (Stream* st : live_)
+    if (st->writable && st->sbuf.size() - st->soff <= Transport::kOutLowWater && n < std::size(due)) due[n++] = st->seq;
+  for (std::size_t i = 0; i < n; ++i) {
+    Stream* st = find(due[i]);
+    if (!st || !st->writable) continue;
+    std::function<void()> fn = std::move(st->writable);
+    st->writable = nullptr;
+    try {
+      fn();
+    } catch (...) {  // a producer that throws mid-stream: that stream cannot be finished
+      if (Stream* again = find(due[i])) {
+        again->awaiting = false;
+        nghttp2_submit_rst_stream(s_, NGHTTP2_FLAG_NONE, again->id, NGHTTP2_INTERNAL_ERROR);
+      }
+    }
+  }
+  pump();
+  conn_->update_waits();
+}
+
+Timer Http2Session::deadline() const noexcept {
+  if (live_.empty()) return Timer::Idle;
+  for (const Stream* st : live_)
+    if (!st->ready) return Timer::Body;  // a request still being read
+  return Timer::None;
+}
+
+bool Http2Session::input_stuck(bool) const noexcept { return false; }  // nghttp2 takes all it is given
+
+void Http2Session::on_timeout(Timer t) noexcept {
+  bool held = false;
+  t_->guarded([&] {
+    for (std::size_t i = 0; i < live_.size(); ++i) {
+      Stream& st = *live_[i];
+      if (t == Timer::Handler && st.awaiting && st.streaming &&
+          (st.deadline_ms > ctx_->now_ms || st.writable || st.sbuf.size() > st.soff)) {
+        held = true;  // written lately, or held back by its client (the send deadline judges the client)
+      } else if (t == Timer::Handler && st.awaiting && st.streaming) {
+        if (ctx_->metrics) ctx_->metrics->handler_timeouts.add();
+        st.awaiting = false;  // the producer stopped writing: this stream cannot be finished
+        nghttp2_submit_rst_stream(s_, NGHTTP2_FLAG_NONE, st.id, NGHTTP2_INTERNAL_ERROR);
+      } else if (t == Timer::Handler && st.awaiting && st.deadline_ms > ctx_->now_ms) {
+        held = true;  // dispatched after the oldest: its own deadline is later
+      } else if (t == Timer::Handler && st.awaiting) {
+        if (ctx_->metrics) ctx_->metrics->handler_timeouts.add();
+        submit_error(st, 503, "handler timed out");
+      } else if (t != Timer::Handler && !st.ready && !st.answered) {
+        st.ex.route = ctx_->router->route_count();
+        submit_error(st, 408, "request body timeout");
+        nghttp2_submit_rst_stream(s_, NGHTTP2_FLAG_NONE, st.id, NGHTTP2_NO_ERROR);
+      }
+    }
+  });
+  if (held) ctx_->handler_timers.set(*conn_, Timer::Handler, ctx_->now_ms);
+  pump();
+  conn_->update_waits();
+}
+
+// RFC 9113 6.8: GOAWAY with the last stream we took; those finish, then the connection closes.
+void Http2Session::drain() noexcept {
+  draining_ = true;
+  if (s_) nghttp2_submit_goaway(s_, NGHTTP2_FLAG_NONE, nghttp2_session_get_last_proc_stream_id(s_), NGHTTP2_NO_ERROR, nullptr, 0);
+  pump();
+  conn_->update_waits();
+}
+
+void Http2Session::run_ready() noexcept { ready_due_ = false; }
+
+void Http2Session::on_abort() noexcept {
+  for (Stream* st : live_) st->awaiting = false;
+  if (ctx_->awaited) ctx_->awaited[t_->slot()].store(0, std::memory_order_relaxed);
+}
+
+void Http2Session::on_released() noexcept {
+  on_abort();
+  if (s_) nghttp2_session_del(s_);  // closes no stream through our callbacks
+  s_ = nullptr;
+  for (Stream* st : live_) spare_.emplace_back(st);
+  live_.clear();
+  ready_.clear();
+}
+
+}  // namespace userd::server

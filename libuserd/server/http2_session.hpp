@@ -1,0 +1,151 @@
+// server/http2_session.hpp: HTTP/2 (RFC 9113) as a session on a transport, through libnghttp2's server session
+// driven on the loop thread: bytes in through nghttp2_session_mem_recv, frames out through mem_send into the
+// transport's bounded output queue. Each request stream is dispatched like an HTTP/1.1 request (dispatch.hpp)
+// once its headers and body are in, after mem_recv returns, never from inside nghttp2's callbacks.
+// Not here: recognising the preface or ALPN (connection.cpp), the socket and TLS (transport.hpp).
+#pragma once
+
+#include <nghttp2/nghttp2.h>
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string_view>
+#include <vector>
+
+#include "libuserd/core/byte_buffer.hpp"
+#include "libuserd/http/parser.hpp"
+#include "libuserd/server/dispatch.hpp"
+#include "libuserd/server/session.hpp"
+
+namespace userd::server {
+
+class Connection;
+class Transport;
+struct LoopContext;
+
+// What every HTTP/2 session of a loop shares: nghttp2's callbacks and options, made once per thread.
+struct H2Shared {
+  nghttp2_session_callbacks* callbacks = nullptr;
+  nghttp2_option* options = nullptr;
+  H2Shared(std::size_t max_head, unsigned max_streams);
+  ~H2Shared();
+  H2Shared(const H2Shared&) = delete;
+  H2Shared& operator=(const H2Shared&) = delete;
+};
+
+class Http2Session final : public Session {
+ public:
+  Http2Session(LoopContext& ctx, Connection& conn, Transport& t) noexcept : ctx_(&ctx), conn_(&conn), t_(&t) {}
+  ~Http2Session();
+
+  // A connection becomes HTTP/2: our SETTINGS are queued. False when nghttp2 could not be set up (memory).
+  bool start() noexcept;
+
+  void on_bytes(char* data, std::size_t n) override;
+  void on_sent() noexcept override;
+  Timer deadline() const noexcept override;
+  bool input_stuck(bool paused) const noexcept override;
+  void on_timeout(Timer t) noexcept override;
+  void drain() noexcept override;
+  void on_abort() noexcept override;
+  void on_released() noexcept override;
+  void release_buffers(std::size_t) noexcept override {}
+
+  bool awaiting(std::uint32_t id) const noexcept override;
+  bool streaming(std::uint32_t id) const noexcept override;
+  bool reply(std::uint32_t id, const Response& r) noexcept override;
+  bool stream_begin(std::uint32_t id, const Response& head) noexcept override;
+  bool stream_write(std::uint32_t id, std::string_view data, bool end) noexcept override;
+  bool stream_write_taken(std::uint32_t id, std::string_view data) noexcept override;
+  void stream_on_writable(std::uint32_t id, std::function<void()> fn) override;
+  bool stream_backed_up() const noexcept override;
+  void run_writable() noexcept override;
+  void run_ready() noexcept override;
+  bool ready_due() const noexcept override { return ready_due_; }
+  void inbox_waits(bool on) noexcept override { inbox_waits_ = on; }
+  bool inbox_waiting() const noexcept override { return inbox_waits_; }
+
+  // One request stream, from its HEADERS to its close. Kept in a per-session free list: reused, not freed.
+  struct Stream {
+    std::int32_t id = 0;
+    std::uint32_t seq = 0;       // what its Responder holds
+    bool ready = false;          // headers (and body) are in: due for dispatch
+    bool awaiting = false;       // a handler holds its Responder
+    bool answered = false;       // a response was submitted
+    bool head_only = false;
+    bool refused = false;        // over a bound while being read: answered with an error, not dispatched
+    int refuse_status = 0;
+    std::uint64_t deadline_ms = 0;  // the handler's (ctx.now_ms based)
+    std::size_t head_bytes = 0;  // RFC 9113 6.5.2's size of the header list so far
+    core::ByteBuffer fields;     // names and values, back to back; views are made once the head is complete
+    struct Field {
+      std::uint32_t name_off, name_len, value_off, value_len;
+    };
+    std::vector<Field> field_offsets;
+    std::uint32_t method_off = 0, method_len = 0, path_off = 0, path_len = 0, authority_off = 0, authority_len = 0;
+    http::RequestHead head;
+    core::ByteBuffer body;
+    // The response: its header names lowercased and values in resp_fields, its body (copied unless static).
+    core::ByteBuffer resp_fields;
+    std::vector<nghttp2_nv> nva;
+    core::ByteBuffer resp_body_copy;
+    const char* resp_body = nullptr;
+    std::size_t resp_len = 0, resp_off = 0;
+    bool resp_static = false;
+    // A Stream's body: written data not yet framed (bounded: kStreamBuffer), then its end.
+    bool streaming = false, stream_end = false;
+    int stream_status = 0;
+    std::size_t stream_bytes = 0;
+    core::ByteBuffer sbuf;
+    std::size_t soff = 0;
+    std::function<void()> writable;
+    Exchange ex;
+    RouteParams params;
+    core::ByteBuffer decode;
+  };
+
+ private:
+  friend struct H2Callbacks;
+  Stream* find(std::uint32_t seq) const noexcept;
+  Stream* take_stream() noexcept;
+  void give_back(Stream* s) noexcept;
+  void dispatch_ready();
+  void dispatch(Stream& s);
+  bool make_head(Stream& s);
+  void submit(Stream& s, int status, std::string_view content_type, std::span<const Header> headers,
+              std::string_view body, bool body_static);
+  void submit_error(Stream& s, int status, std::string_view message, std::span<const Header> extra = {});
+  void pump() noexcept;
+  void after_answer() noexcept;  // out now, unless inside our own recv (which pumps when it returns)
+  void writable_soon() noexcept;
+  bool stream_append(std::uint32_t id, std::string_view data, bool end, bool bounded) noexcept;
+  void submit_head(Stream& st, int status, std::string_view content_type, std::span<const Header> headers,
+                   const std::string_view* length_of, const nghttp2_data_provider* prd);  // mem_send into the transport until its queue is full or nghttp2 has nothing
+  void publish() noexcept;
+  bool spend(std::uint32_t& tokens) noexcept;
+  void refill() noexcept;
+  static constexpr std::uint32_t kResetBurst = 200, kResetPerSecond = 20;
+  static constexpr std::uint32_t kFrameBurst = 5000, kFramePerSecond = 1000;
+  std::uint32_t reset_tokens_ = 0, frame_tokens_ = 0;
+  std::uint64_t budget_ms_ = 0;
+  void failed() noexcept;  // nghttp2 said fatal: the connection ends
+
+  LoopContext* ctx_;
+  Connection* conn_;
+  Transport* t_;
+  nghttp2_session* s_ = nullptr;
+  std::vector<Stream*> live_;                   // open streams (at most max_streams)
+  std::vector<std::unique_ptr<Stream>> spare_;  // closed ones, for reuse
+  std::vector<std::int32_t> ready_;             // streams whose request is complete, in arrival order
+  std::uint32_t next_seq_ = 0;
+  std::int32_t max_opened_ = 0;  // the highest stream id a request opened
+  bool in_recv_ = false;    // inside mem_recv: callbacks only mark streams
+  bool in_dispatch_ = false;  // a handler runs: its answers go out once dispatch is done
+  bool ready_due_ = false;  // on ctx.ready
+  bool writable_due_ = false;  // on ctx.writable_due
+  bool inbox_waits_ = false;   // the worker holds off-loop stream data for this connection
+  bool draining_ = false;
+};
+
+}  // namespace userd::server

@@ -16,6 +16,18 @@ namespace userd::server {
 namespace {
 // RFC 9113 8.2.2: connection-specific fields have no meaning in HTTP/2; a handler's are dropped. Date and
 // Content-Length are the server's own.
+char lower_ascii(char c) noexcept { return c >= 'A' && c <= 'Z' ? char(c + 32) : c; }
+
+// The decimal digits of v into out (at least 20 bytes): their count.
+std::size_t decimal(std::uint64_t v, char* out) noexcept {
+  char tmp[20];
+  std::size_t n = 0;
+  do tmp[n++] = char('0' + v % 10);
+  while (v /= 10);
+  for (std::size_t i = 0; i < n; ++i) out[i] = tmp[n - 1 - i];
+  return n;
+}
+
 bool dropped_in_h2(std::string_view lower) noexcept {
   return lower == "connection" || lower == "keep-alive" || lower == "proxy-connection" ||
          lower == "transfer-encoding" || lower == "upgrade" || lower == "date" || lower == "content-length";
@@ -395,7 +407,9 @@ void Http2Session::dispatch_ready() {
 bool Http2Session::make_head(Stream& st) {
   http::RequestHead& h = st.head;
   const char* b = st.fields.data();
-  h = http::RequestHead{};
+  // Field by field: a value-initialised head would write its whole header array (3 KiB) per request.
+  h.header_count = 0;
+  h.has_content_length = h.chunked = h.expect_continue = false;
   if (!st.method_len || !st.path_len) return false;
   h.method = {b + st.method_off, st.method_len};
   h.target = {b + st.path_off, st.path_len};
@@ -514,8 +528,8 @@ void Http2Session::submit(Stream& st, int status, std::string_view content_type,
 void Http2Session::submit_head(Stream& st, int status, std::string_view content_type, std::span<const Header> headers,
                                const std::string_view* length_of, const nghttp2_data_provider* prd) {
   char num[24];
-  const int sn = std::snprintf(num, sizeof num, "%d", status);
-  const int ln = length_of ? std::snprintf(num + 4, sizeof num - 4, "%zu", length_of->size()) : 0;
+  const std::size_t sn = decimal(std::uint64_t(status), num);  // 3 digits: status is 200-599
+  const std::size_t ln = length_of ? decimal(length_of->size(), num + 4) : 0;
   st.resp_fields.clear();
   struct Off {
     std::size_t n, nl, v, vl;
@@ -528,18 +542,18 @@ void Http2Session::submit_head(Stream& st, int status, std::string_view content_
     st.resp_fields.append(name);
     if (lower)
       for (std::size_t i = 0; i < name.size(); ++i)
-        st.resp_fields.data()[at + i] = char(std::tolower(static_cast<unsigned char>(st.resp_fields.data()[at + i])));
+        st.resp_fields.data()[at + i] = lower_ascii(st.resp_fields.data()[at + i]);
     st.resp_fields.append(value);
     offs[count++] = {at, name.size(), at + name.size(), value.size()};
   };
-  add(":status", {num, std::size_t(sn)}, false);
+  add(":status", {num, sn}, false);
   if (!content_type.empty() && http::status_has_body(status)) add("content-type", content_type, false);
-  if (length_of && http::status_has_body(status)) add("content-length", {num + 4, std::size_t(ln)}, false);
+  if (length_of && http::status_has_body(status)) add("content-length", {num + 4, ln}, false);
   add("date", ctx_->date.value(), false);
   for (const Header& h : headers) {
     char lower[64];
     const std::size_t k = std::min(h.name.size(), sizeof lower);
-    for (std::size_t i = 0; i < k; ++i) lower[i] = char(std::tolower(static_cast<unsigned char>(h.name[i])));
+    for (std::size_t i = 0; i < k; ++i) lower[i] = lower_ascii(h.name[i]);
     if (h.name.size() <= sizeof lower && dropped_in_h2({lower, k})) continue;
     add(h.name, h.value, true);
   }

@@ -60,7 +60,6 @@ void Connection::switch_to_h2(const char* magic, char* data, std::size_t n) {
     h2_->on_bytes(copy, sizeof copy);
   }
   if (n) h2_->on_bytes(data, n);
-  if (!n && !magic) h2_->on_sent();  // nothing from the client yet: our SETTINGS go out
 }
 
 void Connection::update_waits() noexcept {

@@ -112,15 +112,7 @@ struct H2Callbacks {
       // Answered now, not at the end of a body that may never end; the stream is then reset (RFC 9113 8.1).
       st->refused = true;
       st->refuse_status = 413;
-      if (!st->ready) {
-        st->ready = true;
-        try {
-          self(user).ready_.push_back(st->id);
-        } catch (const std::bad_alloc&) {
-          return NGHTTP2_ERR_CALLBACK_FAILURE;
-        }
-      }
-      return 0;
+      return self(user).mark_ready(*st) ? 0 : NGHTTP2_ERR_CALLBACK_FAILURE;
     }
     try {
       st->body.append(reinterpret_cast<const char*>(data), len);
@@ -141,14 +133,7 @@ struct H2Callbacks {
     if ((f->hd.type != NGHTTP2_HEADERS && f->hd.type != NGHTTP2_DATA) || !(f->hd.flags & NGHTTP2_FLAG_END_STREAM))
       return 0;
     Http2Session::Stream* st = stream(s, f->hd.stream_id);
-    if (!st || st->ready) return 0;
-    st->ready = true;
-    try {
-      self(user).ready_.push_back(st->id);
-    } catch (const std::bad_alloc&) {
-      return NGHTTP2_ERR_CALLBACK_FAILURE;
-    }
-    return 0;
+    return !st || h.mark_ready(*st) ? 0 : NGHTTP2_ERR_CALLBACK_FAILURE;
   }
 
   static int frame_sent(nghttp2_session* s, const nghttp2_frame* f, void*) {
@@ -223,9 +208,7 @@ struct H2Callbacks {
 };
 
 
-H2Shared::H2Shared(std::size_t max_head, unsigned max_streams) {
-  (void)max_head;
-  (void)max_streams;
+H2Shared::H2Shared() {
   if (nghttp2_session_callbacks_new(&callbacks) != 0 || nghttp2_option_new(&options) != 0) throw std::bad_alloc();
   nghttp2_session_callbacks_set_on_begin_headers_callback(callbacks, H2Callbacks::begin_headers);
   nghttp2_session_callbacks_set_on_begin_frame_callback(callbacks, H2Callbacks::begin_frame);
@@ -283,7 +266,11 @@ bool Http2Session::start() noexcept {
       {NGHTTP2_SETTINGS_MAX_HEADER_LIST_SIZE, std::uint32_t(ctx_->limits.max_head)},
   };
   if (nghttp2_submit_settings(s_, NGHTTP2_FLAG_NONE, settings, 2) != 0) return false;
-  draining_ = ready_due_ = in_recv_ = false;
+  draining_ = in_recv_ = false;
+  try {
+  } catch (const std::bad_alloc&) {
+    return false;
+  }
   max_opened_ = 0;
   reset_tokens_ = kResetBurst;
   frame_tokens_ = kFrameBurst;
@@ -335,6 +322,18 @@ void Http2Session::give_back(Stream* st) noexcept {
   st->writable = nullptr;  // what the producer's callback holds goes now
   live_.erase(std::find(live_.begin(), live_.end(), st));
   spare_.emplace_back(st);  // reserved in take_stream's growth: live_ plus spare_ never exceed what was made
+}
+
+// Its request is complete (or refused): dispatched once mem_recv returns. False: out of memory.
+bool Http2Session::mark_ready(Stream& st) noexcept {
+  if (st.ready) return true;
+  st.ready = true;
+  try {
+    ready_.push_back(st.id);
+  } catch (const std::bad_alloc&) {
+    return false;
+  }
+  return true;
 }
 
 Http2Session::Stream* Http2Session::find(std::uint32_t seq) const noexcept {
@@ -742,7 +741,6 @@ void Http2Session::drain() noexcept {
   conn_->update_waits();
 }
 
-void Http2Session::run_ready() noexcept { ready_due_ = false; }
 
 void Http2Session::on_abort() noexcept {
   for (Stream* st : live_) st->awaiting = false;

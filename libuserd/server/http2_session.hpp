@@ -28,7 +28,7 @@ struct LoopContext;
 struct H2Shared {
   nghttp2_session_callbacks* callbacks = nullptr;
   nghttp2_option* options = nullptr;
-  H2Shared(std::size_t max_head, unsigned max_streams);
+  H2Shared();
   ~H2Shared();
   H2Shared(const H2Shared&) = delete;
   H2Shared& operator=(const H2Shared&) = delete;
@@ -61,8 +61,9 @@ class Http2Session final : public Session {
   void stream_on_writable(std::uint32_t id, std::function<void()> fn) override;
   bool stream_backed_up() const noexcept override;
   void run_writable() noexcept override;
-  void run_ready() noexcept override;
-  bool ready_due() const noexcept override { return ready_due_; }
+  // Nothing queues behind an HTTP/2 answer: never on ctx.ready.
+  void run_ready() noexcept override {}
+  bool ready_due() const noexcept override { return false; }
   void inbox_waits(bool on) noexcept override { inbox_waits_ = on; }
   bool inbox_waiting() const noexcept override { return inbox_waits_; }
 
@@ -109,6 +110,7 @@ class Http2Session final : public Session {
   friend struct H2Callbacks;
   Stream* find(std::uint32_t seq) const noexcept;
   Stream* take_stream() noexcept;
+  bool mark_ready(Stream& st) noexcept;
   void give_back(Stream* s) noexcept;
   void dispatch_ready();
   void dispatch(Stream& s);
@@ -142,7 +144,6 @@ class Http2Session final : public Session {
   std::int32_t max_opened_ = 0;  // the highest stream id a request opened
   bool in_recv_ = false;    // inside mem_recv: callbacks only mark streams
   bool in_dispatch_ = false;  // a handler runs: its answers go out once dispatch is done
-  bool ready_due_ = false;  // on ctx.ready
   bool writable_due_ = false;  // on ctx.writable_due
   bool inbox_waits_ = false;   // the worker holds off-loop stream data for this connection
   bool draining_ = false;

@@ -68,7 +68,7 @@ Worker::Worker(const ServerConfig& cfg, const Router& router, int listen_fd, int
   ctx_.handler_timers.set_duration(Timer::Handler, cfg.handler_timeout_ms);
   ctx_.handler_timeout_ms = cfg.handler_timeout_ms;
   if (cfg.http2) {
-    ctx_.h2 = std::make_unique<H2Shared>(cfg.max_head, cfg.http2_max_streams);
+    ctx_.h2 = std::make_unique<H2Shared>();
     ctx_.h2_max_streams = cfg.http2_max_streams;
   }
   if (cfg.log) ctx_.log = &cfg.log;

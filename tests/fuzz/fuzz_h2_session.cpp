@@ -15,7 +15,7 @@ using namespace userd::server;
 extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size) {
   if (size < 2) return 0;
   testing::FuzzRig rig;
-  rig.ctx.h2 = std::make_unique<H2Shared>(rig.ctx.limits.max_head, 8);
+  rig.ctx.h2 = std::make_unique<H2Shared>();
   rig.ctx.h2_max_streams = 8;
   testing::FakeBackend& kernel = rig.kernel;
   std::optional<Responder> held;

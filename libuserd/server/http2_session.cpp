@@ -7,7 +7,9 @@
 #include <algorithm>
 #include <cstdio>
 #include <cstring>
+#include <cstdlib>
 #include <new>
+#include <utility>
 
 #include "libuserd/http/response_writer.hpp"
 #include "libuserd/server/connection.hpp"
@@ -40,6 +42,10 @@ struct H2Callbacks {
   static Http2Session::Stream* stream(nghttp2_session* s, std::int32_t id) {
     return static_cast<Http2Session::Stream*>(nghttp2_session_get_stream_user_data(s, id));
   }
+  // The stream whose header block is being read: each of its fields would otherwise cost a stream-map lookup.
+  static Http2Session::Stream* reading(nghttp2_session* s, Http2Session& h, std::int32_t id) {
+    return h.reading_ && h.reading_->id == id ? h.reading_ : stream(s, id);
+  }
 
   // RFC 9113 5.1.1: a new stream's id is above every earlier one. nghttp2 1.52 ignores HEADERS on a lower id it
   // no longer knows (h2spec http2/5.1.1/2); this makes it the connection error it is.
@@ -59,13 +65,14 @@ struct H2Callbacks {
     if (!st) return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;  // resets this stream only
     st->id = f->hd.stream_id;
     nghttp2_session_set_stream_user_data(s, st->id, st);
+    h.reading_ = st;
     return 0;
   }
 
   static int header(nghttp2_session* s, const nghttp2_frame* f, const std::uint8_t* name, std::size_t namelen,
                     const std::uint8_t* value, std::size_t valuelen, std::uint8_t, void* user) {
     if (f->hd.type != NGHTTP2_HEADERS || f->headers.cat != NGHTTP2_HCAT_REQUEST) return 0;  // trailers: ignored
-    Http2Session::Stream* st = stream(s, f->hd.stream_id);
+    Http2Session::Stream* st = reading(s, self(user), f->hd.stream_id);
     if (!st || st->refused) return 0;
     // RFC 9113 6.5.2: each field counts its name, value and 32; the list is bounded like an HTTP/1.1 head.
     st->head_bytes += namelen + valuelen + 32;
@@ -132,7 +139,7 @@ struct H2Callbacks {
     if (no_progress && !h.spend(h.frame_tokens_)) return 0;
     if ((f->hd.type != NGHTTP2_HEADERS && f->hd.type != NGHTTP2_DATA) || !(f->hd.flags & NGHTTP2_FLAG_END_STREAM))
       return 0;
-    Http2Session::Stream* st = stream(s, f->hd.stream_id);
+    Http2Session::Stream* st = reading(s, h, f->hd.stream_id);
     return !st || h.mark_ready(*st) ? 0 : NGHTTP2_ERR_CALLBACK_FAILURE;
   }
 
@@ -208,6 +215,83 @@ struct H2Callbacks {
 };
 
 
+namespace {
+constexpr std::size_t kHeader = 16;  // keeps nghttp2's blocks 16-byte aligned, as malloc's
+constexpr std::uint8_t kLarge = 0xff;
+}  // namespace
+
+H2Pool::H2Pool() noexcept {
+  mem_.mem_user_data = this;
+  mem_.malloc = [](std::size_t n, void* self) { return static_cast<H2Pool*>(self)->alloc(n); };
+  mem_.free = [](void* p, void* self) { static_cast<H2Pool*>(self)->free(p); };
+  mem_.calloc = [](std::size_t k, std::size_t n, void* self) -> void* {
+    if (n && k > SIZE_MAX / n) return nullptr;
+    void* p = static_cast<H2Pool*>(self)->alloc(k * n);
+    if (p) std::memset(p, 0, k * n);
+    return p;
+  };
+  mem_.realloc = [](void* p, std::size_t n, void* self) { return static_cast<H2Pool*>(self)->realloc(p, n); };
+}
+
+H2Pool::~H2Pool() {
+  for (Free*& f : free_)
+    while (f) std::free(reinterpret_cast<char*>(std::exchange(f, f->next)) - kHeader);
+}
+
+void* H2Pool::alloc(std::size_t n) noexcept {
+  unsigned c = 0;
+  while (c < kClasses && (std::size_t{1} << (kMinShift + c)) < n) ++c;
+  char* block;
+  if (c == kClasses) {
+    if (n > SIZE_MAX - kHeader || !(block = static_cast<char*>(std::malloc(kHeader + n)))) return nullptr;
+    block[0] = char(kLarge);
+    return block + kHeader;
+  }
+  if (Free* f = free_[c]) {
+    free_[c] = f->next;
+    --count_[c];
+    return f;
+  }
+  if (!(block = static_cast<char*>(std::malloc(kHeader + (std::size_t{1} << (kMinShift + c)))))) return nullptr;
+  block[0] = char(c);
+  return block + kHeader;
+}
+
+void H2Pool::free(void* p) noexcept {
+  if (!p) return;
+  char* block = static_cast<char*>(p) - kHeader;
+  const auto c = std::uint8_t(block[0]);
+  if (c == kLarge || count_[c] >= kKeepBytes >> (kMinShift + c)) {
+    std::free(block);
+    return;
+  }
+  free_[c] = new (p) Free{free_[c]};
+  ++count_[c];
+}
+
+void* H2Pool::realloc(void* p, std::size_t n) noexcept {
+  if (!p) return alloc(n);
+  const auto c = std::uint8_t(static_cast<char*>(p)[-std::ptrdiff_t(kHeader)]);
+  if (c == kLarge) {
+    if (n > SIZE_MAX - kHeader) return nullptr;
+    char* block = static_cast<char*>(std::realloc(static_cast<char*>(p) - kHeader, kHeader + n));
+    return block ? block + kHeader : nullptr;
+  }
+  const std::size_t have = std::size_t{1} << (kMinShift + c);
+  if (n <= have) return p;
+  void* q = alloc(n);
+  if (!q) return nullptr;
+  std::memcpy(q, p, have);
+  free(p);
+  return q;
+}
+
+std::size_t H2Pool::kept() const noexcept {
+  std::size_t n = 0;
+  for (std::uint32_t c : count_) n += c;
+  return n;
+}
+
 H2Shared::H2Shared() {
   if (nghttp2_session_callbacks_new(&callbacks) != 0 || nghttp2_option_new(&options) != 0) throw std::bad_alloc();
   nghttp2_session_callbacks_set_on_begin_headers_callback(callbacks, H2Callbacks::begin_headers);
@@ -260,7 +344,8 @@ void Http2Session::refill() noexcept {
 }
 
 bool Http2Session::start() noexcept {
-  if (nghttp2_session_server_new2(&s_, ctx_->h2->callbacks, this, ctx_->h2->options) != 0) return false;
+  if (nghttp2_session_server_new3(&s_, ctx_->h2->callbacks, this, ctx_->h2->options, ctx_->h2->pool.mem()) != 0)
+    return false;
   const nghttp2_settings_entry settings[] = {
       {NGHTTP2_SETTINGS_MAX_CONCURRENT_STREAMS, ctx_->h2_max_streams},
       {NGHTTP2_SETTINGS_MAX_HEADER_LIST_SIZE, std::uint32_t(ctx_->limits.max_head)},
@@ -319,6 +404,7 @@ Http2Session::Stream* Http2Session::take_stream() noexcept {
 }
 
 void Http2Session::give_back(Stream* st) noexcept {
+  if (reading_ == st) reading_ = nullptr;
   st->writable = nullptr;  // what the producer's callback holds goes now
   live_.erase(std::find(live_.begin(), live_.end(), st));
   spare_.emplace_back(st);  // reserved in take_stream's growth: live_ plus spare_ never exceed what was made
@@ -548,6 +634,7 @@ void Http2Session::submit_head(Stream& st, int status, std::string_view content_
   add(":status", {num, sn}, false);
   if (!content_type.empty() && http::status_has_body(status)) add("content-type", content_type, false);
   if (length_of && http::status_has_body(status)) add("content-length", {num + 4, ln}, false);
+  const std::size_t date_at = count;
   add("date", ctx_->date.value(), false);
   for (const Header& h : headers) {
     char lower[64];
@@ -556,12 +643,16 @@ void Http2Session::submit_head(Stream& st, int status, std::string_view content_
     if (h.name.size() <= sizeof lower && dropped_in_h2({lower, k})) continue;
     add(h.name, h.value, true);
   }
+  // Not copied by nghttp2: resp_fields (names already lowercase) lives until the stream closes, after its HEADERS
+  // went out or were dropped unsent. The date is never indexed: a new value each second would fill the HPACK
+  // table with dates and make the steady state allocate until it is full.
   st.nva.clear();
   const char* b = st.resp_fields.data();
   for (std::size_t i = 0; i < count; ++i)
     st.nva.push_back({reinterpret_cast<std::uint8_t*>(const_cast<char*>(b + offs[i].n)),
                       reinterpret_cast<std::uint8_t*>(const_cast<char*>(b + offs[i].v)), offs[i].nl, offs[i].vl,
-                      NGHTTP2_NV_FLAG_NONE});
+                      std::uint8_t(NGHTTP2_NV_FLAG_NO_COPY_NAME | NGHTTP2_NV_FLAG_NO_COPY_VALUE |
+                                   (i == date_at ? NGHTTP2_NV_FLAG_NO_INDEX : 0))});
   const int rv = nghttp2_submit_response(s_, st.id, st.nva.data(), st.nva.size(), prd);
   if (rv == NGHTTP2_ERR_NOMEM) throw std::bad_alloc();
 }

@@ -24,10 +24,40 @@ class Connection;
 class Transport;
 struct LoopContext;
 
-// What every HTTP/2 session of a loop shares: nghttp2's callbacks and options, made once per thread.
+// nghttp2's allocator for one loop thread: blocks in power-of-two size classes (32 B to 16 KiB) kept on free
+// lists, so that a steady state of requests (streams, outbound items, header copies) reuses blocks instead of
+// calling malloc. Each block carries its class in a 16-byte header, since nghttp2's free gives no size. What a
+// class keeps is bounded (kKeepBytes); larger blocks and the rest go back to malloc. Loop thread only.
+class H2Pool {
+ public:
+  H2Pool() noexcept;
+  ~H2Pool();
+  H2Pool(const H2Pool&) = delete;
+  H2Pool& operator=(const H2Pool&) = delete;
+  nghttp2_mem* mem() noexcept { return &mem_; }
+  void* alloc(std::size_t n) noexcept;
+  void free(void* p) noexcept;
+  void* realloc(void* p, std::size_t n) noexcept;
+  // Blocks on the free lists: for the tests.
+  std::size_t kept() const noexcept;
+
+ private:
+  static constexpr unsigned kClasses = 10, kMinShift = 5;  // 32 << 9 = 16 KiB
+  static constexpr std::size_t kKeepBytes = 256 * 1024;     // per class
+  struct Free {
+    Free* next;
+  };
+  Free* free_[kClasses] = {};
+  std::uint32_t count_[kClasses] = {};
+  nghttp2_mem mem_;
+};
+
+// What every HTTP/2 session of a loop shares: nghttp2's callbacks, options and allocator, made once per thread.
+// Declared before the connections, it outlives every session that allocates from it.
 struct H2Shared {
   nghttp2_session_callbacks* callbacks = nullptr;
   nghttp2_option* options = nullptr;
+  H2Pool pool;
   H2Shared();
   ~H2Shared();
   H2Shared(const H2Shared&) = delete;
@@ -140,6 +170,7 @@ class Http2Session final : public Session {
   std::vector<Stream*> live_;                   // open streams (at most max_streams)
   std::vector<std::unique_ptr<Stream>> spare_;  // closed ones, for reuse
   std::vector<std::int32_t> ready_;             // streams whose request is complete, in arrival order
+  Stream* reading_ = nullptr;                   // the stream of the header block being read
   std::uint32_t next_seq_ = 0;
   std::int32_t max_opened_ = 0;  // the highest stream id a request opened
   bool in_recv_ = false;    // inside mem_recv: callbacks only mark streams

@@ -490,6 +490,46 @@ class Frames(unittest.TestCase):
               f"HTTP/2 {per['h2']:.1f} KiB", file=sys.stderr)
         self.assertLess(per["h2"], 64)
 
+    def test_no_allocation_per_request_in_the_steady_state(self):
+        """After a warm-up, 10,000 requests on one HTTP/2 connection, ten streams in flight at a time, allocate
+        nothing: nghttp2 allocates from the loop's pool, and a stream's state is reused."""
+        if not ARGS.alloc_counter or "asan" in run("ldd", ARGS.userd).stdout.decode():
+            self.skipTest("no allocation counter in a sanitizer build")
+        counter = os.path.join(PKI, "allocs")
+        srv = Server([ARGS.userd, "--listen", "127.0.0.1:0", "--threads", "1", "--backend", ARGS.backend],
+                     env={"LD_PRELOAD": ARGS.alloc_counter, "ALLOC_COUNTER_FILE": counter})
+
+        def snapshot():
+            os.kill(srv.pid, signal.SIGUSR2)
+            for _ in range(100):
+                time.sleep(0.02)
+                if os.path.exists(counter):
+                    v = int(open(counter).read().split()[0])
+                    os.unlink(counter)
+                    return v
+            raise RuntimeError("no allocation count")
+        try:
+            c, sid = Raw(srv.port), 1
+
+            def batches(n):
+                nonlocal sid
+                for _ in range(n // 10):
+                    ids = list(range(sid, sid + 20, 2))
+                    sid += 20
+                    c.send(*[frame(HEADERS, END_STREAM | END_HEADERS, i, request_block("/v1/user")) for i in ids])
+                    for i in ids:
+                        headers, body = c.response(i)
+                        self.assertEqual((headers[":status"], body), ("200", DATASET))
+                        del c.headers[i], c.bodies[i]
+                    c.ended.clear()
+            batches(2000)
+            before = snapshot()
+            batches(10000)
+            self.assertEqual(snapshot() - before, 0)
+            c.close()
+        finally:
+            self.assertEqual(srv.stop(), 0)
+
     def test_an_idle_h2_connection_is_closed_at_the_idle_timeout(self):
         with userd("--idle-timeout", "1") as srv:
             c = Raw(srv.port)
@@ -739,6 +779,7 @@ def main():
     ap = argparse.ArgumentParser()
     for a in ("--backend", "--userd", "--hello", "--offload", "--stream", "--dataset"):
         ap.add_argument(a, required=True)
+    ap.add_argument("--alloc-counter", default="")
     ap.add_argument("names", nargs="*")
     ARGS = ap.parse_args()
     DATASET = open(ARGS.dataset, "rb").read()

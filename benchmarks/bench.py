@@ -109,23 +109,30 @@ def h2load_us(v):
     return float(m.group(1)) * {"us": 1, "ms": 1e3, "s": 1e6}[m.group(2)]
 
 
-def h2load(url, seconds, rate, connections=100):
-    """The same offered load for every server: `rate` requests per second spread over `connections`."""
-    out = subprocess.run(["taskset", "-c", load_cpus(), "h2load", "--h1", "-t1", f"-c{connections}",
-                          f"--rps={max(1, rate // connections)}", f"-D{seconds}", url],
-                         capture_output=True, text=True, check=True).stdout
+def h2load(url, seconds, rate=None, connections=100, streams=None, env=None):
+    """With rate: the same offered load for every server, `rate` requests per second spread over `connections`
+    of HTTP/1.1. With streams: HTTP/2 (h2c by prior knowledge, or ALPN h2 over https), `streams` requests in
+    flight on each connection, as fast as the server answers."""
+    mode = ["-m", str(streams)] if streams else ["--h1", f"--rps={max(1, rate // connections)}"]
+    out = subprocess.run(["taskset", "-c", load_cpus(), "h2load", *mode, "-t1", f"-c{connections}",
+                          f"-D{seconds}", url], capture_output=True, text=True, check=True, env=env).stdout
     req = re.search(r"requests: (\d+) total, \d+ started, (\d+) done, (\d+) succeeded, (\d+) failed, "
                     r"(\d+) errored, (\d+) timeout", out)
     codes = re.search(r"status codes: (\d+) 2xx", out)
     lat = re.search(r"time for request:\s+(\S+)\s+(\S+)\s+(\S+)", out)
     done = int(req.group(2))
+    if streams and done and not re.search(r"Application protocol: h2c?\b", out):
+        raise RuntimeError(f"{url}: h2load did not speak HTTP/2:\n{out}")
     return {"requests": done, "rps": done / seconds, "mean": h2load_us(lat.group(3)), "max": h2load_us(lat.group(2)),
-            "errors": int(req.group(4)) + int(req.group(5)) + int(req.group(6)) + done - int(codes.group(1))}
+            "errors": int(req.group(4)) + int(req.group(5)) + int(req.group(6)) + max(0, done - int(codes.group(1)))}
 
 
 def nginx_conf(tmp, port, mode, dataset, upstream_port=None):
     body = dataset.decode().replace("\\", "\\\\").replace("'", "\\'")
     listen = f"127.0.0.1:{port}"
+    if mode in ("h2c", "h2"):  # nginx 1.22: `http2` on the listen line; without ssl it is h2c by prior knowledge
+        listen += " http2"
+        mode = "tls" if mode == "h2" else "static"
     if mode == "tls":  # the static answer over HTTPS; upstream_port carries the certificate folder
         listen += (f" ssl; ssl_certificate {upstream_port}/cert.pem; ssl_certificate_key {upstream_port}/key.pem; "
                    "ssl_protocols TLSv1.2 TLSv1.3; ssl_session_tickets on")
@@ -151,6 +158,30 @@ http {{
 }}
 """
     path = os.path.join(tmp, f"nginx-{port}.conf")
+    open(path, "w").write(conf)
+    return path
+
+
+def h2o_conf(tmp, port, data_file, tls_dir=None):
+    """h2o as its users run it for speed: one thread, no access log, the dataset through `file.file` (h2o keeps
+    the file open and sends it from the page cache)."""
+    ssl = (f"\n  ssl:\n    certificate-file: {tls_dir}/cert.pem\n    key-file: {tls_dir}/key.pem\n"
+           "    minimum-version: TLSv1.2\n    ocsp-update-interval: 0" if tls_dir else "")
+    # run as root, h2o switches to `user` (nobody by default), who could not read the bench's private folder
+    conf = f"""user: root
+num-threads: 1
+error-log: /dev/null
+pid-file: {tmp}/h2o-{port}.pid
+listen:
+  host: 127.0.0.1
+  port: {port}{ssl}
+hosts:
+  default:
+    paths:
+      /v1/user:
+        file.file: {data_file}
+"""
+    path = os.path.join(tmp, f"h2o-{port}.conf")
     open(path, "w").write(conf)
     return path
 
@@ -193,6 +224,51 @@ def check_body(port, dataset, scheme="http"):
     c.close()
     if r.status != 200 or body != dataset:
         raise RuntimeError(f"port {port}: status {r.status}, body of {len(body)} bytes differs from the dataset")
+
+
+def check_body_h2(port, dataset, scheme):
+    """The body and the protocol over HTTP/2: curl by prior knowledge (h2c) or ALPN (h2)."""
+    host = "localhost" if scheme == "https" else "127.0.0.1"
+    out = subprocess.run(["curl", "-sk", "--max-time", "5",
+                          "--http2" if scheme == "https" else "--http2-prior-knowledge",
+                          "-w", "\n%{http_code} %{http_version}", f"{scheme}://{host}:{port}/v1/user"],
+                         capture_output=True, check=True).stdout
+    body, _, tail = out.rpartition(b"\n")
+    if tail != b"200 2" or body != dataset:
+        raise RuntimeError(f"port {port}: HTTP/2 answer {tail!r}, body of {len(body)} bytes")
+
+
+def rss_kb(pid):
+    total = 0
+    for p in tree(pid):
+        try:
+            total += int(re.search(r"VmRSS:\s+(\d+)", open(f"/proc/{p}/status").read()).group(1))
+        except (OSError, AttributeError):
+            pass
+    return total
+
+
+def idle_h2_kib(port, pid, n=500):
+    """What an idle h2c connection costs the server in memory: n connections each past the preface and the
+    SETTINGS exchange, then nothing; the growth of the server's resident memory over n, in KiB."""
+    import socket
+    before = rss_kb(pid)
+    socks = []
+    try:
+        for _ in range(n):
+            c = socket.create_connection(("127.0.0.1", port), timeout=5)
+            c.sendall(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + b"\x00\x00\x00\x04\x00\x00\x00\x00\x00")
+            socks.append(c)
+        for c in socks:  # the server's SETTINGS (and, from some, a WINDOW_UPDATE): then ours acknowledged
+            got = b""
+            while len(got) < 9 or got[3] != 4:
+                got += c.recv(4096)
+            c.sendall(b"\x00\x00\x00\x04\x01\x00\x00\x00\x00")
+        time.sleep(1)
+        return (rss_kb(pid) - before) / n
+    finally:
+        for c in socks:
+            c.close()
 
 
 def count_allocations(a, dataset, extra=()):
@@ -260,12 +336,18 @@ JOBS = {
             "tls"),
     "tls-handshake": ("TLS handshakes: a new TLS 1.3 connection per request (`Connection: close`), 100 connections; "
                       "CPU µs per request is CPU per handshake", "handshake"),
+    "h2c": ("HTTP/2 h2c: `/v1/user` by prior knowledge, `h2load -t1 -c100 -m10`", "h2:10"),
+    "h2c-m100": ("HTTP/2 h2c, 100 streams in flight per connection: `h2load -t1 -c100 -m100`", "h2:100"),
+    "h2": ("HTTP/2 over TLS 1.3 (ALPN h2, TLS_AES_128_GCM_SHA256): `h2load -t1 -c100 -m10`", "h2:10"),
+    "h2-m100": ("HTTP/2 over TLS 1.3, 100 streams in flight per connection: `h2load -t1 -c100 -m100`", "h2:100"),
 }
 
 PANEL = {"static": "static, 100 keep-alive connections", "pipelined": "pipelined, 16 requests per write",
          "proxy": "proxy to an nginx upstream", "pair": "the seed's pair (CPU of both services)",
          "fixed-static": "static at a fixed 10,000 req/s", "fixed-proxy": "proxy at a fixed 10,000 req/s",
-         "tls": "static over TLS 1.3, keep-alive", "tls-handshake": "a TLS 1.3 handshake per request"}
+         "tls": "static over TLS 1.3, keep-alive", "tls-handshake": "a TLS 1.3 handshake per request",
+         "h2c": "h2c, 100 connections x 10 streams", "h2c-m100": "h2c, 100 connections x 100 streams",
+         "h2": "h2 over TLS 1.3, 100 x 10 streams", "h2-m100": "h2 over TLS 1.3, 100 x 100 streams"}
 
 # (job, server, against, measure, limit): judged on the median over rounds of server's measure / against's.
 TARGETS = [
@@ -287,6 +369,9 @@ TARGETS = [
     ("tls", "userd epoll", "nginx", "cpu_us", 1.0),
     ("tls-handshake", "userd io_uring", "nginx", "cpu_us", 1.0),  # handshakes per CPU-second >= nginx's
     ("tls-handshake", "userd epoll", "nginx", "cpu_us", 1.0),
+    *[(j, "userd io_uring", peer, "cpu_us", limit) for j in ("h2c", "h2c-m100")
+      for peer, limit in (("h2o", 0.8), ("hyper", 0.3), ("nginx", 0.25))],
+    *[(j, "userd io_uring", "h2o", "cpu_us", 0.9) for j in ("h2", "h2-m100")],
 ]
 # Goals beyond the targets: below what a naive server on the same kernel interface costs.
 GOALS = [
@@ -326,6 +411,8 @@ Ciphersuites = TLS_AES_128_GCM_SHA256
 def load(kind, e, seconds, rate, tls_env=None):
     # A host name over TLS: wrk sends the URL's host as SNI, and rustls refuses an address there (RFC 6066).
     url = f"{e.scheme}://{'localhost' if e.scheme == 'https' else '127.0.0.1'}:{e.port}/v1/user"
+    if kind.startswith("h2:"):
+        return h2load(url, seconds, streams=int(kind[3:]), env=tls_env)
     if kind == "fixed":
         return h2load(url, seconds, rate)
     if kind in ("tls", "handshake"):
@@ -431,12 +518,38 @@ def main():
             s["nginx"] = Entry([nginx("tls", tmp)], "https")
             return s
 
-        make = {"tls": tls_set, "tls-handshake": tls_set, "static": lambda: static_set(True), "pipelined": lambda: static_set(True), "proxy": proxy_set,
+        htdocs = os.path.join(tmp, "htdocs")
+        os.makedirs(os.path.join(htdocs, "v1"))
+        shutil.copy(data_file, os.path.join(htdocs, "v1", "user"))
+
+        def h2_set(tls):
+            """userd (HTTP/2 is on by default), h2o, nginx, nghttpd and Hyper (`http2_only`)."""
+            sch = "https" if tls else "http"
+            s = {f"userd {b}": Entry([start(pin + [a.userd, "--tls-listen" if tls else "--listen", "127.0.0.1:0",
+                                                   *(tls_files if tls else ()), "--threads", "1", "--backend", b])],
+                                     sch) for b in ("io_uring", "epoll")}
+            p = free_port()
+            s["h2o"] = Entry([start(pin + ["h2o", "-c", h2o_conf(tmp, p, data_file, tmp if tls else None)], port=p)],
+                             sch)
+            s["nginx"] = Entry([nginx("h2" if tls else "h2c", tmp)], sch)
+            p = free_port()
+            s["nghttpd"] = Entry([start(pin + ["nghttpd", "-a", "127.0.0.1", "-d", htdocs, str(p),
+                                               *((f"{tmp}/key.pem", f"{tmp}/cert.pem") if tls else ("--no-tls",))],
+                                        port=p)], sch)
+            s["hyper"] = Entry([start(pin + [a.hyper, "--listen", "127.0.0.1:0", "--static", data_file, "--http2",
+                                             *(tls_files if tls else ())])], sch)
+            return s
+
+        make = {"h2c": lambda: h2_set(False), "h2c-m100": lambda: h2_set(False), "h2": lambda: h2_set(True),
+                "h2-m100": lambda: h2_set(True), "tls": tls_set, "tls-handshake": tls_set, "static": lambda: static_set(True), "pipelined": lambda: static_set(True), "proxy": proxy_set,
                 "pair": pair_set, "fixed-static": lambda: static_set(False), "fixed-proxy": proxy_set}
         servers = {j: make[j]() for j in jobs}
         for j, group in servers.items():
             for name, e in group.items():
-                check_body(e.port, dataset, e.scheme)
+                if JOBS[j][1].startswith("h2:"):
+                    check_body_h2(e.port, dataset, e.scheme)
+                else:
+                    check_body(e.port, dataset, e.scheme)
                 load(JOBS[j][1], e, a.warmup, a.rate, tls_env)
                 results[j][name] = {"rounds": []}
         for rnd in range(a.rounds):
@@ -457,6 +570,8 @@ def main():
                         r[k] = statistics.median(x[k] for x in r["rounds"])
                 r["errors"] = sum(x["errors"] for x in r["rounds"])
                 r["rss_kb"] = e.rss_kb()
+                if j == "h2c":
+                    r["idle_h2_kib"] = idle_h2_kib(e.port, e.procs[-1].pid)
     finally:
         for srv in started:
             try:
@@ -512,6 +627,11 @@ def targets(res, allocs):
             med, q1, q3 = spread(ratios(res, job, f"userd {b}", "hyper", "p99"))
             out.append({"target": f"{job}: userd {b} p99 ≤ Hyper's", "median": round(med, 3), "q1": round(q1, 3),
                         "q3": round(q3, 3), "limit": 1.0, "met": med <= 1.0})
+    if "h2c" in res and "idle_h2_kib" in res["h2c"].get("nginx", {}):
+        for b in ("io_uring", "epoll"):
+            u, n = res["h2c"][f"userd {b}"]["idle_h2_kib"], res["h2c"]["nginx"]["idle_h2_kib"]
+            out.append({"target": f"h2c: userd {b} memory per idle HTTP/2 connection ≤ nginx's",
+                        "measured": f"{u:.1f} KiB", "limit": f"{n:.1f} KiB", "met": u <= n})
     # userd's; the others' are in the tables (in the handshake job wrk counts read errors on the connections
     # Hyper closes after `Connection: close`, while every response arrives).
     errors = sum(r["errors"] for g in res.values() for n, r in g.items() if n.startswith("userd"))
@@ -562,7 +682,7 @@ def report(a, res, allocs, machine=None):
              "pool); two floors (`benchmarks/floor_*.cpp`: canned responses for the requests seen in each read, "
              "all in one send, no parsing).", ""]
     for job, g in res.items():
-        fixed = JOBS[job][1] == "fixed"
+        fixed = JOBS[job][1] == "fixed" or JOBS[job][1].startswith("h2:")  # h2load: mean and max
         lines += [f"## {JOBS[job][0]}", "",
                   "| server | req/s | " + ("mean | max" if fixed else "p50 | p99") +
                   " | CPU µs/req | CPU vs Hyper (IQR) | peak RSS | errors |", "|---|---|---|---|---|---|---|---|"]
@@ -573,6 +693,10 @@ def report(a, res, allocs, machine=None):
                    "— | —" if job == "pipelined" else f"{r['p50']:.0f} µs | {r['p99']:.0f} µs")
             lines.append(f"| {name} | {r['rps']:,.0f} | {lat} | {r['cpu_us']:.2f} | {med:.2f}× ({q1:.2f}–{q3:.2f}) | "
                          f"{r['rss_kb'] / 1024:.1f} MiB | {r['errors']} |")
+        if any("idle_h2_kib" in r for r in g.values()):
+            lines += ["", "Memory per idle h2c connection (500 connections past the SETTINGS exchange, growth of "
+                      "resident memory / 500): " + ", ".join(f"{n} {r['idle_h2_kib']:.1f} KiB" for n, r in g.items()
+                                                              if "idle_h2_kib" in r) + "."]
         lines.append("")
     lines += ["## Targets", "", "Ratios are medians of per-round ratios; IQR is their interquartile range.", "",
               "| target | measured | IQR | limit | met |", "|---|---|---|---|---|"]

@@ -1,9 +1,10 @@
 //! hyper-ref: the seed's Hyper microservice1 for side-by-side benchmarks.
 //!
 //! usage: hyper-ref --listen 127.0.0.1:PORT (--upstream http://HOST:PORT/PATH | --static FILE)
-//!                  [--tls-cert FILE --tls-key FILE]
+//!                  [--tls-cert FILE --tls-key FILE] [--http2]
 //! Prints "hyper-ref: listening on ADDR" on stderr once bound. With a certificate it serves HTTPS through
-//! rustls (TLS 1.2 and 1.3, ALPN http/1.1, session tickets).
+//! rustls (TLS 1.2 and 1.3, ALPN http/1.1, session tickets). --http2 serves HTTP/2 only (`http2_only`): h2c by
+//! prior knowledge, or ALPN h2 over TLS.
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -54,8 +55,14 @@ async fn main() {
     let mut listen = "127.0.0.1:8080".to_string();
     let mut mode = None;
     let (mut cert, mut key) = (None, None);
+    let mut http2 = false;
     let mut i = 1;
-    while i + 1 < args.len() {
+    while i < args.len() {
+        if args[i] == "--http2" {
+            http2 = true;
+            i += 1;
+            continue;
+        }
         match args[i].as_str() {
             "--listen" => listen = args[i + 1].clone(),
             "--upstream" => {
@@ -73,18 +80,18 @@ async fn main() {
     let mode = Arc::new(mode.expect("--upstream or --static"));
     let addr: SocketAddr = listen.parse().expect("listen address");
     if let (Some(cert), Some(key)) = (cert, key) {
-        return serve_tls(addr, mode, &cert, &key).await;
+        return serve_tls(addr, mode, &cert, &key, http2).await;
     }
     let make = make_service_fn(move |_| {
         let mode = mode.clone();
         async move { Ok::<_, Infallible>(service_fn(move |req| handle(mode.clone(), req))) }
     });
-    let server = Server::bind(&addr).serve(make);
+    let server = Server::bind(&addr).http2_only(http2).serve(make);
     eprintln!("hyper-ref: listening on {}", server.local_addr());
     server.await.expect("server");
 }
 
-fn tls_config(cert: &str, key: &str) -> rustls::ServerConfig {
+fn tls_config(cert: &str, key: &str, http2: bool) -> rustls::ServerConfig {
     let certs = rustls_pemfile::certs(&mut std::io::BufReader::new(std::fs::File::open(cert).expect("cert")))
         .expect("certificate PEM")
         .into_iter()
@@ -98,14 +105,14 @@ fn tls_config(cert: &str, key: &str) -> rustls::ServerConfig {
         .with_no_client_auth()
         .with_single_cert(certs, rustls::PrivateKey(key))
         .expect("certificate and key");
-    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    cfg.alpn_protocols = vec![if http2 { b"h2".to_vec() } else { b"http/1.1".to_vec() }];
     cfg.ticketer = rustls::Ticketer::new().expect("ticketer");
     cfg
 }
 
-// One task per connection: the TLS handshake, then Hyper's HTTP/1.1 connection on the decrypted stream.
-async fn serve_tls(addr: SocketAddr, mode: Arc<Mode>, cert: &str, key: &str) {
-    let acceptor = TlsAcceptor::from(Arc::new(tls_config(cert, key)));
+// One task per connection: the TLS handshake, then Hyper's HTTP/1.1 (or HTTP/2) connection on the decrypted stream.
+async fn serve_tls(addr: SocketAddr, mode: Arc<Mode>, cert: &str, key: &str, http2: bool) {
+    let acceptor = TlsAcceptor::from(Arc::new(tls_config(cert, key, http2)));
     let listener = TcpListener::bind(addr).await.expect("bind");
     eprintln!("hyper-ref: listening on {}", listener.local_addr().expect("address"));
     loop {
@@ -119,7 +126,13 @@ async fn serve_tls(addr: SocketAddr, mode: Arc<Mode>, cert: &str, key: &str) {
         tokio::spawn(async move {
             if let Ok(tls) = acceptor.accept(tcp).await {
                 let service = service_fn(move |req| handle(mode.clone(), req));
-                let _ = Http::new().http1_only(true).serve_connection(tls, service).await;
+                let mut http = Http::new();
+                if http2 {
+                    http.http2_only(true);
+                } else {
+                    http.http1_only(true);
+                }
+                let _ = http.serve_connection(tls, service).await;
             }
         });
     }

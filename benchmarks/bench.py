@@ -445,7 +445,7 @@ def main():
         return
     if a.quick:
         a.rounds, a.duration, a.warmup = 3, 1, 1
-    missing = [t for t in ("wrk", "h2load", "nginx", "taskset", "gnuplot") if not shutil.which(t)]
+    missing = [t for t in ("wrk", "h2load", "nginx", "h2o", "nghttpd", "taskset", "gnuplot") if not shutil.which(t)]
     if missing:
         sys.exit(f"bench: {', '.join(missing)} not found; `./dev bench` installs them")
     if not a.hyper:

@@ -64,6 +64,7 @@ struct H2Callbacks {
     Http2Session::Stream* st = h.take_stream();
     if (!st) return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;  // resets this stream only
     st->id = f->hd.stream_id;
+    st->body_deadline_ms = h.ctx_->now_ms + h.ctx_->timers.duration(Timer::Body);
     nghttp2_session_set_stream_user_data(s, st->id, st);
     h.reading_ = st;
     return 0;
@@ -132,6 +133,7 @@ struct H2Callbacks {
   static int frame_recv(nghttp2_session* s, const nghttp2_frame* f, void* user) {
     Http2Session& h = self(user);
     const std::uint8_t t = f->hd.type;
+    if (t == NGHTTP2_SETTINGS && (f->hd.flags & NGHTTP2_FLAG_ACK)) h.settings_unacked_ = false;
     if (t == NGHTTP2_RST_STREAM && !h.spend(h.reset_tokens_)) return 0;
     const bool no_progress = t == NGHTTP2_PING || t == NGHTTP2_SETTINGS || t == NGHTTP2_WINDOW_UPDATE ||
                              t == NGHTTP2_PRIORITY || t == NGHTTP2_RST_STREAM ||
@@ -147,7 +149,7 @@ struct H2Callbacks {
     if ((f->hd.type != NGHTTP2_HEADERS && f->hd.type != NGHTTP2_DATA) || !(f->hd.flags & NGHTTP2_FLAG_END_STREAM))
       return 0;
     Http2Session::Stream* st = stream(s, f->hd.stream_id);
-    if (st && st->refused && st->refuse_status == 413)
+    if (st && st->refused && (st->refuse_status == 413 || st->refuse_status == 408))
       nghttp2_submit_rst_stream(s, NGHTTP2_FLAG_NONE, st->id, NGHTTP2_NO_ERROR);
     return 0;
   }
@@ -352,10 +354,8 @@ bool Http2Session::start() noexcept {
   };
   if (nghttp2_submit_settings(s_, NGHTTP2_FLAG_NONE, settings, 2) != 0) return false;
   draining_ = in_recv_ = false;
-  try {
-  } catch (const std::bad_alloc&) {
-    return false;
-  }
+  settings_unacked_ = true;
+  settings_deadline_ms_ = ctx_->now_ms + ctx_->timers.duration(Timer::Header);
   max_opened_ = 0;
   reset_tokens_ = kResetBurst;
   frame_tokens_ = kFrameBurst;
@@ -786,16 +786,24 @@ void Http2Session::run_writable() noexcept {
   conn_->update_waits();
 }
 
+// RFC 9113 6.5.3: a SETTINGS ACK that never comes is a connection error (SETTINGS_TIMEOUT), after the header
+// timeout (10 s by default, nghttpd's too), or at the body deadline if a request is being read then. Each
+// stream's request must be in within the body timeout of its HEADERS: the connection's Body deadline is the
+// earliest, re-armed for the rest when it passes (so a stream's 408 comes within one to two body timeouts).
 Timer Http2Session::deadline() const noexcept {
-  if (live_.empty()) return Timer::Idle;
   for (const Stream* st : live_)
-    if (!st->ready) return Timer::Body;  // a request still being read
-  return Timer::None;
+    if (!st->ready) return Timer::Body;  // a request still being read (and the SETTINGS ACK, when it passes)
+  if (settings_unacked_ && !draining_) return Timer::Header;
+  return live_.empty() ? Timer::Idle : Timer::None;
 }
 
 bool Http2Session::input_stuck(bool) const noexcept { return false; }  // nghttp2 takes all it is given
 
 void Http2Session::on_timeout(Timer t) noexcept {
+  if (settings_unacked_ && ctx_->now_ms >= settings_deadline_ms_) {
+    nghttp2_session_terminate_session(s_, NGHTTP2_SETTINGS_TIMEOUT);
+    return failed();
+  }
   bool held = false;
   t_->guarded([&] {
     for (std::size_t i = 0; i < live_.size(); ++i) {
@@ -812,10 +820,11 @@ void Http2Session::on_timeout(Timer t) noexcept {
       } else if (t == Timer::Handler && st.awaiting) {
         if (ctx_->metrics) ctx_->metrics->handler_timeouts.add();
         submit_error(st, 503, "handler timed out");
-      } else if (t != Timer::Handler && !st.ready && !st.answered) {
+      } else if (t != Timer::Handler && !st.ready && !st.answered && st.body_deadline_ms <= ctx_->now_ms) {
         st.ex.route = ctx_->router->route_count();
-        submit_error(st, 408, "request body timeout");
-        nghttp2_submit_rst_stream(s_, NGHTTP2_FLAG_NONE, st.id, NGHTTP2_NO_ERROR);
+        st.ready = st.refused = true;  // never dispatched; the rest of its body is dropped
+        st.refuse_status = 408;
+        submit_error(st, 408, "request body timeout");  // then reset, once it is out (frame_sent)
       }
     }
   });

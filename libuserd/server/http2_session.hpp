@@ -108,6 +108,7 @@ class Http2Session final : public Session {
     bool refused = false;        // over a bound while being read: answered with an error, not dispatched
     int refuse_status = 0;
     std::uint64_t deadline_ms = 0;  // the handler's (ctx.now_ms based)
+    std::uint64_t body_deadline_ms = 0;  // its request must be in by then (the body timeout from its HEADERS)
     std::size_t head_bytes = 0;  // RFC 9113 6.5.2's size of the header list so far
     core::ByteBuffer fields;     // names and values, back to back; views are made once the head is complete
     struct Field {
@@ -178,6 +179,8 @@ class Http2Session final : public Session {
   bool writable_due_ = false;  // on ctx.writable_due
   bool inbox_waits_ = false;   // the worker holds off-loop stream data for this connection
   bool draining_ = false;
+  bool settings_unacked_ = false;  // our SETTINGS wait for the client's ACK (within the header timeout)
+  std::uint64_t settings_deadline_ms_ = 0;
 };
 
 }  // namespace userd::server

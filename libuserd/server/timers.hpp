@@ -28,6 +28,7 @@ class TimerLists {
   using Link = TimerLink;
 
   void set_duration(Timer t, std::uint64_t ms) noexcept { duration_[std::size_t(t)] = ms; }
+  std::uint64_t duration(Timer t) const noexcept { return duration_[std::size_t(t)]; }
 
   // Puts n on t's list with a deadline of now + t's duration (None: on no list).
   void set(Node& n, Timer t, std::uint64_t now) noexcept {

@@ -30,7 +30,7 @@ PKI = None
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 DATA, HEADERS, RST_STREAM, SETTINGS, PING, GOAWAY, WINDOW_UPDATE, CONTINUATION = 0, 1, 3, 4, 6, 7, 8, 9
 END_STREAM, END_HEADERS, ACK = 0x1, 0x4, 0x1
-PROTOCOL_ERROR, REFUSED_STREAM, CANCEL, ENHANCE_YOUR_CALM = 0x1, 0x7, 0x8, 0xB
+PROTOCOL_ERROR, SETTINGS_TIMEOUT, REFUSED_STREAM, CANCEL, ENHANCE_YOUR_CALM = 0x1, 0x4, 0x7, 0x8, 0xB
 
 
 def frame(kind, flags, sid, payload=b""):
@@ -529,6 +529,77 @@ class Frames(unittest.TestCase):
             c.close()
         finally:
             self.assertEqual(srv.stop(), 0)
+
+    def test_a_settings_ack_that_never_comes_is_a_settings_timeout(self):
+        """RFC 9113 6.5.3: our SETTINGS unacknowledged for the header timeout ends the connection with GOAWAY
+        SETTINGS_TIMEOUT; a client that acknowledges is not affected."""
+        with userd("--header-timeout", "1") as srv:
+            s = socket.create_connection(("127.0.0.1", srv.port), timeout=5)
+            s.sendall(PREFACE + frame(SETTINGS, 0, 0))  # and never an ACK
+            good = Raw(srv.port)
+            self.assertIsNotNone(good.until(lambda f: f[0] == SETTINGS))  # read, and so acknowledged
+            t0, got, codes = time.monotonic(), b"", []
+            while True:
+                chunk = s.recv(65536)
+                if not chunk:
+                    break
+                got += chunk
+            took = time.monotonic() - t0
+            while len(got) >= 9:
+                n, kind = int.from_bytes(got[:3], "big"), got[3]
+                if kind == GOAWAY:
+                    codes.append(struct.unpack(">I", got[13:17])[0])
+                got = got[9 + n:]
+            self.assertEqual(codes, [SETTINGS_TIMEOUT])
+            self.assertGreater(took, 0.8)
+            self.assertLess(took, 3)
+            good.get(1, "/v1/user")  # acknowledged (Raw does), and idle as long: still served
+            self.assertEqual(good.response(1)[1], DATASET)
+            good.close()
+            s.close()
+            self.assertEqual(srv.stop(), 0)
+
+    def test_each_stream_has_its_own_body_deadline(self):
+        """A request still being read is 408 at the body timeout of its own HEADERS: a stream that began later on
+        the same connection is not cut with it, and finishes."""
+        with userd("--body-timeout", "2") as srv:
+            c = Raw(srv.port)
+            self.assertIsNotNone(c.until(lambda f: f[0] == SETTINGS))  # acknowledged, as a client does at once
+            c.send(frame(HEADERS, END_HEADERS, 1, request_block("/v1/user")))  # a body is to follow
+            time.sleep(1.2)
+            c.send(frame(HEADERS, END_HEADERS, 3, request_block("/v1/user")))
+            t0 = time.monotonic()
+            headers, _ = c.response(1, timeout=5)
+            self.assertEqual(headers[":status"], "408")
+            self.assertLess(time.monotonic() - t0, 1.8)
+            self.assertNotIn(3, c.headers)
+            c.send(frame(DATA, END_STREAM, 3, b"x"))
+            headers, body = c.response(3)
+            self.assertEqual((headers[":status"], body), ("200", DATASET))
+            c.close()
+            self.assertEqual(srv.stop(), 0)
+
+    def test_a_handler_that_does_not_answer_is_503_at_the_handler_timeout(self):
+        """The proxy to an upstream that accepts and never answers: 503 on that stream at --handler-timeout, before
+        the longer upstream timeout; the connection's other streams are served."""
+        stall = socket.socket()
+        stall.bind(("127.0.0.1", 0))
+        stall.listen(64)  # never accepted: connections wait in the backlog, unanswered
+        with userd("--upstream", f"http://127.0.0.1:{stall.getsockname()[1]}/v1/avatar", "--upstream-timeout", "10",
+                   "--handler-timeout", "0.5") as srv:
+            c = Raw(srv.port)
+            t0 = time.monotonic()
+            c.get(1, "/v1/user")
+            c.get(3, "/healthz")
+            self.assertEqual(c.response(3)[0][":status"], "200")
+            headers, body = c.response(1, timeout=5)
+            took = time.monotonic() - t0
+            self.assertEqual((headers[":status"], body), ("503", b'{"error":"handler timed out"}'))
+            self.assertGreater(took, 0.4)
+            self.assertLess(took, 1.7)
+            c.close()
+            self.assertEqual(srv.stop(), 0)
+        stall.close()
 
     def test_an_idle_h2_connection_is_closed_at_the_idle_timeout(self):
         with userd("--idle-timeout", "1") as srv:

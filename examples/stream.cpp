@@ -2,6 +2,8 @@
 // while the client keeps up: write() says false once 64 KiB is queued, and on_writable() resumes the producer
 // when the output has drained, so a slow reader costs no memory. GET /ticks?count=N writes one line every 10 ms
 // from another thread (writes from any thread): one ticker thread for every such stream, at most 256 of them.
+// With &trailers=1 either ends with a trailer field, x-lines: N (trailers after the body: HTTP/2's last HEADERS
+// frame, HTTP/1.1's chunked trailer section).
 // usage: stream [HOST:PORT] [io_uring|epoll]      (public headers only; prints "listening on HOST:PORT")
 #include <chrono>
 #include <condition_variable>
@@ -17,9 +19,21 @@
 
 namespace {
 
+// The end of a stream: with its line count as a trailer when the client asked for one.
+void finish(const userd::Stream& out, bool trailers, unsigned long lines) {
+  if (!trailers) {
+    out.end();
+    return;
+  }
+  const std::string n = std::to_string(lines);
+  const userd::Header t[] = {{"x-lines", n}};
+  out.end(t);
+}
+
 struct Numbers {
   userd::Stream out;
   unsigned long next = 0, count = 0;
+  bool trailers = false;
   std::string line;
 
   // Writes until the client falls behind, then asks to be called again once it has caught up.
@@ -32,7 +46,7 @@ struct Numbers {
         return;
       }
     }
-    s.out.end();
+    finish(s.out, s.trailers, s.count);
   }
 };
 
@@ -53,7 +67,7 @@ class Ticker {
     thread_.join();
   }
   // Starts a stream on res, or answers 503 when kMaxTicks are running already.
-  void add(const userd::Responder& res, unsigned long count) {
+  void add(const userd::Responder& res, unsigned long count, bool trailers) {
     std::lock_guard<std::mutex> lock(m_);
     if (stopping_ || ticks_.size() >= kMaxTicks) {
       userd::Response busy;
@@ -65,13 +79,14 @@ class Ticker {
     userd::Response head;
     head.content_type = "application/x-ndjson";
     const userd::Stream s = res.stream(head);
-    if (s.alive()) ticks_.push_back({s, 0, count});  // not for HEAD: the head was the whole answer
+    if (s.alive()) ticks_.push_back({s, 0, count, trailers});  // not for HEAD: the head was the whole answer
   }
 
  private:
   struct Tick {
     userd::Stream out;
     unsigned long next, count;
+    bool trailers;
   };
   void run() {
     std::unique_lock<std::mutex> lock(m_);
@@ -81,7 +96,7 @@ class Ticker {
         Tick& t = ticks_[i];
         bool drop = false;
         if (t.next == t.count) {
-          t.out.end();
+          finish(t.out, t.trailers, t.count);
           drop = true;
         } else if (t.out.write("{\"tick\":" + std::to_string(t.next) + "}\n")) {
           ++t.next;
@@ -114,13 +129,15 @@ int main(int argc, char** argv) {
   router.get("/numbers", [](const userd::Request& req, userd::Responder res) {
     auto s = std::make_shared<Numbers>();
     s->count = std::strtoul(std::string(req.query_param("count")).c_str(), nullptr, 10);
+    s->trailers = req.query_param("trailers") == "1";
     userd::Response head;
     head.content_type = "application/x-ndjson";
     s->out = res.stream(head);
     Numbers::pump(s);
   });
   router.get("/ticks", [&ticker](const userd::Request& req, userd::Responder res) {
-    ticker->add(res, std::strtoul(std::string(req.query_param("count")).c_str(), nullptr, 10));
+    ticker->add(res, std::strtoul(std::string(req.query_param("count")).c_str(), nullptr, 10),
+                req.query_param("trailers") == "1");
   });
 
   userd::Server server(cfg, std::move(router));

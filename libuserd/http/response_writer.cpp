@@ -52,6 +52,24 @@ HeaderCheck check_headers(std::span<const Header> headers, std::string_view cont
   return out;
 }
 
+bool trailers_ok(std::span<const Header> trailers) noexcept {
+  static constexpr std::string_view kForbidden[] = {
+      "content-length", "transfer-encoding", "connection", "keep-alive", "proxy-connection", "upgrade", "te",
+      "trailer", "host", "content-type", "content-encoding", "content-range", "cache-control", "expires", "date",
+      "location", "retry-after", "vary", "set-cookie", "authorization", "www-authenticate", "proxy-authenticate",
+      "proxy-authorization", "age", "warning", "max-forwards", "expect", "range", "if-match", "if-none-match",
+      "if-modified-since", "if-unmodified-since", "if-range"};
+  if (trailers.size() > kMaxTrailerFields) return false;
+  std::size_t bytes = 0;
+  for (const Header& h : trailers) {
+    bytes += h.name.size() + h.value.size();
+    if (bytes > kMaxTrailerBytes || !is_token(h.name) || !is_field_value(h.value)) return false;
+    for (std::string_view f : kForbidden)
+      if (iequals(h.name, f)) return false;
+  }
+  return true;
+}
+
 std::string_view reason_phrase(int status) noexcept {
   switch (status) {
     case 100: return "Continue";

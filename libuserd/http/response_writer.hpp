@@ -47,6 +47,11 @@ struct HeaderCheck {
 // body_length: none for a stream, where any Content-Length is refused.
 HeaderCheck check_headers(std::span<const Header> headers, std::string_view content_type,
                           std::optional<std::uint64_t> body_length) noexcept;
+// Whether fields may follow a streamed body as trailers: tokens and field values, at most kMaxTrailerFields and
+// kMaxTrailerBytes, and none RFC 9110 6.5.1 forbids there (framing, routing, authentication, the response's
+// controls and content type) nor one HTTP/2 forbids anywhere (connection-specific, 8.2.2).
+inline constexpr std::size_t kMaxTrailerFields = 32, kMaxTrailerBytes = 8192;
+bool trailers_ok(std::span<const Header> trailers) noexcept;
 // Whether a response with this status may carry a body (RFC 9110 6.4.1).
 constexpr bool status_has_body(int status) noexcept { return status >= 200 && status != 204 && status != 304; }
 void write_response_head(core::ByteBuffer& out, const ResponseHead& r);

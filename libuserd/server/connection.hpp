@@ -64,8 +64,8 @@ class Connection final : private Transport::Owner {
   bool streaming(std::uint32_t id) const noexcept { return session_->streaming(id); }
   bool reply(std::uint32_t id, const Response& r) noexcept { return session_->reply(id, r); }
   bool stream_begin(std::uint32_t id, const Response& head) noexcept { return session_->stream_begin(id, head); }
-  bool stream_write(std::uint32_t id, std::string_view data, bool end) noexcept {
-    return session_->stream_write(id, data, end);
+  bool stream_write(std::uint32_t id, std::string_view data, bool end, std::span<const Header> trailers = {}) noexcept {
+    return session_->stream_write(id, data, end, trailers);
   }
   bool stream_write_taken(std::uint32_t id, std::string_view data) noexcept {
     return session_->stream_write_taken(id, data);

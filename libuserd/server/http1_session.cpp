@@ -309,16 +309,18 @@ bool Http1Session::stream_begin(std::uint32_t seq, const Response& head) noexcep
   return ok;
 }
 
-bool Http1Session::stream_write(std::uint32_t seq, std::string_view data, bool end) noexcept {
+bool Http1Session::stream_write(std::uint32_t seq, std::string_view data, bool end,
+                                std::span<const Header> trailers) noexcept {
   if (!end && t_->queued() > Transport::kOutHighWater) return false;
-  return stream_append(seq, data, end);
+  return stream_append(seq, data, end, trailers);
 }
 
 bool Http1Session::stream_write_taken(std::uint32_t seq, std::string_view data) noexcept {
-  return stream_append(seq, data, false);
+  return stream_append(seq, data, false, {});
 }
 
-bool Http1Session::stream_append(std::uint32_t seq, std::string_view data, bool end) noexcept {
+bool Http1Session::stream_append(std::uint32_t seq, std::string_view data, bool end,
+                                 std::span<const Header> trailers) noexcept {
   if (!streaming_ || seq != seq_ || !t_->is_open()) return false;
   bool ok = false;
   t_->guarded([&] {
@@ -338,7 +340,16 @@ bool Http1Session::stream_append(std::uint32_t seq, std::string_view data, bool 
       stream_bytes_ += data.size();
     }
     if (end) {
-      if (body && req_minor_ == 1) q.bytes.append("0\r\n\r\n");
+      if (body && req_minor_ == 1) {  // the last chunk, then the trailer section (RFC 9112 7.1.2)
+        q.bytes.append("0\r\n", 3);
+        for (const Header& h : trailers) {
+          q.bytes.append(h.name);
+          q.bytes.append(": ", 2);
+          q.bytes.append(h.value);
+          q.bytes.append("\r\n", 2);
+        }
+        q.bytes.append("\r\n", 2);
+      }
       streaming_ = false;
       set_awaiting(false);
       writable_ = nullptr;

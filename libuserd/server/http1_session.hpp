@@ -43,7 +43,8 @@ class Http1Session final : public Session {
   bool streaming(std::uint32_t id) const noexcept override { return streaming_ && id == seq_; }
   bool reply(std::uint32_t id, const Response& r) noexcept override;
   bool stream_begin(std::uint32_t id, const Response& head) noexcept override;
-  bool stream_write(std::uint32_t id, std::string_view data, bool end) noexcept override;
+  bool stream_write(std::uint32_t id, std::string_view data, bool end,
+                    std::span<const Header> trailers) noexcept override;
   bool stream_write_taken(std::uint32_t id, std::string_view data) noexcept override;
   void stream_on_writable(std::uint32_t id, std::function<void()> fn) override;
   bool stream_backed_up() const noexcept override;
@@ -73,7 +74,7 @@ class Http1Session final : public Session {
   void continue_later();
   void set_awaiting(bool on) noexcept;
   void after_output() noexcept;  // flush, then the receive and the deadline
-  bool stream_append(std::uint32_t id, std::string_view data, bool end) noexcept;
+  bool stream_append(std::uint32_t id, std::string_view data, bool end, std::span<const Header> trailers) noexcept;
   void count(int status, std::size_t body_bytes);
   void writable_soon() noexcept;
 

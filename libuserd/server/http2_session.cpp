@@ -5,6 +5,7 @@
 #include "libuserd/server/http2_session.hpp"
 
 #include <algorithm>
+#include <bit>
 #include <cstdio>
 #include <cstring>
 #include <cstdlib>
@@ -174,14 +175,20 @@ struct H2Callbacks {
     return ssize_t(n);
   }
 
-  static ssize_t stream_read(nghttp2_session*, std::int32_t, std::uint8_t*, std::size_t length, std::uint32_t* flags,
-                             nghttp2_data_source* src, void*) {
+  static ssize_t stream_read(nghttp2_session* s, std::int32_t id, std::uint8_t*, std::size_t length,
+                             std::uint32_t* flags, nghttp2_data_source* src, void*) {
     auto* st = static_cast<Http2Session::Stream*>(src->ptr);
     const std::size_t n = std::min(length, st->sbuf.size() - st->soff);
     if (n == 0 && !st->stream_end) return NGHTTP2_ERR_DEFERRED;  // resumed by the next write
     st->soff += n;
     *flags |= NGHTTP2_DATA_FLAG_NO_COPY;
-    if (st->stream_end && st->soff == st->sbuf.size()) *flags |= NGHTTP2_DATA_FLAG_EOF;
+    if (st->stream_end && st->soff == st->sbuf.size()) {
+      *flags |= NGHTTP2_DATA_FLAG_EOF;
+      // Trailers end the stream instead of this DATA frame (RFC 9113 8.1: a HEADERS frame after the body).
+      if (!st->trailer_nva.empty() &&
+          nghttp2_submit_trailer(s, id, st->trailer_nva.data(), st->trailer_nva.size()) == 0)
+        *flags |= NGHTTP2_DATA_FLAG_NO_END_STREAM;
+    }
     return ssize_t(n);
   }
 
@@ -241,8 +248,8 @@ H2Pool::~H2Pool() {
 }
 
 void* H2Pool::alloc(std::size_t n) noexcept {
-  unsigned c = 0;
-  while (c < kClasses && (std::size_t{1} << (kMinShift + c)) < n) ++c;
+  const unsigned w = n <= (std::size_t{1} << kMinShift) ? kMinShift : unsigned(std::bit_width(n - 1));
+  const unsigned c = std::min(w - kMinShift, kClasses);  // the smallest class that holds n, or kClasses: too large
   char* block;
   if (c == kClasses) {
     if (n > SIZE_MAX - kHeader || !(block = static_cast<char*>(std::malloc(kHeader + n)))) return nullptr;
@@ -399,12 +406,14 @@ Http2Session::Stream* Http2Session::take_stream() noexcept {
   st->streaming = st->stream_end = false;
   st->sbuf.clear();
   st->soff = 0;
+  st->trailer_nva.clear();
   live_.push_back(st);
   return st;
 }
 
 void Http2Session::give_back(Stream* st) noexcept {
   if (reading_ == st) reading_ = nullptr;
+  if (current_ == st) current_ = nullptr;
   st->writable = nullptr;  // what the producer's callback holds goes now
   live_.erase(std::find(live_.begin(), live_.end(), st));
   spare_.emplace_back(st);  // reserved in take_stream's growth: live_ plus spare_ never exceed what was made
@@ -422,9 +431,12 @@ bool Http2Session::mark_ready(Stream& st) noexcept {
   return true;
 }
 
+// The stream a handler runs for answers it as a rule while it runs: that one first, then a scan of the open ones.
 Http2Session::Stream* Http2Session::find(std::uint32_t seq) const noexcept {
+  if (seq == 0) return nullptr;
+  if (current_ && current_->seq == seq) return current_;
   for (Stream* st : live_)
-    if (st->seq == seq && seq != 0) return st;
+    if (st->seq == seq) return st;
   return nullptr;
 }
 
@@ -518,6 +530,7 @@ bool Http2Session::make_head(Stream& st) {
 
 void Http2Session::dispatch(Stream& st) {
   st.seq = ++next_seq_ ? next_seq_ : ++next_seq_;  // 0 names no request
+  current_ = &st;
   if (st.refused) {
     st.ex.route = ctx_->router->route_count();
     submit_error(st, st.refuse_status, st.refuse_status == 431 ? "request header fields too large"
@@ -714,15 +727,17 @@ bool Http2Session::stream_begin(std::uint32_t id, const Response& head) noexcept
 
 constexpr std::size_t kStreamBuffer = 64 * 1024;
 
-bool Http2Session::stream_write(std::uint32_t id, std::string_view data, bool end) noexcept {
-  return stream_append(id, data, end, true);
+bool Http2Session::stream_write(std::uint32_t id, std::string_view data, bool end,
+                                std::span<const Header> trailers) noexcept {
+  return stream_append(id, data, end, true, trailers);
 }
 
 bool Http2Session::stream_write_taken(std::uint32_t id, std::string_view data) noexcept {
-  return stream_append(id, data, false, false);
+  return stream_append(id, data, false, false, {});
 }
 
-bool Http2Session::stream_append(std::uint32_t id, std::string_view data, bool end, bool bounded) noexcept {
+bool Http2Session::stream_append(std::uint32_t id, std::string_view data, bool end, bool bounded,
+                                 std::span<const Header> trailers) noexcept {
   Stream* st = find(id);
   if (!st || !st->streaming || st->stream_end || !t_->is_open()) return false;
   if (bounded && !end && (st->sbuf.size() - st->soff > kStreamBuffer || t_->queued() > Transport::kOutHighWater))
@@ -732,6 +747,24 @@ bool Http2Session::stream_append(std::uint32_t id, std::string_view data, bool e
     st->sbuf.append(data);
     st->stream_bytes += data.size();
     st->deadline_ms = ctx_->now_ms + ctx_->handler_timeout_ms;
+    if (end && !trailers.empty()) {
+      st->trailer_fields.clear();
+      for (const Header& h : trailers) {
+        const std::size_t at = st->trailer_fields.size();
+        st->trailer_fields.append(h.name);
+        for (std::size_t i = 0; i < h.name.size(); ++i)
+          st->trailer_fields.data()[at + i] = lower_ascii(st->trailer_fields.data()[at + i]);
+        st->trailer_fields.append(h.value);
+      }
+      st->trailer_nva.clear();
+      std::size_t at = 0;
+      for (const Header& h : trailers) {
+        auto* b = reinterpret_cast<std::uint8_t*>(st->trailer_fields.data());
+        st->trailer_nva.push_back({b + at, b + at + h.name.size(), h.name.size(), h.value.size(),
+                                   NGHTTP2_NV_FLAG_NO_COPY_NAME | NGHTTP2_NV_FLAG_NO_COPY_VALUE});
+        at += h.name.size() + h.value.size();
+      }
+    }
     if (end) {
       st->stream_end = true;
       st->awaiting = false;

@@ -86,7 +86,8 @@ class Http2Session final : public Session {
   bool streaming(std::uint32_t id) const noexcept override;
   bool reply(std::uint32_t id, const Response& r) noexcept override;
   bool stream_begin(std::uint32_t id, const Response& head) noexcept override;
-  bool stream_write(std::uint32_t id, std::string_view data, bool end) noexcept override;
+  bool stream_write(std::uint32_t id, std::string_view data, bool end,
+                    std::span<const Header> trailers) noexcept override;
   bool stream_write_taken(std::uint32_t id, std::string_view data) noexcept override;
   void stream_on_writable(std::uint32_t id, std::function<void()> fn) override;
   bool stream_backed_up() const noexcept override;
@@ -131,6 +132,8 @@ class Http2Session final : public Session {
     std::size_t stream_bytes = 0;
     core::ByteBuffer sbuf;
     std::size_t soff = 0;
+    core::ByteBuffer trailer_fields;  // the end's trailers (names lowercased), sent once the body is framed
+    std::vector<nghttp2_nv> trailer_nva;
     std::function<void()> writable;
     Exchange ex;
     RouteParams params;
@@ -152,7 +155,8 @@ class Http2Session final : public Session {
   void pump() noexcept;
   void after_answer() noexcept;  // out now, unless inside our own recv (which pumps when it returns)
   void writable_soon() noexcept;
-  bool stream_append(std::uint32_t id, std::string_view data, bool end, bool bounded) noexcept;
+  bool stream_append(std::uint32_t id, std::string_view data, bool end, bool bounded,
+                     std::span<const Header> trailers) noexcept;
   void submit_head(Stream& st, int status, std::string_view content_type, std::span<const Header> headers,
                    const std::string_view* length_of, const nghttp2_data_provider* prd);  // mem_send into the transport until its queue is full or nghttp2 has nothing
   void publish() noexcept;
@@ -172,6 +176,7 @@ class Http2Session final : public Session {
   std::vector<std::unique_ptr<Stream>> spare_;  // closed ones, for reuse
   std::vector<std::int32_t> ready_;             // streams whose request is complete, in arrival order
   Stream* reading_ = nullptr;                   // the stream of the header block being read
+  Stream* current_ = nullptr;                   // the stream last dispatched (find's first guess)
   std::uint32_t next_seq_ = 0;
   std::int32_t max_opened_ = 0;  // the highest stream id a request opened
   bool in_recv_ = false;    // inside mem_recv: callbacks only mark streams

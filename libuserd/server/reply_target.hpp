@@ -5,6 +5,7 @@
 
 #include <cstdint>
 #include <functional>
+#include <span>
 #include <string_view>
 
 #include "userd/responder.hpp"
@@ -20,8 +21,9 @@ class ReplyTarget {
                              const UpstreamCallback& done) noexcept = 0;
   // Streams (Responder::stream, Stream): begin, write (or end), and the writable callback.
   virtual bool stream_begin(std::uint32_t slot, std::uint16_t gen, std::uint32_t seq, const Response& head) noexcept = 0;
+  // trailers: with end only, already checked (Stream::end).
   virtual bool stream_write(std::uint32_t slot, std::uint16_t gen, std::uint32_t seq, std::string_view data,
-                            bool end) noexcept = 0;
+                            bool end, std::span<const Header> trailers) noexcept = 0;
   virtual void stream_on_writable(std::uint32_t slot, std::uint16_t gen, std::uint32_t seq,
                                   std::function<void()> fn) = 0;
   // A timer on the loop (Request::after, Responder::after, Stream::after): loop thread only.

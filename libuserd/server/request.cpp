@@ -1,6 +1,7 @@
 // server/request.cpp: Request's accessors over the parsed head, and Responder's calls into its worker.
 #include "libuserd/http/parser.hpp"
 #include "libuserd/http/percent.hpp"
+#include "libuserd/http/response_writer.hpp"
 #include "libuserd/server/connection.hpp"
 #include "libuserd/server/reply_target.hpp"
 #include "userd/request.hpp"
@@ -142,9 +143,12 @@ Stream Responder::stream(const Response& head) const noexcept {
   return Stream(target_, slot_, gen_, seq_);
 }
 bool Stream::write(std::string_view data) const noexcept {
-  return target_ && target_->stream_write(slot_, gen_, seq_, data, false);
+  return target_ && target_->stream_write(slot_, gen_, seq_, data, false, {});
 }
-bool Stream::end() const noexcept { return target_ && target_->stream_write(slot_, gen_, seq_, {}, true); }
+bool Stream::end() const noexcept { return target_ && target_->stream_write(slot_, gen_, seq_, {}, true, {}); }
+bool Stream::end(std::span<const Header> trailers) const noexcept {
+  return target_ && http::trailers_ok(trailers) && target_->stream_write(slot_, gen_, seq_, {}, true, trailers);
+}
 bool Stream::alive() const noexcept { return target_ && target_->awaiting(slot_, gen_, seq_); }
 void Stream::on_writable(std::function<void()> fn) const {
   if (target_) target_->stream_on_writable(slot_, gen_, seq_, std::move(fn));

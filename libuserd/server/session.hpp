@@ -7,6 +7,7 @@
 
 #include <cstdint>
 #include <functional>
+#include <span>
 #include <string_view>
 
 #include "libuserd/server/timers.hpp"
@@ -36,7 +37,8 @@ class Session {
   virtual bool streaming(std::uint32_t id) const noexcept = 0;
   virtual bool reply(std::uint32_t id, const Response& r) noexcept = 0;
   virtual bool stream_begin(std::uint32_t id, const Response& head) noexcept = 0;
-  virtual bool stream_write(std::uint32_t id, std::string_view data, bool end) noexcept = 0;
+  virtual bool stream_write(std::uint32_t id, std::string_view data, bool end,
+                            std::span<const Header> trailers) noexcept = 0;
   // Data its producer was already told was taken (off the loop, through the inbox): written even over the
   // high-water mark, which the worker's own bound on waiting data keeps in check.
   virtual bool stream_write_taken(std::uint32_t id, std::string_view data) noexcept = 0;

@@ -542,7 +542,7 @@ void Worker::deliver(Posted& p, Connection& conn) noexcept {
     case Kind::Reply: conn.reply(p.seq, r); break;
     case Kind::Begin: conn.stream_begin(p.seq, r); break;
     case Kind::Write: conn.stream_write_taken(p.seq, p.body); break;
-    case Kind::End: conn.stream_write(p.seq, {}, true); break;
+    case Kind::End: conn.stream_write(p.seq, {}, true, posted_headers_); break;
   }
   settle(p);
 }
@@ -588,16 +588,23 @@ bool Worker::stream_begin(std::uint32_t slot, std::uint16_t gen, std::uint32_t s
 }
 
 bool Worker::stream_write(std::uint32_t slot, std::uint16_t gen, std::uint32_t seq, std::string_view data,
-                          bool end) noexcept {
+                          bool end, std::span<const Header> trailers) noexcept {
   Response r;
   r.body = data;
+  r.headers = trailers;  // an end's trailers travel as a posted answer's headers
   return answer(end ? Kind::End : Kind::Write, slot, gen, seq, r, [&](Connection& c) {
-    if (!c.inbox_waiting()) return c.stream_write(seq, data, end);
+    if (!c.inbox_waiting()) return c.stream_write(seq, data, end, trailers);
     // On the loop, with data from another thread still waiting for this connection: a write would overtake it
     // (false: on_writable runs once it is out), and so would the end, which instead waits behind it.
     if (!end || !c.streaming(seq)) return false;
     try {
-      stalled_.push_back(Posted{Kind::End, slot, gen, seq, 0, {}, {}, {}, {}});
+      Posted p{Kind::End, slot, gen, seq, 0, {}, {}, {}, {}};
+      for (const Header& h : trailers) {
+        p.header_bytes.append(h.name).append(h.value);
+        p.header_lengths.push_back(h.name.size());
+        p.header_lengths.push_back(h.value.size());
+      }
+      stalled_.push_back(std::move(p));
     } catch (const std::bad_alloc&) {
       return false;
     }

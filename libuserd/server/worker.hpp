@@ -54,7 +54,7 @@ class Worker final : public ReplyTarget {
                      const UpstreamCallback& done) noexcept override;
   bool stream_begin(std::uint32_t slot, std::uint16_t gen, std::uint32_t seq, const Response& head) noexcept override;
   bool stream_write(std::uint32_t slot, std::uint16_t gen, std::uint32_t seq, std::string_view data,
-                    bool end) noexcept override;
+                    bool end, std::span<const Header> trailers) noexcept override;
   void stream_on_writable(std::uint32_t slot, std::uint16_t gen, std::uint32_t seq,
                           std::function<void()> fn) override;
 

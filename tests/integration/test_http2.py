@@ -202,6 +202,25 @@ class Clients(unittest.TestCase):
             self.assertEqual((p.returncode, p.stdout), (0, DATASET))
             self.assertEqual(srv.stop(), 0)
 
+    def test_h2_over_tls_meets_rfc9113_9_2(self):
+        """TLS 1.2 or later, ephemeral key exchange with an AEAD suite, no renegotiation: a client offering only
+        a CBC suite under TLS 1.2, or only TLS 1.1, gets no handshake; one with an AEAD suite gets h2."""
+        with userd(tls=True) as srv:
+            addr = f"127.0.0.1:{tls_port(srv)}"
+
+            def s_client(*flags):
+                p = subprocess.run(["openssl", "s_client", "-connect", addr, "-alpn", "h2", *flags],
+                                   input=b"", capture_output=True, timeout=10)
+                return p.stdout.decode(errors="replace")
+            self.assertIn("ALPN protocol: h2", s_client("-tls1_2", "-cipher", "ECDHE-ECDSA-AES128-GCM-SHA256"))
+            self.assertIn("ALPN protocol: h2", s_client("-tls1_3"))
+            for flags in (("-tls1_2", "-cipher", "ECDHE-ECDSA-AES128-SHA"), ("-tls1_1",)):
+                out = s_client(*flags)
+                self.assertNotIn("ALPN protocol: h2", out, flags)
+                self.assertRegex(out, r"Cipher is \(NONE\)|no peer certificate available", flags)
+            served(self, srv.port)
+            self.assertEqual(srv.stop(), 0)
+
     def test_http2_off_is_http11_only(self):
         with userd("--http2", "off", tls=True) as srv:
             self.assertEqual(curl("-k", "--http2", f"https://127.0.0.1:{tls_port(srv)}/v1/user"), ("1.1 200", DATASET))
@@ -299,6 +318,41 @@ class Clients(unittest.TestCase):
             self.assertIn(b"HTTP/2 200", p.stdout)
             self.assertEqual(curl("--http2-prior-knowledge", f"{base}/ticks?count=2"),
                              ("2 200", b'{"tick":0}\n{"tick":1}\n'))  # the loop goes on after the HEAD
+            self.assertEqual(srv.stop(), 0)
+
+    def test_a_stream_ends_with_trailers_over_h2_and_http11(self):
+        """Stream::end(trailers): after the body, a last HEADERS frame with END_STREAM on HTTP/2, the chunked
+        trailer section on HTTP/1.1; from the loop thread (/numbers) and from another (/ticks)."""
+        with Server([ARGS.stream, "127.0.0.1:0", ARGS.backend]) as srv:
+            c = Raw(srv.port)
+            for sid, path, body in ((1, "/numbers?count=3&trailers=1", b'{"n":0}\n{"n":1}\n{"n":2}\n'),
+                                    (3, "/ticks?count=2&trailers=1", b'{"tick":0}\n{"tick":1}\n')):
+                c.get(sid, path)
+                kinds = []
+                while True:
+                    f = c.until(lambda f: f[2] == sid)
+                    self.assertIsNotNone(f, path)
+                    kinds.append((f[0], bool(f[1] & END_STREAM)))
+                    if f[1] & END_STREAM:
+                        break
+                self.assertEqual(kinds[0], (HEADERS, False))
+                self.assertEqual(kinds[-1], (HEADERS, True), kinds)  # the trailers end the stream
+                self.assertTrue(all(k == (DATA, False) for k in kinds[1:-1]), kinds)
+                self.assertEqual(c.bodies[sid], body)
+                self.assertEqual(c.headers[sid]["x-lines"], path.split("count=")[1][0])
+            c.close()
+            for path in ("/numbers?count=3&trailers=1", "/ticks?count=2&trailers=1"):
+                s = connect(srv.port)
+                s.sendall(f"GET {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n".encode())
+                got = b""
+                while chunk := s.recv(65536):
+                    got += chunk
+                s.close()
+                self.assertIn(b"\r\nTransfer-Encoding: chunked\r\n", got)
+                lines = path.split("count=")[1][0]
+                self.assertTrue(got.endswith(f"\r\n0\r\nx-lines: {lines}\r\n\r\n".encode()), got[-60:])
+            self.assertEqual(curl("--http2-prior-knowledge", f"http://127.0.0.1:{srv.port}/numbers?count=2"),
+                             ("2 200", b'{"n":0}\n{"n":1}\n'))  # without: as before
             self.assertEqual(srv.stop(), 0)
 
 

@@ -29,8 +29,9 @@ struct OneConnection final : server::ReplyTarget {
     settle();
     return ok;
   }
-  bool stream_write(std::uint32_t, std::uint16_t, std::uint32_t seq, std::string_view data, bool end) noexcept override {
-    const bool ok = conn->stream_write(seq, data, end);
+  bool stream_write(std::uint32_t, std::uint16_t, std::uint32_t seq, std::string_view data, bool end,
+                    std::span<const userd::Header> trailers) noexcept override {
+    const bool ok = conn->stream_write(seq, data, end, trailers);
     settle();
     return ok;
   }

@@ -91,7 +91,8 @@ struct Clients final : server::ReplyTarget {
     return FetchRefused::NoUpstream;
   }
   bool stream_begin(std::uint32_t, std::uint16_t, std::uint32_t, const Response&) noexcept override { return false; }
-  bool stream_write(std::uint32_t, std::uint16_t, std::uint32_t, std::string_view, bool) noexcept override {
+  bool stream_write(std::uint32_t, std::uint16_t, std::uint32_t, std::string_view, bool,
+                    std::span<const userd::Header>) noexcept override {
     return false;
   }
   void stream_on_writable(std::uint32_t, std::uint16_t, std::uint32_t, std::function<void()>) override {}

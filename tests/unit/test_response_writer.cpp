@@ -2,6 +2,7 @@
 #include <doctest/doctest.h>
 
 #include <string>
+#include <vector>
 
 #include "libuserd/http/date.hpp"
 #include "libuserd/http/response_writer.hpp"
@@ -72,4 +73,27 @@ TEST_CASE("unknown statuses still get a valid status line") {
   h.date = "D";
   write_response_head(out, h);
   CHECK(str(out).substr(0, 17) == "HTTP/1.1 299 Stat");
+}
+
+TEST_CASE("trailers: valid fields pass; forbidden names, bad bytes and too many or too large are refused") {
+  using userd::Header;
+  const Header ok[] = {{"x-checksum", "abc"}, {"Server-Timing", "db;dur=53"}};
+  CHECK(userd::http::trailers_ok(ok));
+  CHECK(userd::http::trailers_ok({}));
+  for (const char* name : {"Content-Length", "transfer-encoding", "host", "Content-Type", "connection", "te",
+                           "trailer", "authorization", "set-cookie", "cache-control"}) {
+    const Header bad[] = {{name, "1"}};
+    CHECK_MESSAGE(!userd::http::trailers_ok(bad), name);
+  }
+  const Header split[] = {{"x-a", "1\r\nx-b: 2"}};
+  CHECK(!userd::http::trailers_ok(split));
+  const Header space[] = {{"x a", "1"}};
+  CHECK(!userd::http::trailers_ok(space));
+  std::vector<Header> many(userd::http::kMaxTrailerFields + 1, Header{"x-a", "1"});
+  CHECK(!userd::http::trailers_ok(many));
+  many.resize(userd::http::kMaxTrailerFields);
+  CHECK(userd::http::trailers_ok(many));
+  const std::string big(userd::http::kMaxTrailerBytes, 'v');
+  const Header large[] = {{"x-a", big}};
+  CHECK(!userd::http::trailers_ok(large));
 }

@@ -47,6 +47,12 @@ class Stream {
   // The end of the body; the connection then goes on with the client's next request. Any thread; it goes out
   // after every write that said true.
   bool end() const noexcept;
+  // The end, with trailer fields after the body (a checksum, a status known only at the end): a trailing HEADERS
+  // frame on HTTP/2, the chunked trailer section on HTTP/1.1; dropped where the framing has no place for them
+  // (HTTP/1.0, HEAD, a status without a body). False, and the stream not ended, when a field is not a valid
+  // name and value, is one RFC 9110 6.5.1 forbids in trailers (framing, routing, Host, Content-Type and the
+  // like), or they pass 8 KiB or 32 fields; otherwise as end().
+  bool end(std::span<const Header> trailers) const noexcept;
   // True while writes can still be taken: the client is there, the stream has not ended, the loops run. A
   // producer off the loop whose write() said false asks this to tell "too much waiting" (try again) from the
   // end.

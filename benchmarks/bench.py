@@ -686,7 +686,9 @@ def report(a, res, allocs, machine=None):
              "Servers: userd (`--threads 1`, each backend); Hyper 0.14 + tokio (`benchmarks/hyper-ref`, Debian's "
              "crates); nginx 1.22 (one worker, `return 200` from memory / `proxy_pass` over a keep-alive upstream "
              "pool); two floors (`benchmarks/floor_*.cpp`: canned responses for the requests seen in each read, "
-             "all in one send, no parsing).", ""]
+             "all in one send, no parsing). In the HTTP/2 jobs (h2load, `-m` streams per connection): h2o 2.2.5 "
+             "(one thread, `file.file`, no access log), nginx (`listen ... http2`), nghttpd 1.52 (the dataset as a "
+             "file; the same libnghttp2 as userd) and Hyper with `http2_only`.", ""]
     for job, g in res.items():
         fixed = JOBS[job][1] == "fixed" or JOBS[job][1].startswith("h2:")  # h2load: mean and max
         lines += [f"## {JOBS[job][0]}", "",

@@ -34,7 +34,7 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 sys.path.insert(0, os.path.join(ROOT, "tests", "integration"))
-from harness import Server  # noqa: E402
+from harness import Server, allocation_count  # noqa: E402
 
 SERVER_CPU = "0"
 
@@ -76,14 +76,19 @@ def cpu_seconds(pid):
     return total / 1e9
 
 
-def peak_rss_kb(pid):
+def status_kb(pid, field):
+    """A /proc/PID/status memory field (VmHWM, VmRSS), summed over pid's process tree."""
     total = 0
     for p in tree(pid):
         try:
-            total += int(re.search(r"VmHWM:\s+(\d+)", open(f"/proc/{p}/status").read()).group(1))
+            total += int(re.search(rf"{field}:\s+(\d+)", open(f"/proc/{p}/status").read()).group(1))
         except (OSError, AttributeError):
             pass
     return total
+
+
+def peak_rss_kb(pid):
+    return status_kb(pid, "VmHWM")
 
 
 def latency_us(text, pct):
@@ -241,21 +246,11 @@ def check_body_h2(port, dataset, scheme):
         raise RuntimeError(f"port {port}: HTTP/2 answer {tail!r}, body of {len(body)} bytes")
 
 
-def rss_kb(pid):
-    total = 0
-    for p in tree(pid):
-        try:
-            total += int(re.search(r"VmRSS:\s+(\d+)", open(f"/proc/{p}/status").read()).group(1))
-        except (OSError, AttributeError):
-            pass
-    return total
-
-
 def idle_h2_kib(port, pid, n=500):
     """What an idle h2c connection costs the server in memory: n connections each past the preface and the
     SETTINGS exchange, then nothing; the growth of the server's resident memory over n, in KiB."""
     import socket
-    before = rss_kb(pid)
+    before = status_kb(pid, "VmRSS")
     socks = []
     try:
         for _ in range(n):
@@ -268,7 +263,7 @@ def idle_h2_kib(port, pid, n=500):
                 got += c.recv(4096)
             c.sendall(b"\x00\x00\x00\x04\x01\x00\x00\x00\x00")
         time.sleep(1)
-        return (rss_kb(pid) - before) / n
+        return (status_kb(pid, "VmRSS") - before) / n
     finally:
         for c in socks:
             c.close()
@@ -293,14 +288,7 @@ def count_allocations(a, dataset, extra=()):
                         raise RuntimeError("body differs")
 
             def snapshot():
-                os.kill(srv.pid, signal.SIGUSR2)
-                for _ in range(100):
-                    time.sleep(0.02)
-                    if os.path.exists(counter):
-                        v = int(open(counter).read().split()[0])  # userd's own; OpenSSL's is second
-                        os.unlink(counter)
-                        return v
-                raise RuntimeError("no allocation count")
+                return allocation_count(srv.pid, counter)[0]  # userd's own; OpenSSL's is second
             run(2000)
             before = snapshot()
             run(10000)

@@ -21,6 +21,13 @@ namespace {
 // Content-Length are the server's own.
 char lower_ascii(char c) noexcept { return c >= 'A' && c <= 'Z' ? char(c + 32) : c; }
 
+// A field name as HTTP/2 sends it (RFC 9113 8.2.1: lowercase), appended to out.
+void append_lower(core::ByteBuffer& out, std::string_view name) {
+  const std::size_t at = out.size();
+  out.append(name);
+  for (std::size_t i = 0; i < name.size(); ++i) out.data()[at + i] = lower_ascii(out.data()[at + i]);
+}
+
 // The decimal digits of v into out (at least 20 bytes): their count.
 std::size_t decimal(std::uint64_t v, char* out) noexcept {
   char tmp[20];
@@ -293,12 +300,6 @@ void* H2Pool::realloc(void* p, std::size_t n) noexcept {
   std::memcpy(q, p, have);
   free(p);
   return q;
-}
-
-std::size_t H2Pool::kept() const noexcept {
-  std::size_t n = 0;
-  for (std::uint32_t c : count_) n += c;
-  return n;
 }
 
 H2Shared::H2Shared() {
@@ -637,10 +638,8 @@ void Http2Session::submit_head(Stream& st, int status, std::string_view content_
   auto add = [&](std::string_view name, std::string_view value, bool lower) {
     if (count == std::size(offs)) return;
     const std::size_t at = st.resp_fields.size();
-    st.resp_fields.append(name);
-    if (lower)
-      for (std::size_t i = 0; i < name.size(); ++i)
-        st.resp_fields.data()[at + i] = lower_ascii(st.resp_fields.data()[at + i]);
+    if (lower) append_lower(st.resp_fields, name);
+    else st.resp_fields.append(name);
     st.resp_fields.append(value);
     offs[count++] = {at, name.size(), at + name.size(), value.size()};
   };
@@ -750,10 +749,7 @@ bool Http2Session::stream_append(std::uint32_t id, std::string_view data, bool e
     if (end && !trailers.empty()) {
       st->trailer_fields.clear();
       for (const Header& h : trailers) {
-        const std::size_t at = st->trailer_fields.size();
-        st->trailer_fields.append(h.name);
-        for (std::size_t i = 0; i < h.name.size(); ++i)
-          st->trailer_fields.data()[at + i] = lower_ascii(st->trailer_fields.data()[at + i]);
+        append_lower(st->trailer_fields, h.name);
         st->trailer_fields.append(h.value);
       }
       st->trailer_nva.clear();

@@ -38,8 +38,6 @@ class H2Pool {
   void* alloc(std::size_t n) noexcept;
   void free(void* p) noexcept;
   void* realloc(void* p, std::size_t n) noexcept;
-  // Blocks on the free lists: for the tests.
-  std::size_t kept() const noexcept;
 
  private:
   static constexpr unsigned kClasses = 10, kMinShift = 5;  // 32 << 9 = 16 KiB

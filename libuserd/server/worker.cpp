@@ -439,11 +439,7 @@ bool Worker::post(Kind kind, std::uint32_t slot, std::uint16_t gen, std::uint32_
   // Everything that can fail (the copies, room in the inbox) comes first: a request is claimed, and its budget
   // charged, only once nothing can stop its answer from being queued.
   Posted p{kind, slot, gen, seq, r.status, std::string(r.content_type), std::string(r.body), {}, {}};
-  for (const Header& h : r.headers) {
-    p.header_bytes.append(h.name).append(h.value);
-    p.header_lengths.push_back(h.name.size());
-    p.header_lengths.push_back(h.value.size());
-  }
+  p.add_headers(r.headers);
   bool was_empty;
   {
     std::lock_guard<std::mutex> lock(inbox_mutex_);
@@ -599,11 +595,7 @@ bool Worker::stream_write(std::uint32_t slot, std::uint16_t gen, std::uint32_t s
     if (!end || !c.streaming(seq)) return false;
     try {
       Posted p{Kind::End, slot, gen, seq, 0, {}, {}, {}, {}};
-      for (const Header& h : trailers) {
-        p.header_bytes.append(h.name).append(h.value);
-        p.header_lengths.push_back(h.name.size());
-        p.header_lengths.push_back(h.value.size());
-      }
+      p.add_headers(trailers);
       stalled_.push_back(std::move(p));
     } catch (const std::bad_alloc&) {
       return false;

@@ -10,6 +10,7 @@
 #include <mutex>
 #include <string>
 #include <thread>
+#include <span>
 #include <vector>
 
 #include "libuserd/io/backend.hpp"
@@ -97,6 +98,13 @@ class Worker final : public ReplyTarget {
     int status;
     std::string content_type, body, header_bytes;  // header names and values back to back
     std::vector<std::size_t> header_lengths;        // name, value, name, value...
+    void add_headers(std::span<const Header> headers) {  // copies them (throws std::bad_alloc)
+      for (const Header& h : headers) {
+        header_bytes.append(h.name).append(h.value);
+        header_lengths.push_back(h.name.size());
+        header_lengths.push_back(h.value.size());
+      }
+    }
   };
   static std::size_t pending_cost(std::size_t body) noexcept;
   void settle(const Posted& p) noexcept;

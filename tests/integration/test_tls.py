@@ -20,7 +20,7 @@ import unittest
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
-from harness import Server, fd_targets, run_tests  # noqa: E402
+from harness import Server, allocation_count, fd_targets, run_tests  # noqa: E402
 
 ARGS = None
 DATASET = b""
@@ -737,14 +737,7 @@ class Allocations(unittest.TestCase):
                      env={"LD_PRELOAD": ARGS.alloc_counter, "ALLOC_COUNTER_FILE": counter})
 
         def snapshot():
-            os.kill(srv.pid, signal.SIGUSR2)
-            for _ in range(100):
-                time.sleep(0.02)
-                if os.path.exists(counter):
-                    v = tuple(map(int, open(counter).read().split()))
-                    os.unlink(counter)
-                    return v
-            raise RuntimeError("no allocation count")
+            return allocation_count(srv.pid, counter)
         try:
             c = None
             for _ in range(2000):

@@ -3,8 +3,10 @@
 // when the output has drained, so a slow reader costs no memory. GET /ticks?count=N writes one line every 10 ms
 // from another thread (writes from any thread): one ticker thread for every such stream, at most 256 of them.
 // With &trailers=1 either ends with a trailer field, x-lines: N (trailers after the body: HTTP/2's last HEADERS
-// frame, HTTP/1.1's chunked trailer section).
+// frame, HTTP/1.1's chunked trailer section). /ticks&size=B pads each line with spaces to B bytes (at most
+// 64 KiB): a producer that outruns its client sooner.
 // usage: stream [HOST:PORT] [io_uring|epoll]      (public headers only; prints "listening on HOST:PORT")
+#include <algorithm>
 #include <chrono>
 #include <condition_variable>
 #include <cstdio>
@@ -67,7 +69,8 @@ class Ticker {
     thread_.join();
   }
   // Starts a stream on res, or answers 503 when kMaxTicks are running already.
-  void add(const userd::Responder& res, unsigned long count, bool trailers) {
+  static constexpr std::size_t kMaxLine = 64 * 1024;
+  void add(const userd::Responder& res, unsigned long count, bool trailers, std::size_t size) {
     std::lock_guard<std::mutex> lock(m_);
     if (stopping_ || ticks_.size() >= kMaxTicks) {
       userd::Response busy;
@@ -79,7 +82,7 @@ class Ticker {
     userd::Response head;
     head.content_type = "application/x-ndjson";
     const userd::Stream s = res.stream(head);
-    if (s.alive()) ticks_.push_back({s, 0, count, trailers});  // not for HEAD: the head was the whole answer
+    if (s.alive()) ticks_.push_back({s, 0, count, trailers, std::min(size, kMaxLine)});  // not for HEAD: the head was the whole answer
   }
 
  private:
@@ -87,7 +90,13 @@ class Ticker {
     userd::Stream out;
     unsigned long next, count;
     bool trailers;
+    std::size_t size;
   };
+  static std::string line(const Tick& t) {
+    std::string l = "{\"tick\":" + std::to_string(t.next) + "}";
+    if (t.size > l.size() + 1) l.resize(t.size - 1, ' ');
+    return l + "\n";
+  }
   void run() {
     std::unique_lock<std::mutex> lock(m_);
     while (!(stopping_ && ticks_.empty())) {
@@ -98,7 +107,7 @@ class Ticker {
         if (t.next == t.count) {
           finish(t.out, t.trailers, t.count);
           drop = true;
-        } else if (t.out.write("{\"tick\":" + std::to_string(t.next) + "}\n")) {
+        } else if (t.out.write(line(t))) {
           ++t.next;
         } else {
           // Refused while alive: too much waits for a slow client, and the same tick goes next time. Refused
@@ -137,7 +146,8 @@ int main(int argc, char** argv) {
   });
   router.get("/ticks", [&ticker](const userd::Request& req, userd::Responder res) {
     ticker->add(res, std::strtoul(std::string(req.query_param("count")).c_str(), nullptr, 10),
-                req.query_param("trailers") == "1");
+                req.query_param("trailers") == "1",
+                std::strtoul(std::string(req.query_param("size")).c_str(), nullptr, 10));
   });
 
   userd::Server server(cfg, std::move(router));

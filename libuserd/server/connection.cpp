@@ -94,6 +94,8 @@ void Connection::on_timeout(Timer t) noexcept {
     ctx_->timers.set(*this, t == Timer::Send ? Timer::SendCheck : Timer::Send, ctx_->now_ms);
     return;
   }
+  if ((t == Timer::Send || t == Timer::SendCheck) && t_.is_open() && !t_.sending() && session_->on_send_timeout())
+    return;
   if ((t == Timer::Send || t == Timer::SendCheck) && ctx_->metrics) ctx_->metrics->send_timeouts.add();
   if (!t_.is_open() || (t != Timer::Header && t != Timer::Body)) {
     abort();  // idle, linger, or output that made no progress

@@ -31,6 +31,7 @@
 namespace userd::server {
 
 class ReplyTarget;
+class ExchangeTable;
 struct LoopContext;
 
 // What LoopContext::awaited holds per slot: the awaited request's token, or 0. The flags record what an answer
@@ -40,9 +41,6 @@ constexpr std::uint64_t awaited_token(std::uint16_t gen, std::uint32_t seq) noex
 }
 inline constexpr std::uint64_t kAwaitedStreaming = 1ull << 62;  // a Stream was begun: writes and end may follow
 inline constexpr std::uint64_t kAwaitedAnswered = 1ull << 61;   // send() or end() is on its way: nothing more
-// An HTTP/2 connection awaits many requests at once: its token names the connection (gen) only, and the loop
-// decides whether the request an answer names is still open.
-inline constexpr std::uint64_t kAwaitedMultiplexed = 1ull << 60;
 
 class Connection final : private Transport::Owner {
  public:
@@ -73,7 +71,9 @@ class Connection final : private Transport::Owner {
   void stream_on_writable(std::uint32_t id, std::function<void()> fn) {
     session_->stream_on_writable(id, std::move(fn));
   }
-  bool stream_backed_up() const noexcept { return session_->stream_backed_up(); }
+  bool stream_backed_up(std::uint32_t id) const noexcept { return session_->stream_backed_up(id); }
+  bool stream_waits(std::uint32_t id) const noexcept { return session_->stream_waits(id); }
+  void stream_stalled(std::uint32_t id, int delta) noexcept { session_->stream_stalled(id, delta); }
   void inbox_waits(bool on) noexcept { session_->inbox_waits(on); }
   bool inbox_waiting() const noexcept { return session_->inbox_waiting(); }
   // The worker's later-in-the-turn calls (ctx.writable_due, ctx.ready).
@@ -156,6 +156,8 @@ struct LoopContext {
   // By slot: the token of the request that slot's connection awaits an answer for, 0 when none. Written by the
   // loop, read by threads that answer from elsewhere (null in unit tests).
   std::atomic<std::uint64_t>* awaited = nullptr;
+  // HTTP/2's requests, each with a token of its own (exchanges.hpp); null in unit tests and without HTTP/2.
+  ExchangeTable* exchanges = nullptr;
   // Streams whose on_writable callback is due, and connections whose queued requests go on after an answer
   // from elsewhere: run by the worker after the turn's completions, never from inside another connection call.
   std::vector<std::pair<std::uint32_t, std::uint16_t>> writable_due;

@@ -373,7 +373,7 @@ void Http1Session::stream_on_writable(std::uint32_t seq, std::function<void()> f
   if (t_->queued() <= Transport::kOutLowWater && !writable_due_) writable_soon();
 }
 
-bool Http1Session::stream_backed_up() const noexcept {
+bool Http1Session::stream_backed_up(std::uint32_t) const noexcept {
   return streaming_ && t_->is_open() && t_->queued() > Transport::kOutHighWater;
 }
 

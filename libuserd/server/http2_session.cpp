@@ -14,6 +14,7 @@
 
 #include "libuserd/http/response_writer.hpp"
 #include "libuserd/server/connection.hpp"
+#include "libuserd/server/exchanges.hpp"
 
 namespace userd::server {
 namespace {
@@ -222,6 +223,7 @@ struct H2Callbacks {
     }
     Http2Session& h = self(user);
     h.frame_tokens_ = std::min(h.frame_tokens_ + 2, Http2Session::kFrameBurst);  // each DATA earns a WINDOW_UPDATE
+    st->framed_ms = h.ctx_->now_ms;
     if (st->streaming && st->soff == st->sbuf.size()) {  // all framed (copied into the queue): start over
       st->sbuf.clear();
       st->soff = 0;
@@ -232,6 +234,7 @@ struct H2Callbacks {
 
 
 namespace {
+constexpr std::size_t kStreamBuffer = 64 * 1024;  // a stream's written-but-unframed bytes, before write() says false
 constexpr std::size_t kHeader = 16;  // keeps nghttp2's blocks 16-byte aligned, as malloc's
 constexpr std::uint8_t kLarge = 0xff;
 }  // namespace
@@ -372,12 +375,16 @@ bool Http2Session::start() noexcept {
   return true;
 }
 
-// Answers from other threads are queued for the loop, which finds the stream (if it is still open) by the id the
-// Responder holds: the slot's token says "multiplexed", not which request.
+// The slot's own token names no request: each stream a handler holds publishes its own (ctx.exchanges).
 void Http2Session::publish() noexcept {
-  if (ctx_->awaited)
-    ctx_->awaited[t_->slot()].store(awaited_token(t_->gen(), 0) | kAwaitedMultiplexed, std::memory_order_relaxed);
+  if (ctx_->awaited) ctx_->awaited[t_->slot()].store(0, std::memory_order_relaxed);
   t_->hold(false);
+}
+
+// The stream is answered (or can no longer be): answers from other threads for it are refused from now on.
+void Http2Session::stop_awaiting(Stream& st) noexcept {
+  st.awaiting = false;
+  if (st.xslot && ctx_->exchanges) ctx_->exchanges->unpublish(st.xslot);
 }
 
 Http2Session::Stream* Http2Session::take_stream() noexcept {
@@ -392,7 +399,7 @@ Http2Session::Stream* Http2Session::take_stream() noexcept {
   Stream* st = spare_.back().release();
   spare_.pop_back();
   st->id = 0;
-  st->seq = 0;
+  st->seq = st->xslot = 0;
   st->ready = st->awaiting = st->answered = st->head_only = st->refused = false;
   st->refuse_status = 0;
   st->head_bytes = 0;
@@ -406,7 +413,7 @@ Http2Session::Stream* Http2Session::take_stream() noexcept {
   st->ex.log_request.clear();
   st->streaming = st->stream_end = false;
   st->sbuf.clear();
-  st->soff = 0;
+  st->soff = st->stalled = 0;
   st->trailer_nva.clear();
   live_.push_back(st);
   return st;
@@ -416,6 +423,9 @@ void Http2Session::give_back(Stream* st) noexcept {
   if (reading_ == st) reading_ = nullptr;
   if (current_ == st) current_ = nullptr;
   st->writable = nullptr;  // what the producer's callback holds goes now
+  if (st->xslot && ctx_->exchanges) ctx_->exchanges->close(st->xslot);
+  st->xslot = 0;
+  if (st->stalled) writable_soon();  // the worker drops what it holds for this stream, now
   live_.erase(std::find(live_.begin(), live_.end(), st));
   spare_.emplace_back(st);  // reserved in take_stream's growth: live_ plus spare_ never exceed what was made
 }
@@ -530,7 +540,7 @@ bool Http2Session::make_head(Stream& st) {
 }
 
 void Http2Session::dispatch(Stream& st) {
-  st.seq = ++next_seq_ ? next_seq_ : ++next_seq_;  // 0 names no request
+  if (!ctx_->exchanges) st.seq = ++next_seq_ ? next_seq_ : ++next_seq_;  // 0 names no request
   current_ = &st;
   if (st.refused) {
     st.ex.route = ctx_->router->route_count();
@@ -554,15 +564,23 @@ void Http2Session::dispatch(Stream& st) {
   Request request = Dispatch::request(*ctx_, st.head, {st.body.data(), st.body.size()});
   if (!Dispatch::prepare(request, *conn_, st.head, st.params, st.decode))
     return submit_error(st, 400, "malformed percent-escape in the path or query");
+  // Its Responder names an exchange of its own when the loop keeps a table (a worker), else the connection.
+  std::uint32_t rslot = t_->slot();
+  if (ctx_->exchanges) {
+    const ExchangeTable::Opened x = ctx_->exchanges->open(t_->slot(), t_->gen(), awaited_token);
+    if (!x.slot) throw std::bad_alloc();  // more than connections times streams: cannot happen
+    rslot = st.xslot = x.slot;
+    st.seq = x.seq;
+  }
   st.awaiting = true;
   const std::uint32_t seq = st.seq;
   in_dispatch_ = true;
-  const bool ok = Dispatch::run(*ctx_, *m.handler, request, Dispatch::responder(*ctx_, t_->slot(), t_->gen(), seq));
+  const bool ok = Dispatch::run(*ctx_, *m.handler, request, Dispatch::responder(*ctx_, rslot, t_->gen(), seq));
   in_dispatch_ = false;
   Stream* still = find(seq);
   if (!ok && still && still->awaiting) {
     if (still->streaming) {  // the head and maybe some body are out: that stream cannot be finished
-      still->awaiting = false;
+      stop_awaiting(*still);
       nghttp2_submit_rst_stream(s_, NGHTTP2_FLAG_NONE, still->id, NGHTTP2_INTERNAL_ERROR);
     } else {
       submit_error(*still, 500, "internal error");
@@ -604,8 +622,9 @@ void Http2Session::submit_error(Stream& st, int status, std::string_view message
 // nghttp2; its body goes out as DATA frames from where it lives (static) or from the stream's copy.
 void Http2Session::submit(Stream& st, int status, std::string_view content_type, std::span<const Header> headers,
                           std::string_view body, bool body_static) {
-  st.awaiting = false;
+  stop_awaiting(st);
   st.answered = true;
+  st.framed_ms = ctx_->now_ms;
   const bool with_body = !st.head_only && http::status_has_body(status) && !body.empty();
   st.resp_off = 0;
   st.resp_len = with_body ? body.size() : 0;
@@ -699,7 +718,7 @@ bool Http2Session::stream_begin(std::uint32_t id, const Response& head) noexcept
     }
     const std::string_view ct = check.has_content_type ? std::string_view() : head.content_type;
     if (st->head_only || !http::status_has_body(head.status)) {  // the head is the whole answer
-      st->awaiting = false;
+      stop_awaiting(*st);
       st->answered = true;
       submit_head(*st, head.status, ct, head.headers, nullptr, nullptr);
       Dispatch::record(*ctx_, st->ex, *conn_, head.status, 0);
@@ -716,6 +735,12 @@ bool Http2Session::stream_begin(std::uint32_t id, const Response& head) noexcept
     prd.read_callback = H2Callbacks::stream_read;
     submit_head(*st, head.status, ct, head.headers, nullptr, &prd);
     st->streaming = true;
+    st->framed_ms = ctx_->now_ms;
+    if (st->xslot) {  // begun here on the loop: writes from other threads may follow (never undo an end)
+      std::uint64_t t = awaited_token(t_->gen(), st->seq);
+      ctx_->exchanges->get(st->xslot)->token.compare_exchange_strong(t, t | kAwaitedStreaming,
+                                                                     std::memory_order_relaxed);
+    }
     st->answered = true;
     st->deadline_ms = ctx_->now_ms + ctx_->handler_timeout_ms;
     ok = true;
@@ -723,8 +748,6 @@ bool Http2Session::stream_begin(std::uint32_t id, const Response& head) noexcept
   after_answer();
   return ok;
 }
-
-constexpr std::size_t kStreamBuffer = 64 * 1024;
 
 bool Http2Session::stream_write(std::uint32_t id, std::string_view data, bool end,
                                 std::span<const Header> trailers) noexcept {
@@ -763,7 +786,7 @@ bool Http2Session::stream_append(std::uint32_t id, std::string_view data, bool e
     }
     if (end) {
       st->stream_end = true;
-      st->awaiting = false;
+      stop_awaiting(*st);
       st->writable = nullptr;
       Dispatch::record(*ctx_, st->ex, *conn_, st->stream_status, st->stream_bytes);
     }
@@ -781,7 +804,22 @@ void Http2Session::stream_on_writable(std::uint32_t id, std::function<void()> fn
   if (st->sbuf.size() - st->soff <= Transport::kOutLowWater && t_->queued() <= Transport::kOutLowWater) writable_soon();
 }
 
-bool Http2Session::stream_backed_up() const noexcept { return t_->is_open() && t_->queued() > Transport::kOutHighWater; }
+// Per stream: one whose client does not open its window holds back only its own producer.
+bool Http2Session::stream_backed_up(std::uint32_t id) const noexcept {
+  if (!t_->is_open()) return false;
+  if (t_->queued() > Transport::kOutHighWater) return true;
+  const Stream* st = find(id);
+  return st && st->sbuf.size() - st->soff > kStreamBuffer;
+}
+
+bool Http2Session::stream_waits(std::uint32_t id) const noexcept {
+  const Stream* st = find(id);
+  return st && st->stalled;
+}
+
+void Http2Session::stream_stalled(std::uint32_t id, int delta) noexcept {
+  if (Stream* st = find(id)) st->stalled = std::uint32_t(int(st->stalled) + delta);
+}
 
 void Http2Session::writable_soon() noexcept {
   if (writable_due_) return;
@@ -806,7 +844,7 @@ void Http2Session::run_writable() noexcept {
       fn();
     } catch (...) {  // a producer that throws mid-stream: that stream cannot be finished
       if (Stream* again = find(due[i])) {
-        again->awaiting = false;
+        stop_awaiting(*again);
         nghttp2_submit_rst_stream(s_, NGHTTP2_FLAG_NONE, again->id, NGHTTP2_INTERNAL_ERROR);
       }
     }
@@ -819,11 +857,41 @@ void Http2Session::run_writable() noexcept {
 // timeout (10 s by default, nghttpd's too), or at the body deadline if a request is being read then. Each
 // stream's request must be in within the body timeout of its HEADERS: the connection's Body deadline is the
 // earliest, re-armed for the rest when it passes (so a stream's 408 comes within one to two body timeouts).
+// An answer with bytes nghttp2 will not frame while nothing waits for the socket is held by flow control: its
+// client keeps the stream's (or the connection's) window shut. That has the send deadline, judged per stream.
 Timer Http2Session::deadline() const noexcept {
-  for (const Stream* st : live_)
+  bool held = false;
+  for (const Stream* st : live_) {
     if (!st->ready) return Timer::Body;  // a request still being read (and the SETTINGS ACK, when it passes)
+    held |= stuck(*st);
+  }
   if (settings_unacked_ && !draining_) return Timer::Header;
+  if (held && t_->queued() == 0) return Timer::Send;
   return live_.empty() ? Timer::Idle : Timer::None;
+}
+
+bool Http2Session::stuck(const Stream& st) noexcept {
+  return st.answered && (st.streaming ? st.sbuf.size() > st.soff : st.resp_off < st.resp_len);
+}
+
+// RFC 9113 5.4.2: a stream whose client has taken no DATA of it for the send timeout is reset (CANCEL) and its
+// producer sees it gone; the connection and its other streams go on. Nothing due yet: the deadline starts over.
+bool Http2Session::on_send_timeout() noexcept {
+  if (!s_) return false;
+  const std::uint64_t limit = ctx_->timers.duration(Timer::Send);
+  for (Stream* st : live_) {
+    if (!stuck(*st) || ctx_->now_ms - st->framed_ms < limit) continue;
+    if (ctx_->metrics) ctx_->metrics->send_timeouts.add();
+    stop_awaiting(*st);
+    st->writable = nullptr;
+    st->resp_off = st->resp_len;  // nothing more of it is framed
+    st->sbuf.clear();
+    st->soff = 0;
+    nghttp2_submit_rst_stream(s_, NGHTTP2_FLAG_NONE, st->id, NGHTTP2_CANCEL);
+  }
+  pump();
+  conn_->update_waits();
+  return true;
 }
 
 bool Http2Session::input_stuck(bool) const noexcept { return false; }  // nghttp2 takes all it is given
@@ -842,7 +910,7 @@ void Http2Session::on_timeout(Timer t) noexcept {
         held = true;  // written lately, or held back by its client (the send deadline judges the client)
       } else if (t == Timer::Handler && st.awaiting && st.streaming) {
         if (ctx_->metrics) ctx_->metrics->handler_timeouts.add();
-        st.awaiting = false;  // the producer stopped writing: this stream cannot be finished
+        stop_awaiting(st);  // the producer stopped writing: this stream cannot be finished
         nghttp2_submit_rst_stream(s_, NGHTTP2_FLAG_NONE, st.id, NGHTTP2_INTERNAL_ERROR);
       } else if (t == Timer::Handler && st.awaiting && st.deadline_ms > ctx_->now_ms) {
         held = true;  // dispatched after the oldest: its own deadline is later
@@ -872,7 +940,7 @@ void Http2Session::drain() noexcept {
 
 
 void Http2Session::on_abort() noexcept {
-  for (Stream* st : live_) st->awaiting = false;
+  for (Stream* st : live_) stop_awaiting(*st);
   if (ctx_->awaited) ctx_->awaited[t_->slot()].store(0, std::memory_order_relaxed);
 }
 
@@ -880,7 +948,11 @@ void Http2Session::on_released() noexcept {
   on_abort();
   if (s_) nghttp2_session_del(s_);  // closes no stream through our callbacks
   s_ = nullptr;
-  for (Stream* st : live_) spare_.emplace_back(st);
+  for (Stream* st : live_) {
+    if (st->xslot && ctx_->exchanges) ctx_->exchanges->close(st->xslot);
+    st->xslot = 0;
+    spare_.emplace_back(st);
+  }
   live_.clear();
   ready_.clear();
 }

@@ -75,6 +75,7 @@ class Http2Session final : public Session {
   Timer deadline() const noexcept override;
   bool input_stuck(bool paused) const noexcept override;
   void on_timeout(Timer t) noexcept override;
+  bool on_send_timeout() noexcept override;
   void drain() noexcept override;
   void on_abort() noexcept override;
   void on_released() noexcept override;
@@ -88,7 +89,9 @@ class Http2Session final : public Session {
                     std::span<const Header> trailers) noexcept override;
   bool stream_write_taken(std::uint32_t id, std::string_view data) noexcept override;
   void stream_on_writable(std::uint32_t id, std::function<void()> fn) override;
-  bool stream_backed_up() const noexcept override;
+  bool stream_backed_up(std::uint32_t id) const noexcept override;
+  bool stream_waits(std::uint32_t id) const noexcept override;
+  void stream_stalled(std::uint32_t id, int delta) noexcept override;
   void run_writable() noexcept override;
   // Nothing queues behind an HTTP/2 answer: never on ctx.ready.
   void run_ready() noexcept override {}
@@ -100,6 +103,7 @@ class Http2Session final : public Session {
   struct Stream {
     std::int32_t id = 0;
     std::uint32_t seq = 0;       // what its Responder holds
+    std::uint32_t xslot = 0;     // its exchange (ctx.exchanges), while a handler may hold its Responder
     bool ready = false;          // headers (and body) are in: due for dispatch
     bool awaiting = false;       // a handler holds its Responder
     bool answered = false;       // a response was submitted
@@ -108,6 +112,7 @@ class Http2Session final : public Session {
     int refuse_status = 0;
     std::uint64_t deadline_ms = 0;  // the handler's (ctx.now_ms based)
     std::uint64_t body_deadline_ms = 0;  // its request must be in by then (the body timeout from its HEADERS)
+    std::uint64_t framed_ms = 0;  // its answer was submitted, or DATA of it framed, last at (see stuck())
     std::size_t head_bytes = 0;  // RFC 9113 6.5.2's size of the header list so far
     core::ByteBuffer fields;     // names and values, back to back; views are made once the head is complete
     struct Field {
@@ -130,6 +135,7 @@ class Http2Session final : public Session {
     std::size_t stream_bytes = 0;
     core::ByteBuffer sbuf;
     std::size_t soff = 0;
+    std::uint32_t stalled = 0;  // its off-loop writes the worker holds back (stream_stalled)
     core::ByteBuffer trailer_fields;  // the end's trailers (names lowercased), sent once the body is framed
     std::vector<nghttp2_nv> trailer_nva;
     std::function<void()> writable;
@@ -143,6 +149,7 @@ class Http2Session final : public Session {
   Stream* find(std::uint32_t seq) const noexcept;
   Stream* take_stream() noexcept;
   bool mark_ready(Stream& st) noexcept;
+  static bool stuck(const Stream& st) noexcept;
   void give_back(Stream* s) noexcept;
   void dispatch_ready();
   void dispatch(Stream& s);
@@ -158,6 +165,7 @@ class Http2Session final : public Session {
   void submit_head(Stream& st, int status, std::string_view content_type, std::span<const Header> headers,
                    const std::string_view* length_of, const nghttp2_data_provider* prd);  // mem_send into the transport until its queue is full or nghttp2 has nothing
   void publish() noexcept;
+  void stop_awaiting(Stream& st) noexcept;
   bool spend(std::uint32_t& tokens) noexcept;
   void refill() noexcept;
   static constexpr std::uint32_t kResetBurst = 200, kResetPerSecond = 20;

@@ -25,6 +25,10 @@ class Session {
   virtual Timer deadline() const noexcept = 0;
   virtual bool input_stuck(bool paused) const noexcept = 0;
   virtual void on_timeout(Timer t) noexcept = 0;  // Header, Body or Handler
+  // The send deadline passed with nothing on its way to the socket: true when the session judges its own
+  // streams (HTTP/2: one whose client keeps its window shut is reset, the others go on); false: the connection
+  // ends, as for output that makes no progress.
+  virtual bool on_send_timeout() noexcept { return false; }
   // The server is stopping: finish what is in flight, take nothing new.
   virtual void drain() noexcept = 0;
   // The connection is ending (abort), and later its slot is free again (released).
@@ -43,13 +47,19 @@ class Session {
   // high-water mark, which the worker's own bound on waiting data keeps in check.
   virtual bool stream_write_taken(std::uint32_t id, std::string_view data) noexcept = 0;
   virtual void stream_on_writable(std::uint32_t id, std::function<void()> fn) = 0;
-  // A stream past the high-water mark: off-loop data for it waits in the worker.
-  virtual bool stream_backed_up() const noexcept = 0;
+  // A stream past its high-water mark (its connection's output, or on HTTP/2 its own buffer): off-loop data
+  // for it waits in the worker.
+  virtual bool stream_backed_up(std::uint32_t id) const noexcept = 0;
+  // Off-loop data for this stream waits in the worker (what follows it waits too, to stay in order); the
+  // worker counts what it holds for the stream up (+1) and down (-1).
+  virtual bool stream_waits(std::uint32_t id) const noexcept = 0;
+  virtual void stream_stalled(std::uint32_t id, int delta) noexcept = 0;
   // The worker's later-in-the-turn calls: ctx.writable_due and ctx.ready.
   virtual void run_writable() noexcept = 0;
   virtual void run_ready() noexcept = 0;
   virtual bool ready_due() const noexcept = 0;  // on ctx.ready
-  // The worker holds off-loop stream data for this session: once output drains it asks for a writable turn.
+  // The worker holds off-loop stream data for this session: once output drains (or a stream it holds data for
+  // closes) it asks for a writable turn.
   virtual void inbox_waits(bool on) noexcept = 0;
   virtual bool inbox_waiting() const noexcept = 0;
 

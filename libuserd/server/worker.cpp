@@ -70,6 +70,8 @@ Worker::Worker(const ServerConfig& cfg, const Router& router, int listen_fd, int
   if (cfg.http2) {
     ctx_.h2 = std::make_unique<H2Shared>();
     ctx_.h2_max_streams = cfg.http2_max_streams;
+    exchanges_ = std::make_unique<ExchangeTable>(std::size_t(cfg.max_conns) * cfg.http2_max_streams);
+    ctx_.exchanges = exchanges_.get();
   }
   if (cfg.log) ctx_.log = &cfg.log;
   awaited_.reset(new std::atomic<std::uint64_t>[cfg.max_conns ? cfg.max_conns : 1]());
@@ -279,6 +281,10 @@ void Worker::tick() noexcept {
 }
 
 Connection* Worker::find(std::uint32_t slot, std::uint16_t gen) const noexcept {
+  if (slot & kExchangeSlot) {  // an HTTP/2 request: its connection, while its stream is open
+    std::uint16_t conn_gen;
+    if (!exchanges_ || !exchanges_->owner(slot, slot, conn_gen) || conn_gen != gen) return nullptr;
+  }
   if (slot >= conns_.size()) return nullptr;
   Connection* c = conns_[slot].get();
   return c->gen() == gen && !c->released() ? c : nullptr;
@@ -410,7 +416,7 @@ bool Worker::answer(Kind kind, std::uint32_t slot, std::uint16_t gen, std::uint3
       return false;
     }
   }
-  if (slot < cfg_.max_conns && (awaited_[slot].load(std::memory_order_relaxed) & kAwaitedAnswered)) return false;
+  if (const auto* a = awaited_at(slot); a && (a->load(std::memory_order_relaxed) & kAwaitedAnswered)) return false;
   Connection* conn = find(slot, gen);
   if (!conn) return false;
   const bool ok = op(*conn);
@@ -427,18 +433,19 @@ bool Worker::reply(std::uint32_t slot, std::uint16_t gen, std::uint32_t seq, con
 // While the server drains, answers to requests in flight are still taken: that is what the drain waits for.
 // Only once the loop has ended is there nobody to deliver them.
 bool Worker::post(Kind kind, std::uint32_t slot, std::uint16_t gen, std::uint32_t seq, const Response& r) {
-  if (ended_.load(std::memory_order_acquire) || slot >= cfg_.max_conns) return false;
+  std::atomic<std::size_t>* pending = pending_at(slot);
+  if (ended_.load(std::memory_order_acquire) || !pending) return false;
   // A producer that outruns its client is told (false) instead of growing what waits (kStreamPending). A
   // write bigger than the bound is still taken when nothing waits, so that any write can get through.
   const std::size_t cost = kind == Kind::Write ? pending_cost(r.body.size()) : 0;
   if (kind == Kind::Write) {
-    const std::size_t stream = stream_pending_[slot].load(std::memory_order_relaxed);
+    const std::size_t stream = pending->load(std::memory_order_relaxed);
     const std::size_t loop = pending_bytes_.load(std::memory_order_relaxed);
     if ((stream && stream + cost > kStreamPending) || (loop && loop + cost > kLoopPending)) return false;
   }
   // Everything that can fail (the copies, room in the inbox) comes first: a request is claimed, and its budget
   // charged, only once nothing can stop its answer from being queued.
-  Posted p{kind, slot, gen, seq, r.status, std::string(r.content_type), std::string(r.body), {}, {}};
+  Posted p{kind, slot, gen, seq, 0, r.status, std::string(r.content_type), std::string(r.body), {}, {}};
   p.add_headers(r.headers);
   bool was_empty;
   {
@@ -450,7 +457,7 @@ bool Worker::post(Kind kind, std::uint32_t slot, std::uint16_t gen, std::uint32_
     if (!claim(kind, slot, gen, seq)) return false;
     if (cost) {
       pending_bytes_.fetch_add(cost, std::memory_order_relaxed);
-      stream_pending_[slot].fetch_add(cost, std::memory_order_relaxed);
+      pending->fetch_add(cost, std::memory_order_relaxed);
     }
     was_empty = inbox_.empty() && soon_.empty();
     inbox_.push_back(std::move(p));  // reserved: does not throw
@@ -462,12 +469,30 @@ bool Worker::post(Kind kind, std::uint32_t slot, std::uint16_t gen, std::uint32_
 
 std::size_t Worker::pending_cost(std::size_t body) noexcept { return body + sizeof(Posted); }
 
+// The token and the waiting stream data of the request a Responder names: its connection's slot (HTTP/1.1), or
+// its own exchange (HTTP/2). Null when the slot names neither.
+std::atomic<std::uint64_t>* Worker::awaited_at(std::uint32_t slot) const noexcept {
+  if (slot & kExchangeSlot) {
+    ExchangeTable::Entry* e = exchanges_ ? exchanges_->get(slot) : nullptr;
+    return e ? &e->token : nullptr;
+  }
+  return slot < cfg_.max_conns ? &awaited_[slot] : nullptr;
+}
+
+std::atomic<std::size_t>* Worker::pending_at(std::uint32_t slot) const noexcept {
+  if (slot & kExchangeSlot) {
+    ExchangeTable::Entry* e = exchanges_ ? exchanges_->get(slot) : nullptr;
+    return e ? &e->pending : nullptr;
+  }
+  return slot < cfg_.max_conns ? &stream_pending_[slot] : nullptr;
+}
+
 // What a delivered or dropped write stops holding against the bounds.
 void Worker::settle(const Posted& p) noexcept {
   if (p.kind != Kind::Write) return;
   const std::size_t cost = pending_cost(p.body.size());
   pending_bytes_.fetch_sub(cost, std::memory_order_relaxed);
-  stream_pending_[p.slot].fetch_sub(cost, std::memory_order_relaxed);
+  if (std::atomic<std::size_t>* pending = pending_at(p.slot)) pending->fetch_sub(cost, std::memory_order_relaxed);
 }
 
 void Worker::drain_inbox() noexcept {
@@ -493,13 +518,15 @@ void Worker::drain_inbox() noexcept {
     // Stream data its connection cannot take yet waits, and so does everything after it on that stream (the
     // end too): the producer was told yes, so it is delivered later, in order, never dropped.
     if ((p.kind == Kind::Write || p.kind == Kind::End) &&
-        (conn->inbox_waiting() || (p.kind == Kind::Write && conn->stream_backed_up()))) {
+        (conn->stream_waits(p.seq) || (p.kind == Kind::Write && conn->stream_backed_up(p.seq)))) {
       try {
+        p.conn_slot = conn->slot();
         stalled_.push_back(std::move(p));
         conn->inbox_waits(true);
+        conn->stream_stalled(stalled_.back().seq, +1);
         continue;
       } catch (const std::bad_alloc&) {
-        if (conn->inbox_waiting()) {  // behind data that waits: sent now it would be out of order, dropped a hole
+        if (conn->stream_waits(p.seq)) {  // behind data that waits: sent now it would be out of order, dropped a hole
           settle(p);
           conn->abort();
           after(*conn);
@@ -547,21 +574,35 @@ void Worker::deliver(Posted& p, Connection& conn) noexcept {
 // connection is full again.
 void Worker::deliver_stalled(Connection& conn) noexcept {
   conn.inbox_waits(false);
-  bool full = false;
+  // A stream still backed up keeps its data, and everything after it on that stream, in order; the
+  // connection's other streams go on. Past kBlocked such streams, all the rest waits for the next turn.
+  constexpr std::size_t kBlocked = 64;
+  std::uint32_t blocked[kBlocked];
+  std::size_t nblocked = 0;
+  bool waits = false;
   std::size_t keep = 0;
   for (std::size_t i = 0; i < stalled_.size(); ++i) {
     Posted& p = stalled_[i];
-    const bool ours = p.slot == conn.slot() && p.gen == conn.gen();
-    if (ours && !full && p.kind == Kind::Write && conn.stream_backed_up()) full = true;
-    if (!ours || full) {
+    const bool ours = p.conn_slot == conn.slot() && p.gen == conn.gen();
+    bool hold = !ours;
+    if (ours) {
+      hold = nblocked == kBlocked || std::find(blocked, blocked + nblocked, p.seq) != blocked + nblocked;
+      if (!hold && p.kind == Kind::Write && conn.stream_backed_up(p.seq)) {
+        blocked[nblocked++] = p.seq;
+        hold = true;
+      }
+      waits |= hold;
+    }
+    if (hold) {
       if (keep != i) stalled_[keep] = std::move(p);
       ++keep;
       continue;
     }
+    conn.stream_stalled(p.seq, -1);
     deliver(p, conn);
   }
   stalled_.erase(stalled_.begin() + std::ptrdiff_t(keep), stalled_.end());
-  if (full) conn.inbox_waits(true);
+  if (waits) conn.inbox_waits(true);
 }
 
 // The slot's connection is gone (its generation has already moved on): what waited for it is dropped and its
@@ -569,7 +610,7 @@ void Worker::deliver_stalled(Connection& conn) noexcept {
 void Worker::drop_stalled(std::uint32_t slot) noexcept {
   std::size_t keep = 0;
   for (std::size_t i = 0; i < stalled_.size(); ++i) {
-    if (stalled_[i].slot == slot) {
+    if (stalled_[i].conn_slot == slot) {
       settle(stalled_[i]);
       continue;
     }
@@ -589,17 +630,18 @@ bool Worker::stream_write(std::uint32_t slot, std::uint16_t gen, std::uint32_t s
   r.body = data;
   r.headers = trailers;  // an end's trailers travel as a posted answer's headers
   return answer(end ? Kind::End : Kind::Write, slot, gen, seq, r, [&](Connection& c) {
-    if (!c.inbox_waiting()) return c.stream_write(seq, data, end, trailers);
-    // On the loop, with data from another thread still waiting for this connection: a write would overtake it
+    if (!c.stream_waits(seq)) return c.stream_write(seq, data, end, trailers);
+    // On the loop, with data from another thread still waiting for this stream: a write would overtake it
     // (false: on_writable runs once it is out), and so would the end, which instead waits behind it.
     if (!end || !c.streaming(seq)) return false;
     try {
-      Posted p{Kind::End, slot, gen, seq, 0, {}, {}, {}, {}};
+      Posted p{Kind::End, slot, gen, seq, c.slot(), 0, {}, {}, {}, {}};
       p.add_headers(trailers);
       stalled_.push_back(std::move(p));
     } catch (const std::bad_alloc&) {
       return false;
     }
+    c.stream_stalled(seq, +1);
     claim(Kind::End, slot, gen, seq);  // answered from now on: later writes and ends are refused
     return true;
   });
@@ -609,18 +651,15 @@ bool Worker::stream_write(std::uint32_t slot, std::uint16_t gen, std::uint32_t s
 // begin needs a request nobody answered yet, writes and the end need a begun stream; reply and end leave it
 // answered. A compare-and-swap, so that of two threads only one wins.
 bool Worker::claim(Kind kind, std::uint32_t slot, std::uint16_t gen, std::uint32_t seq) noexcept {
-  if (slot >= cfg_.max_conns) return false;
-  // HTTP/2: many requests of the connection await at once; the loop checks the one this answer names when it
-  // delivers it (a second answer to a stream is dropped there).
-  const std::uint64_t now = awaited_[slot].load(std::memory_order_relaxed);
-  if ((now & kAwaitedMultiplexed) && std::uint16_t(now >> 32) == gen) return true;
+  std::atomic<std::uint64_t>* awaited = awaited_at(slot);
+  if (!awaited) return false;
   const std::uint64_t t = awaited_token(gen, seq);
   std::uint64_t from = kind == Kind::Write || kind == Kind::End ? t | kAwaitedStreaming : t;
   const std::uint64_t to = kind == Kind::Reply || kind == Kind::End ? t | kAwaitedAnswered
                            : kind == Kind::Begin                   ? t | kAwaitedStreaming
                                                                    : from;
-  if (from == to) return awaited_[slot].load(std::memory_order_relaxed) == from;
-  return awaited_[slot].compare_exchange_strong(from, to, std::memory_order_relaxed);
+  if (from == to) return awaited->load(std::memory_order_relaxed) == from;
+  return awaited->compare_exchange_strong(from, to, std::memory_order_relaxed);
 }
 
 void Worker::stream_on_writable(std::uint32_t slot, std::uint16_t gen, std::uint32_t seq, std::function<void()> fn) {
@@ -663,9 +702,9 @@ FetchRefused Worker::fetch(std::size_t upstream, const UpstreamRequest& request,
 bool Worker::awaiting(std::uint32_t slot, std::uint16_t gen, std::uint32_t seq) const noexcept {
   // Off the loop thread the connection is not ours to look at: the token its loop publishes says it.
   if (std::this_thread::get_id() != loop_thread_) {
-    if (ended_.load(std::memory_order_acquire) || slot >= cfg_.max_conns) return false;
-    const std::uint64_t v = awaited_[slot].load(std::memory_order_relaxed), t = awaited_token(gen, seq);
-    if ((v & kAwaitedMultiplexed) && std::uint16_t(v >> 32) == gen) return true;  // HTTP/2: its connection lives
+    const std::atomic<std::uint64_t>* awaited = awaited_at(slot);
+    if (ended_.load(std::memory_order_acquire) || !awaited) return false;
+    const std::uint64_t v = awaited->load(std::memory_order_relaxed), t = awaited_token(gen, seq);
     return v == t || v == (t | kAwaitedStreaming);
   }
   Connection* conn = find(slot, gen);

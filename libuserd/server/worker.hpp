@@ -15,6 +15,7 @@
 
 #include "libuserd/io/backend.hpp"
 #include "libuserd/server/connection.hpp"
+#include "libuserd/server/exchanges.hpp"
 #include "libuserd/server/reply_target.hpp"
 #include "libuserd/upstream/pool.hpp"
 #include "userd/server.hpp"
@@ -82,6 +83,8 @@ class Worker final : public ReplyTarget {
   enum class Kind : std::uint8_t { Reply, Begin, Write, End };
   bool post(Kind kind, std::uint32_t slot, std::uint16_t gen, std::uint32_t seq, const Response& r);
   bool claim(Kind kind, std::uint32_t slot, std::uint16_t gen, std::uint32_t seq) noexcept;
+  std::atomic<std::uint64_t>* awaited_at(std::uint32_t slot) const noexcept;
+  std::atomic<std::size_t>* pending_at(std::uint32_t slot) const noexcept;
   template <class F>
   bool answer(Kind kind, std::uint32_t slot, std::uint16_t gen, std::uint32_t seq, const Response& r, F&& op) noexcept;
   void drain_inbox() noexcept;
@@ -95,6 +98,7 @@ class Worker final : public ReplyTarget {
     std::uint32_t slot;
     std::uint16_t gen;
     std::uint32_t seq;
+    std::uint32_t conn_slot;  // its connection's slot, once the loop has seen it (stalled_)
     int status;
     std::string content_type, body, header_bytes;  // header names and values back to back
     std::vector<std::size_t> header_lengths;        // name, value, name, value...
@@ -161,6 +165,7 @@ class Worker final : public ReplyTarget {
   std::atomic<std::size_t> pending_bytes_{0};
   std::unique_ptr<std::atomic<std::size_t>[]> stream_pending_;
   std::unique_ptr<std::atomic<std::uint64_t>[]> awaited_;  // by slot (max_conns of them): see LoopContext
+  std::unique_ptr<ExchangeTable> exchanges_;               // HTTP/2's requests (null without HTTP/2)
 };
 
 }  // namespace userd::server

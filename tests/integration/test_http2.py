@@ -45,7 +45,8 @@ def request_block(path, method="GET", extra=()):
 class Raw:
     """A hand-driven HTTP/2 client connection: frames out as given, frames in as read."""
 
-    def __init__(self, port, preface=True, timeout=5.0):
+    def __init__(self, port, preface=True, timeout=5.0, auto_window=True):
+        self.auto_window = auto_window  # answer every DATA with WINDOW_UPDATEs: large answers keep flowing
         self.s = socket.create_connection(("127.0.0.1", port), timeout=timeout)
         self.s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.buf = b""
@@ -83,7 +84,7 @@ class Raw:
                  for k, v in self.dec.decode(payload)})
         elif kind == DATA:
             self.bodies[sid] = self.bodies.get(sid, b"") + payload
-            if payload:  # keep the windows open for large answers
+            if payload and self.auto_window:
                 inc = struct.pack(">I", len(payload))
                 self.send(frame(WINDOW_UPDATE, 0, 0, inc), frame(WINDOW_UPDATE, 0, sid, inc))
         elif kind == RST_STREAM:
@@ -165,6 +166,11 @@ def served(test, port):
     """Another client gets the dataset over HTTP/2 and over HTTP/1.1."""
     test.assertEqual(curl("--http2-prior-knowledge", f"http://127.0.0.1:{port}/v1/user"), ("2 200", DATASET))
     test.assertEqual(curl("--http1.1", f"http://127.0.0.1:{port}/v1/user"), ("1.1 200", DATASET))
+
+
+def served_stream(test, port):
+    test.assertEqual(curl("--http2-prior-knowledge", f"http://127.0.0.1:{port}/ticks?count=1"),
+                     ("2 200", b'{"tick":0}\n'))
 
 
 def rss_kib(pid):
@@ -457,6 +463,86 @@ class Frames(unittest.TestCase):
             c.close()
             self.assertEqual(curl("--http2-prior-knowledge", f"http://127.0.0.1:{srv.port}/ticks?count=1"),
                              ("2 200", b'{"tick":0}\n'))
+            self.assertEqual(srv.stop(), 0)
+
+    def test_a_reset_stream_is_gone_for_its_producer_on_another_thread(self):
+        """Each stream has its own token (the exchange table): once the client resets a stream, Stream::alive()
+        says false to the thread that writes it. The example's ticker (256 streams at most) lets go of the 256
+        reset streams, and the next client gets its ticks, not a 503."""
+        with Server([ARGS.stream, "127.0.0.1:0", ARGS.backend]) as srv:
+            conns = []
+            sids = range(1, 2 * 128, 2)
+            for _ in range(2):
+                c = Raw(srv.port)
+                c.until(lambda f: f[0] == SETTINGS and f[1] & ACK, timeout=2)
+                c.send(*[frame(HEADERS, END_STREAM | END_HEADERS, sid, request_block("/ticks?count=100000"))
+                         for sid in sids])
+                c.until(lambda f, c=c: all(c.bodies.get(sid) for sid in sids), timeout=10)
+                self.assertTrue(all(c.bodies.get(sid) for sid in sids))  # every stream ticks
+                c.send(*[rst(sid) for sid in sids])
+                conns.append(c)
+            time.sleep(0.5)
+            self.assertEqual(curl("--http2-prior-knowledge", f"http://127.0.0.1:{srv.port}/ticks?count=2"),
+                             ("2 200", b'{"tick":0}\n{"tick":1}\n'))
+            for c in conns:  # the connections that reset their streams are still served
+                c.get(1001, "/ticks?count=1")
+                headers, body = c.response(1001)
+                self.assertEqual((headers[":status"], body), ("200", b'{"tick":0}\n'))
+                c.close()
+            self.assertEqual(srv.stop(), 0)
+
+    def test_a_stream_whose_window_stays_shut_holds_back_only_its_own_producer(self):
+        """Off-loop writes to a stream whose client never opens its window wait in bounded buffers (the stream's
+        own, then the inbox's per-stream bound, then write() says false): the server does not grow, the
+        connection's other streams flow, and nothing the producer was told was taken is lost."""
+        with Server([ARGS.stream, "127.0.0.1:0", ARGS.backend]) as srv:
+            c = Raw(srv.port, auto_window=False)
+            c.send(frame(WINDOW_UPDATE, 0, 0, struct.pack(">I", 1 << 30)))  # the connection's window: wide open
+            c.until(lambda f: f[0] == SETTINGS and f[1] & ACK, timeout=2)
+            c.get(1, "/ticks?count=100000&size=65536")  # 6.4 MB/s for a client that takes 64 KiB of it
+            c.until(lambda f: False, timeout=0.7)
+            before = rss_kib(srv.pid)
+            c.until(lambda f: False, timeout=2.0)
+            grown = rss_kib(srv.pid) - before
+            self.assertLess(grown, 2048, f"{grown} KiB more for a stream whose window is shut")
+            c.get(3, "/ticks?count=5")
+            headers, body = c.response(3, timeout=5)
+            self.assertEqual((headers[":status"], body.count(b"\n")), ("200", 5))
+            c.auto_window = True  # the client reads again: what was taken arrives, in order, without a gap
+            c.send(frame(WINDOW_UPDATE, 0, 1, struct.pack(">I", 1 << 24)))
+            c.until(lambda f: len(c.bodies.get(1, b"")) >= 40 * 65536, timeout=10)
+            lines = c.bodies[1].split(b"\n")[:40]
+            self.assertEqual([int(l.split(b":")[1].split(b"}")[0]) for l in lines], list(range(40)))
+            self.assertTrue(all(len(l) == 65535 for l in lines))
+            c.send(rst(1))
+            c.close()
+            served_stream(self, srv.port)
+            self.assertEqual(srv.stop(), 0)
+
+    def test_a_stream_its_client_never_lets_flow_is_reset_at_the_send_deadline(self):
+        """A client whose windows stay shut (SETTINGS_INITIAL_WINDOW_SIZE 0) gets the head and no DATA: at the
+        send deadline that stream is reset (CANCEL) and its answer let go; the connection and everyone else go
+        on, and once the client opens its windows it is served."""
+        with userd("--send-timeout", "1") as srv:
+            c = Raw(srv.port, preface=False)
+            c.send(PREFACE + settings_frame((4, 0)))
+            c.until(lambda f: f[0] == SETTINGS and f[1] & ACK, timeout=2)
+            start = time.monotonic()
+            c.get(1, "/v1/user")
+            f = c.until(lambda f: f[0] == RST_STREAM and f[2] == 1, timeout=6)
+            took = time.monotonic() - start
+            self.assertIsNotNone(f, "the stuck stream was never reset")
+            self.assertEqual(struct.unpack(">I", f[3])[0], CANCEL)
+            self.assertGreater(took, 0.9)
+            self.assertLess(took, 4.0)
+            self.assertEqual(c.headers[1][":status"], "200")  # the head went out, the body could not
+            self.assertNotIn(1, c.bodies)
+            c.send(settings_frame((4, 65535)))
+            c.get(3, "/v1/user")
+            headers, body = c.response(3)
+            self.assertEqual((headers[":status"], body), ("200", DATASET))
+            served(self, srv.port)
+            c.close()
             self.assertEqual(srv.stop(), 0)
 
     def test_rapid_reset_ends_in_goaway_and_others_are_served(self):

@@ -1,6 +1,6 @@
 // userd/responder.hpp: how a handler answers: now, inside the handler, or later, from any thread.
-// A Responder is a small copyable handle (thread, connection slot, generation); it never owns the connection,
-// so answering after the client left is a safe no-op.
+// A Responder is a small copyable handle (thread, connection slot or HTTP/2 exchange, generation, request
+// number); it never owns the connection, so answering after the client left is a safe no-op.
 // Not here: the bytes on the wire (libuserd/http/response_writer.hpp).
 #pragma once
 

@@ -66,6 +66,35 @@ bool Transport::open(int fd, std::uint32_t slot, SSL_CTX* tls) noexcept {
   return true;
 }
 
+void Transport::connect(int fd, std::uint32_t slot, const sockaddr* to, socklen_t len) noexcept {
+  sock_.fd = fd;
+  slot_ = slot;
+  state_ = State::Open;  // so that close_now() ends it while it connects
+  peer_eof_ = close_after_flush_ = held_ = release_due_ = false;
+  sock_.send_inflight = send_progress_ = false;
+  sock_.recv_armed = recv_stopping_ = recv_paused_ = false;
+  sock_.connect_inflight = true;
+  ctx_->backend->connect(fd, to, len, io::tag(io::Op::UpConnect, slot_, sock_.gen));
+}
+
+bool Transport::connected() noexcept {
+  sock_.connect_inflight = false;
+  if (state_ == State::Open) return true;
+  maybe_release();
+  return false;
+}
+
+bool Transport::open_client(SSL_CTX* tls, const char* host, SSL_SESSION* resume) noexcept {
+  if (tls && !tls_.start(tls, host, resume)) return false;
+  recv_probe_ = false;  // the upstream answers what we ask: no flood to meet
+  arm_recv();
+  if (tls) {
+    tls_.handshake();  // the ClientHello
+    guarded([&] { flush(); });
+  }
+  return true;
+}
+
 std::size_t Transport::queued() const noexcept {
   std::size_t n = out_[0].total + out_[1].total;
   if (tls_.active()) n += tls_.pending() + (sock_.send_inflight ? send_left_ : 0);
@@ -76,7 +105,7 @@ std::size_t Transport::queued() const noexcept {
 // otherwise land a multishot burst (32 buffers and more) in the session's buffer before the next pause could
 // stop it. If that buffer is taken without pausing again, the multishot receive comes back.
 void Transport::arm_recv() noexcept {
-  ctx_->backend->recv(sock_.fd, io::tag(io::Op::Recv, slot_, sock_.gen), !recv_probe_);
+  ctx_->backend->recv(sock_.fd, io::tag(recv_op(), slot_, sock_.gen), !recv_probe_);
   recv_probe_ = false;
   sock_.recv_armed = true;
 }
@@ -98,8 +127,8 @@ void Transport::update_recv(bool session_stuck) noexcept {
   } else if (!want && sock_.recv_armed && !recv_stopping_) {
     recv_stopping_ = true;
     recv_probe_ = true;
-    if (ctx_->metrics) ctx_->metrics->recv_pauses.add();
-    ctx_->backend->cancel(sock_.fd, io::tag(io::Op::Recv, slot_, sock_.gen));
+    if (ctx_->metrics && !client_) ctx_->metrics->recv_pauses.add();
+    ctx_->backend->cancel(sock_.fd, io::tag(recv_op(), slot_, sock_.gen));
   }
 }
 
@@ -140,7 +169,7 @@ void Transport::on_tls_recv(const char* data, std::size_t n) noexcept {
     const tls::Session::Status st = tls_.handshake();
     if (st == tls::Session::Status::Failed) return tls_failed();
     if (st == tls::Session::Status::Ok) end_handshake();
-    if (ctx_->metrics && st == tls::Session::Status::Ok) {
+    if (ctx_->metrics && !client_ && st == tls::Session::Status::Ok) {
       ctx_->metrics->tls_handshakes.add();
       if (tls_.resumed()) ctx_->metrics->tls_resumed.add();
     }
@@ -158,6 +187,7 @@ void Transport::on_tls_recv(const char* data, std::size_t n) noexcept {
     if (r == -2) return tls_failed();
     if (r == -1) {  // close_notify: like EOF, answer what was asked, then close
       peer_eof_ = true;
+      owner_->on_eof();
       break;
     }
     guarded([&] { owner_->on_bytes(ctx_->tls_plain.get(), std::size_t(r)); });
@@ -174,6 +204,10 @@ void Transport::on_tls_recv(const char* data, std::size_t n) noexcept {
 // an alert to send, or after the handshake, it closes at once.
 void Transport::tls_failed() noexcept {
   const bool handshake = !tls_.established();
+  if (client_) {  // the owner tells its caller (a handshake that failed: the upstream is unreachable)
+    owner_->abort();
+    return;
+  }
   if (ctx_->metrics) (handshake ? ctx_->metrics->tls_handshake_failures : ctx_->metrics->tls_record_failures).add();
   if (!handshake || state_ != State::Open || sock_.send_inflight || tls_.pending() == 0) {
     owner_->abort();
@@ -266,7 +300,7 @@ void Transport::seal_next() {
 void Transport::submit_send() noexcept {
   const std::size_t n = std::min(iov_.size() - iov_next_, kMaxIov);
   sock_.send_inflight = true;
-  ctx_->backend->send(sock_.fd, io::tag(io::Op::Send, slot_, sock_.gen), iov_.data() + iov_next_, unsigned(n), &msg_);
+  ctx_->backend->send(sock_.fd, io::tag(send_op(), slot_, sock_.gen), iov_.data() + iov_next_, unsigned(n), &msg_);
 }
 
 void Transport::on_send(int res) noexcept {
@@ -320,9 +354,11 @@ void Transport::on_recv_end(int res) noexcept {
   if (res == 0) {  // the peer closed its side: answer what it asked, then close
     peer_eof_ = true;
     // Closed inside a TLS record: what it sent last can never be read (a truncation, or an attack on one).
-    if (tls_.established() && tls_.partial_record() && ctx_->metrics) ctx_->metrics->tls_record_failures.add();
-    if (state_ == State::Lingering) owner_->abort();
-    else guarded([&] { flush(); });
+    if (tls_.established() && tls_.partial_record() && ctx_->metrics && !client_)
+      ctx_->metrics->tls_record_failures.add();
+    if (state_ == State::Lingering) return owner_->abort();
+    owner_->on_eof();
+    if (state_ == State::Open) guarded([&] { flush(); });
     return;
   }
   if (res > 0 || res == -ENOBUFS || (res == -ECANCELED && stopped)) {
@@ -350,7 +386,7 @@ void Transport::finish() noexcept {
 bool Transport::close_now() noexcept {
   if (state_ == State::Closing || state_ == State::Free) return false;
   state_ = State::Closing;
-  sock_.end(*ctx_->backend);
+  sock_.end(*ctx_->backend, io::tag(io::Op::UpConnect, slot_, sock_.gen));  // a connect in flight is cancelled
   maybe_release();
   return true;
 }

@@ -1,9 +1,11 @@
 // server/transport.hpp: the byte pipe under a protocol session: one socket; its receive, armed, paused for
 // backpressure and probed after a pause; TLS records through memory BIOs; the output queues with one send in
 // flight; the half-close, the lingering close and abort. It knows nothing of HTTP: what arrives goes to its owner
-// as plaintext, what the owner queues goes out in order, and the owner is told when it has.
+// as plaintext, what the owner queues goes out in order, and the owner is told when it has. The server's
+// connections accept with it; the upstream pool connects with it (a client transport: its own completion tags,
+// TLS as the client, no server metrics).
 // Not here: which deadline applies (the owner's, with deadline() for the transport's own), protocols
-// (http1_session.hpp), slots and the loop (connection.hpp, worker.hpp).
+// (http1_session.hpp, upstream/pool.cpp), slots and the loop (connection.hpp, worker.hpp).
 #pragma once
 
 #include <sys/socket.h>
@@ -15,6 +17,7 @@
 
 #include "libuserd/core/byte_buffer.hpp"
 #include "libuserd/io/socket.hpp"
+#include "libuserd/io/tag.hpp"
 #include "libuserd/server/timers.hpp"
 #include "libuserd/tls/tls.hpp"
 
@@ -71,16 +74,29 @@ class Transport {
     virtual void update_timer() noexcept = 0;   // only the deadline (a send moved on)
     virtual void abort() noexcept = 0;          // the transport cannot go on
     virtual void on_released() noexcept = 0;    // the socket is closed: the slot is free again
+    // The peer closed its side (or sent close_notify). A server answers what was asked first (flush() ends the
+    // connection once nothing is held); a client has its answer now, or never.
+    virtual void on_eof() noexcept {}
 
    protected:
     ~Owner() = default;
   };
 
-  Transport(LoopContext& ctx, Owner& owner) noexcept : ctx_(&ctx), owner_(&owner) {}
+  // client: the upstream pool's (tags UpConnect/UpRecv/UpSend, whose slot says pool and connection).
+  Transport(LoopContext& ctx, Owner& owner, bool client = false) noexcept
+      : ctx_(&ctx), owner_(&owner), client_(client) {}
 
   // Takes a freshly accepted socket and arms its receive. With tls, it speaks TLS (a handshake first); false
   // when its state could not be made (out of memory): the socket is the caller's to close.
   bool open(int fd, std::uint32_t slot, SSL_CTX* tls) noexcept;
+
+  // A client transport: connect() takes a new socket and starts connecting it; the owner routes the connect's
+  // completion to connected(), which is false when the socket is ending meanwhile (it is released then); once
+  // connected, open_client() arms the receive and, with tls, sends the ClientHello (the owner queues nothing
+  // until tls().established()). False when the TLS state could not be made.
+  void connect(int fd, std::uint32_t slot, const sockaddr* to, socklen_t len) noexcept;
+  bool connected() noexcept;
+  bool open_client(SSL_CTX* tls, const char* host, SSL_SESSION* resume) noexcept;
 
   // Completions routed here by the worker.
   void on_recv(char* data, std::size_t n) noexcept;
@@ -155,8 +171,12 @@ class Transport {
   void maybe_release() noexcept;
   void alloc_failed() noexcept;
 
+  io::Op recv_op() const noexcept { return client_ ? io::Op::UpRecv : io::Op::Recv; }
+  io::Op send_op() const noexcept { return client_ ? io::Op::UpSend : io::Op::Send; }
+
   LoopContext* ctx_;
   Owner* owner_;
+  bool client_;
   io::Socket sock_;  // its generation drops completions meant for this slot's previous connection
   std::uint32_t slot_ = 0;
   State state_ = State::Free;

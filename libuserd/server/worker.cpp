@@ -48,7 +48,8 @@ Worker::Worker(const ServerConfig& cfg, const Router& router, int listen_fd, int
     : cfg_(cfg), tls_(std::move(tls)), metrics_(router.route_count()), targets_(upstreams) {
   listeners_[0].fd = listen_fd;
   listeners_[1].fd = tls_fd;
-  if (tls_fd >= 0) {
+  const bool tls_upstream = std::any_of(upstreams.begin(), upstreams.end(), [](const auto& t) { return bool(t.tls); });
+  if (tls_fd >= 0 || tls_upstream) {  // records are decrypted and gathered here, the pools' too
     ctx_.tls_plain.reset(new char[LoopContext::kTlsScratch]);
     ctx_.tls_seal.reset(new char[LoopContext::kTlsScratch]);
   }
@@ -123,7 +124,7 @@ void Worker::begin(std::unique_ptr<io::Backend> backend) noexcept {
   ctx_.backend = backend_.get();
   ctx_.backend_name = backend_->name();
   for (std::size_t i = 0; i < targets_.size(); ++i)
-    pools_.push_back(std::make_unique<upstream::Pool>(targets_[i], std::uint16_t(i), *backend_, ctx_.now_ms));
+    pools_.push_back(std::make_unique<upstream::Pool>(targets_[i], std::uint16_t(i), ctx_));
   loop_thread_ = std::this_thread::get_id();
   wakeable_.store(backend_.get(), std::memory_order_release);
   refresh_clock();

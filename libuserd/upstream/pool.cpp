@@ -1,4 +1,4 @@
-// upstream/pool.cpp: the upstream connection state machine:
+// upstream/pool.cpp: the upstream connection state machine, HTTP/1.1 over a client Transport:
 // Free -> Connecting -> Busy -> Settling -> Idle -> Busy ... -> Closing -> Free.
 #include "libuserd/upstream/pool.hpp"
 
@@ -14,6 +14,7 @@
 #include <new>
 
 #include "libuserd/io/tag.hpp"
+#include "libuserd/server/connection.hpp"
 
 namespace userd::upstream {
 namespace {
@@ -32,10 +33,11 @@ void trim(std::string& s) noexcept {
 }
 }  // namespace
 
-Pool::Pool(const Target& target, std::uint16_t index, io::Backend& backend, const std::uint64_t& now_ms)
-    : target_(target), index_(index), backend_(backend), now_ms_(now_ms) {
+Pool::Pool(const Target& target, std::uint16_t index, server::LoopContext& ctx)
+    : target_(target), index_(index), ctx_(ctx), now_ms_(ctx.now_ms) {
   const unsigned n = target.cfg.max_conns ? target.cfg.max_conns : 1;
-  conns_.resize(n);
+  conns_.reserve(n);
+  for (unsigned i = 0; i < n; ++i) conns_.push_back(std::make_unique<Conn>(*this, i, ctx));
   free_.reserve(n);
   idle_.reserve(n);
   for (unsigned i = n; i-- > 0;) free_.push_back(i);
@@ -147,14 +149,7 @@ void Pool::end_resolve() noexcept {
 }
 
 void Pool::teardown() noexcept {
-  for (Conn& c : conns_) {
-    if (c.sock.fd >= 0) ::close(c.sock.fd);
-    c.sock.fd = -1;
-  }
-}
-
-std::uint64_t Pool::tag_for(io::Op op, std::uint32_t i) const noexcept {
-  return io::tag(op, std::uint32_t(index_) << 16 | i, conns_[i].sock.gen);
+  for (auto& c : conns_) c->t.teardown();
 }
 
 namespace {
@@ -264,85 +259,93 @@ void Pool::pump() {
 }
 
 void Pool::start(std::uint32_t i, const Job& job, std::string_view request) {
-  Conn& c = conns_[i];
+  Conn& c = *conns_[i];
   c.out.clear();
   c.out.append(request);
-  c.out_sent = 0;
-  c.request_out = false;
+  c.handed = c.request_out = false;
   c.job = job;
   c.got_bytes = false;
   c.in.clear();
   c.reader.reset(target_.cfg.max_body, job.head);
-  if (c.state == State::Connecting) return;  // sends once connected
+  if (c.state == State::Connecting) return;  // sent once connected
   c.state = State::Busy;
-  submit_send(i);
-}
-
-void Pool::submit_send(std::uint32_t i) noexcept {
-  Conn& c = conns_[i];
-  if (target_.tls) return tls_flush(i);
-  c.iov = {c.out.data() + c.out_sent, c.out.size() - c.out_sent};
-  c.sock.send_inflight = true;
-  c.request_out = true;
-  backend_.send(c.sock.fd, tag_for(io::Op::UpSend, i), &c.iov, 1, &c.msg);
-}
-
-// HTTPS: the request is encrypted once the handshake is done; whatever records are waiting (the handshake's own,
-// or the request's) go out as one send. A failed encryption (out of memory) sends nothing: the deadline ends it.
-void Pool::tls_flush(std::uint32_t i) noexcept {
-  Conn& c = conns_[i];
-  if (c.sock.send_inflight || !c.tls.active()) return;
-  if (c.tls.established() && c.out_sent < c.out.size()) {
-    if (!c.tls.write(c.out.data() + c.out_sent, c.out.size() - c.out_sent)) return;
-    c.out_sent = c.out.size();
-  }
-  if (c.tls.pending() == 0) return;
   try {
-    c.tls_out.clear();
-    c.tls.take(c.tls_out);
-  } catch (const std::bad_alloc&) {
-    return;
+    hand(i);
+  } catch (const std::bad_alloc&) {  // the caller learns it (fetch: NoMemory); nobody is called back
+    close(i);
+    throw;
   }
-  c.tls_sent = 0;
-  c.iov = {c.tls_out.data(), c.tls_out.size()};
-  c.sock.send_inflight = true;
-  if (c.out_sent == c.out.size() && !c.out.empty()) c.request_out = true;  // its records are in this send
-  backend_.send(c.sock.fd, tag_for(io::Op::UpSend, i), &c.iov, 1, &c.msg);
 }
 
-// HTTPS: records in, the response's plaintext into c.in (where parse() reads it, padding kept behind it).
-void Pool::tls_recv(std::uint32_t i, const io::Completion& comp) {
-  Conn& c = conns_[i];
-  if (!c.tls.feed(comp.data, std::size_t(comp.res))) throw std::bad_alloc();
-  if (!c.tls.established()) {
-    const tls::Session::Status st = c.tls.handshake();
-    if (st == tls::Session::Status::Failed) {  // a certificate that does not verify, or not TLS at all
-      if (c.job.done) return fail(i, UpstreamError::Unreachable);
-      return close(i);
+// The request goes to the transport once it can carry it: connected, and on HTTPS with the handshake done.
+void Pool::hand(std::uint32_t i) {
+  Conn& c = *conns_[i];
+  if (c.handed || c.state != State::Busy || (c.t.tls().active() && !c.t.tls().established())) return;
+  c.t.out().append_external(c.out.data(), c.out.size());  // c.out lives until the next request on it
+  c.handed = c.request_out = true;
+  c.t.flush();
+}
+
+void Pool::update_waits(std::uint32_t i) noexcept {
+  Conn& c = *conns_[i];
+  c.t.guarded([&] { hand(i); });
+  c.t.update_recv(false);  // a receive that ended (ENOBUFS, a full CQ) is armed again
+}
+
+// Plaintext of the response (decrypted on HTTPS): kept with padding behind it, since the body is handed out in
+// place.
+void Pool::on_bytes(std::uint32_t i, const char* data, std::size_t n) {
+  Conn& c = *conns_[i];
+  if (c.state != State::Busy || !c.job.done) return close(i);  // bytes nobody asked for: the stream is off
+  c.got_bytes = true;
+  std::memcpy(c.in.prepare(n + kUpstreamBodyPadding), data, n);
+  c.in.commit(n);
+  parse(i);
+}
+
+// The request is out. Answered meanwhile (Settling): the connection can be reused now.
+void Pool::on_sent(std::uint32_t i) noexcept {
+  Conn& c = *conns_[i];
+  if (c.t.peer_eof()) return on_end(i);
+  if (c.state == State::Settling) {
+    try {
+      make_idle(i);
+    } catch (const std::bad_alloc&) {
+      // pump() could not copy a request: it stays queued for the next release
     }
-    tls_flush(i);  // the handshake's next records, or (done) the request
-    if (st == tls::Session::Status::WantMore) return;
   }
-  constexpr std::size_t kChunk = 16 * 1024;
-  while (c.state != State::Closing && c.state != State::Free) {
-    const long r = c.tls.read(c.in.prepare(kChunk + kUpstreamBodyPadding), kChunk);
-    if (r == 0) break;
-    if (r < 0 || c.state != State::Busy || !c.job.done) {
-      // close_notify, a bad record, or plaintext nobody asked for: this connection is done. A response that
-      // ends at the close is complete, as over plain TCP.
-      if (r == -1 && c.state == State::Busy && c.job.done) {
-        const http::ReadStep s = c.reader.finish_at_close(c.in.data(), c.in.size());
-        if (s.status == http::ReadStatus::Done) return complete(i, s.total);
-        return retry_or_fail(i, UpstreamError::Closed);
+}
+
+// The transport cannot go on: the upstream closed (a response that runs to the close is complete then), a
+// send or receive failed, a TLS handshake or record failed. Whoever waits is told, once.
+void Pool::on_end(std::uint32_t i) noexcept {
+  Conn& c = *conns_[i];
+  if (c.state == State::Closing || c.state == State::Free) return;
+  try {
+    if ((c.state == State::Busy || c.state == State::Connecting) && c.job.done) {
+      if (c.t.tls().active() && !c.t.tls().established()) return fail(i, UpstreamError::Unreachable);
+      if (c.t.peer_eof()) {
+        const http::ReadStep st = c.reader.finish_at_close(c.in.data(), c.in.size());
+        if (st.status == http::ReadStatus::Done) return complete(i, st.total);
       }
-      if (c.job.done) return fail(i, UpstreamError::BadResponse);
-      return close(i);
+      return retry_or_fail(i, UpstreamError::Closed);
     }
-    c.got_bytes = true;
-    c.in.commit(std::size_t(r));
-    parse(i);
+  } catch (const std::bad_alloc&) {
+    if (c.job.done) return fail(i, UpstreamError::Closed);  // fail() allocates nothing
   }
-  tls_flush(i);  // a key update's answer, say
+  close(i);  // idle or settling, and closed by the upstream (or its send failed): evicted
+}
+
+void Pool::on_released(std::uint32_t i) noexcept {
+  Conn& c = *conns_[i];
+  c.state = State::Free;
+  stats_.open.sub();
+  free_.push_back(i);
+  try {
+    pump();
+  } catch (const std::bad_alloc&) {
+    // the requests stay queued and go out with the next release
+  }
 }
 
 // The next address in turn that has not refused a connection lately (any, when all have).
@@ -359,7 +362,7 @@ std::size_t Pool::pick_address() noexcept {
 }
 
 void Pool::open(std::uint32_t i, const Job& job, std::string_view request) {
-  Conn& c = conns_[i];
+  Conn& c = *conns_[i];
   c.addr = pick_address();
   const Target::Address& to = addrs_[c.addr];
   const int fd = ::socket(to.addr.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
@@ -371,7 +374,6 @@ void Pool::open(std::uint32_t i, const Job& job, std::string_view request) {
   }
   int one = 1;
   setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
-  c.sock.fd = fd;
   c.state = State::Connecting;
   c.reused = false;
   stats_.connects.add();
@@ -379,31 +381,31 @@ void Pool::open(std::uint32_t i, const Job& job, std::string_view request) {
   try {
     start(i, job, request);
   } catch (const std::bad_alloc&) {
-    c.state = State::Closing;
-    maybe_release(i);
+    ::close(fd);
+    c.state = State::Free;
+    stats_.open.sub();
+    free_.push_back(i);
     throw;
   }
-  c.sock.connect_inflight = true;
-  backend_.connect(fd, reinterpret_cast<const sockaddr*>(&to.addr), to.len, tag_for(io::Op::UpConnect, i));
+  c.t.connect(fd, std::uint32_t(index_) << 16 | i, reinterpret_cast<const sockaddr*>(&to.addr), to.len);
 }
 
 void Pool::on_completion(const io::Completion& comp) noexcept {
   const std::uint32_t i = io::tag_slot(comp.tag) & 0xffff;
-  if (i >= conns_.size() || conns_[i].sock.gen != io::tag_gen(comp.tag) || conns_[i].state == State::Free) return;
+  if (i >= conns_.size() || conns_[i]->t.gen() != io::tag_gen(comp.tag) || conns_[i]->state == State::Free) return;
   try {
     on_conn_completion(i, comp);
   } catch (const std::bad_alloc&) {
-    if (conns_[i].job.done) fail(i, UpstreamError::Closed);  // fail() allocates nothing
+    if (conns_[i]->job.done) fail(i, UpstreamError::Closed);  // fail() allocates nothing
     else close(i);
   }
 }
 
 void Pool::on_conn_completion(std::uint32_t i, const io::Completion& comp) {
-  Conn& c = conns_[i];
+  Conn& c = *conns_[i];
   switch (io::tag_op(comp.tag)) {
     case io::Op::UpConnect:
-      c.sock.connect_inflight = false;
-      if (c.state == State::Closing) return maybe_release(i);
+      if (!c.t.connected()) return;  // closed while it connected: released now
       if (comp.res < 0) {
         // Refused: skip that address for a while, and try this request on another one (nothing was sent).
         if (comp.res == -ECONNREFUSED && c.addr < refused_until_.size()) refused_until_[c.addr] = now_ms_ + kRefusedMs;
@@ -419,73 +421,24 @@ void Pool::on_conn_completion(std::uint32_t i, const io::Completion& comp) {
         return fail(i, UpstreamError::Unreachable);
       }
       c.state = State::Busy;
-      backend_.recv(c.sock.fd, tag_for(io::Op::UpRecv, i));
-      c.sock.recv_armed = true;
-      if (target_.tls) {
-        if (!c.tls.start(target_.tls.get(), target_.cfg.host.c_str(), session_)) return fail(i, UpstreamError::Unreachable);
-        c.tls.handshake();  // the ClientHello
-      }
-      submit_send(i);
+      if (!c.t.open_client(target_.tls.get(), target_.cfg.host.c_str(), session_))
+        return fail(i, UpstreamError::Unreachable);
+      if (c.state == State::Busy) hand(i);
       return;
     case io::Op::UpSend:
-      c.sock.send_inflight = false;
-      if (c.state == State::Closing) return maybe_release(i);
-      if (comp.res <= 0) {
-        // The answer may already have been delivered (Settling): then there is nobody to tell.
-        if (c.state == State::Settling) return close(i);
-        return retry_or_fail(i, UpstreamError::Closed);
-      }
-      if (target_.tls) {
-        c.tls_sent += std::size_t(comp.res);
-        if (c.tls_sent < c.tls_out.size()) {  // the socket's buffer filled: send the rest
-          c.iov = {c.tls_out.data() + c.tls_sent, c.tls_out.size() - c.tls_sent};
-          c.sock.send_inflight = true;
-          backend_.send(c.sock.fd, tag_for(io::Op::UpSend, i), &c.iov, 1, &c.msg);
-          return;
-        }
-        tls_flush(i);
-        if (!c.sock.send_inflight && c.state == State::Settling) make_idle(i);
-        return;
-      }
-      c.out_sent += std::size_t(comp.res);
-      if (c.out_sent < c.out.size()) return submit_send(i);  // the socket's buffer filled: send the rest
-      if (c.state == State::Settling) make_idle(i);
+      c.t.on_send(comp.res);
       return;
     case io::Op::UpRecv:
-      if (comp.res > 0 && target_.tls && c.state != State::Closing) {
-        tls_recv(i, comp);
-      } else if (comp.res > 0 && c.state == State::Busy && c.job.done) {
-        c.got_bytes = true;
-        // Keep the padding free behind the bytes: the body is handed out in place.
-        std::memcpy(c.in.prepare(std::size_t(comp.res) + kUpstreamBodyPadding), comp.data, std::size_t(comp.res));
-        c.in.commit(std::size_t(comp.res));
-        parse(i);
-      } else if (comp.res > 0 && c.state != State::Closing) {
-        close(i);  // bytes nobody asked for: the stream cannot be trusted
-      }
-      if (comp.more) return;
-      c.sock.recv_armed = false;
-      if (c.state == State::Closing) return maybe_release(i);
-      if (comp.res > 0 || comp.res == -ENOBUFS) {
-        backend_.recv(c.sock.fd, tag_for(io::Op::UpRecv, i));
-        c.sock.recv_armed = true;
-        return;
-      }
-      // The upstream closed (or reset) the connection.
-      if (c.state == State::Busy && c.job.done) {
-        const http::ReadStep s = comp.res == 0 ? c.reader.finish_at_close(c.in.data(), c.in.size())
-                                               : http::ReadStep{http::ReadStatus::NeedMore};
-        if (s.status == http::ReadStatus::Done) return complete(i, s.total);
-        return retry_or_fail(i, UpstreamError::Closed);
-      }
-      return close(i);  // idle (or settling) and closed by the upstream: evict
+      if (comp.res > 0) c.t.on_recv(comp.data, std::size_t(comp.res));
+      if (!comp.more) c.t.on_recv_end(comp.res);
+      return;
     default:
       return;
   }
 }
 
 void Pool::parse(std::uint32_t i) {
-  Conn& c = conns_[i];
+  Conn& c = *conns_[i];
   while (true) {
     const http::ReadStep s = c.reader.read(c.in.data(), c.in.size());
     switch (s.status) {
@@ -506,9 +459,10 @@ void Pool::parse(std::uint32_t i) {
 }
 
 void Pool::complete(std::uint32_t i, std::size_t total) {
-  Conn& c = conns_[i];
+  Conn& c = *conns_[i];
   const http::ParsedResponse& head = c.reader.head();
-  const bool reusable = head.keep_alive && total == c.in.size();  // extra bytes: the stream is off
+  // Extra bytes, or the upstream's end already read: the stream is off.
+  const bool reusable = head.keep_alive && total == c.in.size() && !c.t.peer_eof();
   UpstreamReply r;
   r.status = head.status;
   r.headers = {head.headers.data(), head.header_count};
@@ -520,14 +474,14 @@ void Pool::complete(std::uint32_t i, std::size_t total) {
   // A new connection's session (and, on TLS 1.3, its ticket) is what the next new connection offers; taken once
   // per connection, at its first answer, not for every request on it.
   if (target_.tls && reusable && !c.reused) {
-    if (SSL_SESSION* s = c.tls.session_for_reuse()) {
+    if (SSL_SESSION* s = c.t.tls().session_for_reuse()) {
       if (session_) SSL_SESSION_free(session_);
       session_ = s;
     }
   }
   c.reused = true;
   // Not on idle_ during the callback: a fetch from it must not reuse the bytes r points into.
-  c.state = reusable ? (c.sock.send_inflight ? State::Settling : State::Idle) : State::Busy;
+  c.state = reusable ? (c.t.queued() || c.t.sending() ? State::Settling : State::Idle) : State::Busy;
   deliver(job, r);
   if (!reusable) return close(i);
   c.in.clear();
@@ -538,7 +492,7 @@ void Pool::complete(std::uint32_t i, std::size_t total) {
 }
 
 void Pool::make_idle(std::uint32_t i) {
-  conns_[i].state = State::Idle;
+  conns_[i]->state = State::Idle;
   idle_.push_back(i);
   pump();
 }
@@ -548,7 +502,7 @@ void Pool::deliver(const Job& job, const UpstreamReply& r) noexcept {
 }
 
 void Pool::fail(std::uint32_t i, UpstreamError e) {
-  Conn& c = conns_[i];
+  Conn& c = *conns_[i];
   stats_.errors[std::size_t(e)].add();
   const Job job = c.job;
   close(i);
@@ -560,7 +514,7 @@ void Pool::fail(std::uint32_t i, UpstreamError e) {
 // handed to a send, on plain TCP and TLS alike (a send in flight may have delivered bytes before the connection
 // died, and bytes encrypted but not yet handed over have not gone anywhere). Anything else is the upstream's.
 void Pool::retry_or_fail(std::uint32_t i, UpstreamError e) {
-  Conn& c = conns_[i];
+  Conn& c = *conns_[i];
   if (!c.job.done || !c.reused || c.got_bytes || c.job.retried) return fail(i, e);
   if (!c.job.idempotent && c.request_out) return fail(i, e);
   stats_.retries.add();
@@ -574,7 +528,7 @@ void Pool::retry_or_fail(std::uint32_t i, UpstreamError e) {
 }
 
 void Pool::close(std::uint32_t i) noexcept {
-  Conn& c = conns_[i];
+  Conn& c = *conns_[i];
   if (c.state == State::Closing || c.state == State::Free) return;
   if (c.state == State::Idle) {
     for (std::size_t k = 0; k < idle_.size(); ++k)
@@ -586,22 +540,7 @@ void Pool::close(std::uint32_t i) noexcept {
   }
   c.state = State::Closing;
   c.job = Job{};
-  c.sock.end(backend_, tag_for(io::Op::UpConnect, i));
-  try {
-    maybe_release(i);
-  } catch (const std::bad_alloc&) {
-    // pump() could not copy a request: the requests stay queued and go out with the next release
-  }
-}
-
-void Pool::maybe_release(std::uint32_t i) {
-  Conn& c = conns_[i];
-  if (c.state != State::Closing || !c.sock.release(backend_)) return;
-  c.state = State::Free;
-  c.tls.reset();
-  stats_.open.sub();
-  free_.push_back(i);
-  pump();
+  c.t.close_now();  // released now, or once what is in flight has completed (on_released)
 }
 
 void Pool::tick() noexcept {
@@ -609,7 +548,7 @@ void Pool::tick() noexcept {
   take_resolve();
   try {
     for (std::uint32_t i = 0; i < conns_.size(); ++i) {
-      Conn& c = conns_[i];
+      Conn& c = *conns_[i];
       if ((c.state == State::Connecting || c.state == State::Busy) && c.job.done && c.job.deadline <= now) {
         if (c.state == State::Connecting) maybe_resolve();  // a connect that hangs is a failed connect too
         fail(i, c.state == State::Connecting ? UpstreamError::Unreachable : UpstreamError::Timeout);

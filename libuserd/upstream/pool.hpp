@@ -1,5 +1,7 @@
 // upstream/pool.hpp: one loop thread's HTTP/1.1 client for one upstream: a bounded set of keep-alive
-// connections on the thread's own Backend, and a bounded queue for requests that find them all busy.
+// connections on the thread's own Backend, and a bounded queue for requests that find them all busy. Each
+// connection is a client Transport (server/transport.hpp: the socket, TLS, output queues and short sends the
+// server's connections use too); the pool is its owner and speaks HTTP/1.1 over it.
 // Every connection keeps a receive armed, so an idle one the upstream closed is noticed at once. A request
 // whose reused connection dies before any response byte is retried once on a fresh connection (GET is
 // idempotent). A connection is reused only once both its response and its send have completed. Nothing here
@@ -13,17 +15,22 @@
 
 #include <array>
 #include <cstdint>
+#include <memory>
 #include <string>
 #include <vector>
 
 #include "libuserd/core/byte_buffer.hpp"
 #include "libuserd/http/message_reader.hpp"
 #include "libuserd/io/backend.hpp"
-#include "libuserd/io/socket.hpp"
 #include "libuserd/io/tag.hpp"
 #include "libuserd/metrics/metrics.hpp"
+#include "libuserd/server/transport.hpp"
 #include "libuserd/tls/tls.hpp"
 #include "userd/upstream.hpp"
+
+namespace userd::server {
+struct LoopContext;
+}
 
 namespace userd::upstream {
 
@@ -55,8 +62,9 @@ struct PoolStats {
 
 class Pool {
  public:
-  // index: this pool's place in the worker's list, carried in completion tags. now_ms: the loop's clock.
-  Pool(const Target& target, std::uint16_t index, io::Backend& backend, const std::uint64_t& now_ms);
+  // index: this pool's place in the worker's list, carried in completion tags. ctx: the loop's (its backend,
+  // clock and TLS scratch buffers).
+  Pool(const Target& target, std::uint16_t index, server::LoopContext& ctx);
   ~Pool();
   Pool(const Pool&) = delete;
   Pool& operator=(const Pool&) = delete;
@@ -85,28 +93,32 @@ class Pool {
   };
   // Connecting -> Busy -> (response complete) Settling until the send completes -> Idle -> Busy ...
   enum class State : std::uint8_t { Free, Connecting, Busy, Settling, Idle, Closing };
-  struct Conn {
-    io::Socket sock;
+  struct Conn final : server::Transport::Owner {
+    Conn(Pool& p, std::uint32_t index, server::LoopContext& ctx) noexcept : pool(&p), i(index), t(ctx, *this, true) {}
+    Pool* pool;
+    std::uint32_t i;
+    server::Transport t;
     State state = State::Free;
     bool reused = false;     // finished an exchange before: its death on first use earns a retry
     bool got_bytes = false;  // this exchange has received something
     Job job;
     std::size_t addr = 0;  // which of addrs_ it connected to
-    core::ByteBuffer out;  // the request's bytes
-    std::size_t out_sent = 0;
+    core::ByteBuffer out;  // the request's bytes, kept for a retry until it is answered
+    bool handed = false;       // out is queued on the transport (HTTPS: once the handshake is done)
     bool request_out = false;  // bytes of this request were handed to a send: they may have reached the upstream
-    iovec iov{};
-    msghdr msg{};
     core::ByteBuffer in;  // the response; capacity always leaves kUpstreamBodyPadding after the bytes
     http::MessageReader<http::ParsedResponse> reader;
-    // HTTPS: out is encrypted once the handshake is done (out_sent then counts it as sent) and tls_out holds
-    // the records of the send in flight; in receives the decrypted response.
-    tls::Session tls;
-    core::ByteBuffer tls_out;
-    std::size_t tls_sent = 0;
+
+    // The transport's calls (from inside its completions), each to the pool.
+    void on_bytes(char* data, std::size_t n) override { pool->on_bytes(i, data, n); }
+    void on_sent() noexcept override { pool->on_sent(i); }
+    void update_waits() noexcept override { pool->update_waits(i); }
+    void update_timer() noexcept override {}  // the pool's deadlines are its jobs' (tick)
+    void abort() noexcept override { pool->on_end(i); }
+    void on_eof() noexcept override { pool->on_end(i); }
+    void on_released() noexcept override { pool->on_released(i); }
   };
 
-  std::uint64_t tag_for(io::Op op, std::uint32_t i) const noexcept;
   void on_conn_completion(std::uint32_t i, const io::Completion& c);
   void start(std::uint32_t i, const Job& job, std::string_view request);
   void open(std::uint32_t i, const Job& job, std::string_view request);
@@ -114,9 +126,12 @@ class Pool {
   void pump();
   bool enqueue(const Job& job, std::string_view request, bool front);
   std::size_t pick_address() noexcept;
-  void submit_send(std::uint32_t i) noexcept;
-  void tls_flush(std::uint32_t i) noexcept;
-  void tls_recv(std::uint32_t i, const io::Completion& c);
+  void hand(std::uint32_t i);
+  void on_bytes(std::uint32_t i, const char* data, std::size_t n);
+  void on_sent(std::uint32_t i) noexcept;
+  void update_waits(std::uint32_t i) noexcept;
+  void on_end(std::uint32_t i) noexcept;
+  void on_released(std::uint32_t i) noexcept;
   void parse(std::uint32_t i);
   void complete(std::uint32_t i, std::size_t total);
   void make_idle(std::uint32_t i);
@@ -124,13 +139,12 @@ class Pool {
   void deliver(const Job& job, const UpstreamReply& r) noexcept;
   void retry_or_fail(std::uint32_t i, UpstreamError e);
   void close(std::uint32_t i) noexcept;
-  void maybe_release(std::uint32_t i);
 
   const Target& target_;
   std::uint16_t index_;
-  io::Backend& backend_;
+  server::LoopContext& ctx_;
   const std::uint64_t& now_ms_;
-  std::vector<Conn> conns_;
+  std::vector<std::unique_ptr<Conn>> conns_;  // never moved: each transport holds its owner
   std::vector<std::uint32_t> free_, idle_;
   // Requests waiting for a connection: a ring of cfg.max_queue jobs (head_, count_), each with its request's
   // bytes in the string of the same index, whose capacity is kept: no growth for as long as overload lasts.

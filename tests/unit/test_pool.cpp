@@ -18,6 +18,7 @@
 
 #include "libuserd/io/tag.hpp"
 #include "libuserd/server/access.hpp"
+#include "libuserd/server/connection.hpp"
 #include "libuserd/server/reply_target.hpp"
 #include "libuserd/upstream/pool.hpp"
 #include "tests/support/failing_new.hpp"
@@ -109,7 +110,8 @@ struct Fixture {
   PoolKernel kernel;
   Clients clients;
   Target target;
-  std::uint64_t now = 1000;
+  server::LoopContext ctx;  // what the pool's transports use of the loop: the fake kernel and the clock
+  std::uint64_t& now = ctx.now_ms;
   std::optional<Pool> pool;
   std::vector<Answer> answers;  // one per callback, in order
   std::string scratch;
@@ -129,7 +131,9 @@ struct Fixture {
     target.host_header = "up:9";
     answers.reserve(4096);
     scratch.reserve(1 << 18);
-    pool.emplace(target, 0, kernel, now);
+    ctx.backend = &kernel;
+    now = 1000;
+    pool.emplace(target, 0, ctx);
   }
   ~Fixture() { pool->teardown(); }
 
@@ -649,7 +653,7 @@ TEST_CASE("pool: a failed connect resolves the name again, and new connections g
   f.target.cfg.host = "localhost";  // resolves to 127.0.0.1 (and ::1); start() said 127.0.0.9 (stale)
   f.target.addrs.resize(1);
   reinterpret_cast<sockaddr_in*>(&f.target.addrs[0].addr)->sin_addr.s_addr = htonl(0x7f000009);
-  f.pool.emplace(f.target, 0, f.kernel, f.now);
+  f.pool.emplace(f.target, 0, f.ctx);
   REQUIRE(f.fetch("/a"));
   const int stale = f.kernel.connects.back();
   CHECK(f.kernel.at(stale).to == 9);
@@ -677,7 +681,7 @@ TEST_CASE("pool: a connect that hangs until its deadline resolves the name again
   Fixture f(1, 16);
   f.pool.reset();
   f.target.cfg.host = "localhost";
-  f.pool.emplace(f.target, 0, f.kernel, f.now);
+  f.pool.emplace(f.target, 0, f.ctx);
   REQUIRE(f.fetch("/a"));
   CHECK(f.pool->stats().resolves.get() == 0);
   f.now += 2500;  // past timeout_ms: the connect never completed

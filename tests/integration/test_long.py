@@ -10,7 +10,10 @@
 - descriptor exhaustion: a low RLIMIT_NOFILE and a flood of connections: the open ones keep being served, and
   it recovers when they close;
 - non-reading pipeliners: 100 clients each writing 1.2 MB of pipelined requests and reading nothing raise RSS
-  by at most 16 MB, and within 2 s of their leaving RSS is within 8 MB of where it started.
+  by at most 16 MB, and within 2 s of their leaving RSS is within 8 MB of where it started;
+- HTTP/2 attacks at once (rapid reset, CONTINUATION flood, HPACK bomb, PING / SETTINGS / WINDOW_UPDATE floods
+  from clients that do not read, streams whose windows stay shut) for 8 s while h2load is served: no h2load
+  request fails, memory stays bounded, descriptors come back, and every attack was met (GOAWAY or close).
 """
 import argparse
 import http.client
@@ -18,6 +21,7 @@ import os
 import re
 import resource
 import selectors
+import struct
 import socket
 import subprocess
 import sys
@@ -67,7 +71,185 @@ def settle(pid, want, seconds=5.0):
     return fds(pid)
 
 
+# HTTP/2 frames by hand (this suite runs on any python3: no hpack module). Header blocks use HPACK's static
+# table and literals without indexing, except where an attack needs the dynamic table.
+PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+
+
+def h2frame(kind, flags, sid, payload=b""):
+    return struct.pack(">I", len(payload))[1:] + bytes([kind, flags]) + struct.pack(">I", sid) + payload
+
+
+def hpack_int(value, prefix_bits, first=0):
+    limit = (1 << prefix_bits) - 1
+    if value < limit:
+        return bytes([first | value])
+    out, value = [first | limit], value - limit
+    while value >= 128:
+        out.append(value % 128 | 128)
+        value //= 128
+    return bytes(out + [value])
+
+
+def hpack_str(b):
+    return hpack_int(len(b), 7) + b
+
+
+def h2_get(path=b"/v1/user"):  # :method GET, :scheme http, :path (name 4), :authority (name 1)
+    return b"\x82\x86" + hpack_int(4, 4) + hpack_str(path) + hpack_int(1, 4) + hpack_str(b"t")
+
+
+def h2load(port, seconds, conns=10, streams=10):
+    out = subprocess.run(["h2load", "-t1", f"-c{conns}", f"-m{streams}", "-D", str(seconds),
+                          f"http://127.0.0.1:{port}/v1/user"], capture_output=True, text=True,
+                         timeout=seconds + 60).stdout
+    m = re.search(r"requests: (\d+) total, \d+ started, (\d+) done, (\d+) succeeded, (\d+) failed, (\d+) errored", out)
+    return {"out": out, "done": int(m.group(2)), "succeeded": int(m.group(3)), "failed": int(m.group(4)),
+            "errored": int(m.group(5))} if m else {"out": out, "done": 0, "succeeded": 0, "failed": -1, "errored": -1}
+
+
+class H2Attacker(threading.Thread):
+    """One attack, over and over on fresh connections until stop: each round's end (GOAWAY, a close, or a send
+    that the server no longer takes) is counted in `met`."""
+
+    def __init__(self, port, attack, stop):
+        super().__init__(daemon=True)
+        self.port, self.attack, self.stop, self.met, self.rounds = port, attack, stop, 0, 0
+
+    def run(self):
+        while not self.stop.is_set():
+            self.rounds += 1
+            try:
+                s = socket.create_connection(("127.0.0.1", self.port), timeout=2)
+            except OSError:
+                self.stop.wait(0.05)
+                continue
+            try:
+                s.sendall(PREFACE + h2frame(4, 0, 0))
+                if self.attack(s, self.stop):
+                    self.met += 1
+            except OSError:  # reset, broken pipe, a send that timed out: the server cut it
+                self.met += 1
+            finally:
+                s.close()
+
+
+def ended(s, seconds=2.0, refused=None):
+    """Reads until GOAWAY or EOF: True when one came; with refused (a stream id), also when that stream is reset
+    or answered with anything but 200 (HPACK's 0x88 opening the block)."""
+    s.settimeout(0.2)
+    end = time.monotonic() + seconds
+    buf = b""
+    while time.monotonic() < end:
+        try:
+            chunk = s.recv(65536)
+        except socket.timeout:
+            continue
+        if not chunk:
+            return True
+        buf += chunk
+        while len(buf) >= 9:
+            n = int.from_bytes(buf[:3], "big")
+            if len(buf) < 9 + n:
+                break
+            sid = int.from_bytes(buf[5:9], "big") & 0x7FFFFFFF
+            if buf[3] == 7 or (sid == refused and (buf[3] == 3 or (buf[3] == 1 and buf[9:10] != b"\x88"))):
+                return True
+            buf = buf[9 + n:]
+    return False
+
+
+def rapid_reset(s, stop):
+    block, sid = h2_get(), 1
+    for _ in range(20):
+        s.sendall(b"".join(h2frame(1, 0x5, sid + 2 * k, block) + h2frame(3, 0, sid + 2 * k, b"\0\0\0\x08")
+                           for k in range(50)))
+        sid += 100
+    return ended(s)
+
+
+def continuation_flood(s, stop):
+    s.sendall(h2frame(1, 0x1, 1, h2_get()))  # END_STREAM, never END_HEADERS
+    s.sendall(b"".join(h2frame(9, 0, 1, b"\x00" * 16) for _ in range(2000)))
+    return ended(s)
+
+
+def hpack_bomb(s, stop):
+    big = b"\x40" + hpack_str(b"x-bomb") + hpack_str(b"b" * 4000)  # into the dynamic table once...
+    s.sendall(h2frame(1, 0x5, 1, h2_get() + big + b"\xbe" * 2000))  # ...then referenced 2000 times (8 MB)
+    return ended(s, refused=1)
+
+
+def unread_flood(kind):
+    payloads = {6: b"\0" * 8, 4: b"", 8: b"\0\0\0\x01"}  # PING, SETTINGS, WINDOW_UPDATE (connection)
+
+    def attack(s, stop):
+        s.settimeout(1.0)
+        batch = h2frame(kind, 0, 0, payloads[kind]) * 1000
+        while not stop.is_set():
+            s.sendall(batch)  # never reads: the answers pile up on the server's side
+        return False
+    return attack
+
+
+def shut_windows(s, stop):
+    """Met when the send deadline (2 s here) has reset every one of its 100 streams."""
+    # SETTINGS_INITIAL_WINDOW_SIZE 0: no DATA, ever; and the server's SETTINGS acknowledged, as a client does
+    s.sendall(h2frame(4, 0, 0, struct.pack(">HI", 4, 0)) + h2frame(4, 1, 0))
+    s.sendall(b"".join(h2frame(1, 0x5, 1 + 2 * k, h2_get()) for k in range(100)))
+    s.settimeout(0.2)
+    reset, buf, end = set(), b"", time.monotonic() + 6
+    while len(reset) < 100 and time.monotonic() < end:
+        try:
+            chunk = s.recv(65536)
+        except socket.timeout:
+            continue
+        if not chunk:
+            break
+        buf += chunk
+        while len(buf) >= 9 and len(buf) >= 9 + int.from_bytes(buf[:3], "big"):
+            n = int.from_bytes(buf[:3], "big")
+            if buf[3] == 3:
+                reset.add(int.from_bytes(buf[5:9], "big") & 0x7FFFFFFF)
+            buf = buf[9 + n:]
+    return len(reset) == 100
+
+
 class Long(unittest.TestCase):
+    def test_http2_attacks_at_once_while_others_are_served(self):
+        srv = userd("--threads", "2", "--send-timeout", "2")
+        try:
+            base = h2load(srv.port, 3)
+            self.assertEqual((base["failed"], base["errored"]), (0, 0), base["out"])
+            rss0, fds0 = rss_kb(srv.pid), fds(srv.pid)
+            stop = threading.Event()
+            attacks = {"rapid reset": rapid_reset, "CONTINUATION flood": continuation_flood, "HPACK bomb": hpack_bomb,
+                       "PING flood": unread_flood(6), "SETTINGS flood": unread_flood(4),
+                       "WINDOW_UPDATE flood": unread_flood(8), "shut windows": shut_windows}
+            attackers = {name: H2Attacker(srv.port, fn, stop) for name, fn in attacks.items()}
+            for a in attackers.values():
+                a.start()
+            during = h2load(srv.port, 8)
+            peak = rss_kb(srv.pid)
+            stop.set()
+            for a in attackers.values():
+                a.join(timeout=10)
+            print(f"h2load alone {base['done'] / 3:.0f} req/s, under attack {during['done'] / 8:.0f} req/s; RSS "
+                  f"+{(peak - rss0) // 1024} MB; rounds " + ", ".join(f"{n} {a.rounds}/{a.met}" for n, a in
+                                                                  attackers.items()), file=sys.stderr)
+            self.assertEqual((during["failed"], during["errored"]), (0, 0), during["out"])
+            self.assertEqual(during["succeeded"], during["done"])
+            self.assertGreater(during["done"], 1000, during["out"])
+            for name, a in attackers.items():
+                self.assertGreater(a.met, 0, f"{name}: never met ({a.rounds} rounds)")
+            self.assertLess(peak - rss0, 96 * 1024, "RSS under attack")
+            self.assertLessEqual(settle(srv.pid, fds0, seconds=10), fds0)
+            after = h2load(srv.port, 2)
+            self.assertEqual((after["failed"], after["errored"]), (0, 0), after["out"])
+            self.assertGreater(after["done"], 1000)
+        finally:
+            self.assertEqual(srv.stop(), 0)
+
     def test_soak_a_thousand_connections_twice(self):
         srv = userd("--threads", "2")
         try:

@@ -590,6 +590,61 @@ class Frames(unittest.TestCase):
             served(self, srv.port)
             self.assertEqual(srv.stop(), 0)
 
+    def test_floods_of_frames_that_make_no_progress_end_in_enhance_your_calm(self):
+        """SETTINGS, WINDOW_UPDATE, PRIORITY, empty DATA and PING frames, 10,000 at once from a client that reads
+        what it is sent: each kind spends the connection's frame budget (5,000, refilled 1,000/s, as Envoy's) and
+        ends in GOAWAY ENHANCE_YOUR_CALM; other clients are served meanwhile and after."""
+        floods = {
+            "SETTINGS": frame(SETTINGS, 0, 0),
+            "WINDOW_UPDATE": frame(WINDOW_UPDATE, 0, 0, struct.pack(">I", 1)),
+            "PRIORITY": frame(2, 0, 3, struct.pack(">IB", 0, 15)),  # stream 3: idle; RFC 9113 allows it
+            "empty DATA": frame(DATA, 0, 1, b""),
+            "PING": frame(PING, 0, 0, b"\0" * 8),
+        }
+        with userd() as srv:
+            for name, one in floods.items():
+                c = Raw(srv.port)
+                c.until(lambda f: f[0] == SETTINGS and f[1] & ACK, timeout=2)
+                if name == "empty DATA":  # a request whose body never comes, only empty frames
+                    c.send(frame(HEADERS, END_HEADERS, 1, request_block("/v1/user", "POST")))
+                c.send(one * 10_000)
+                f = c.until(lambda f: f[0] == GOAWAY, timeout=5)
+                self.assertIsNotNone(f, f"{name}: no GOAWAY")
+                self.assertEqual(struct.unpack(">I", f[3][4:8])[0], ENHANCE_YOUR_CALM, name)
+                c.close()
+                served(self, srv.port)
+            self.assertEqual(srv.stop(), 0)
+
+    def test_an_hpack_bomb_is_431_and_the_connection_goes_on(self):
+        """A 4,000-byte field put into the HPACK table once and referenced 2,000 times in one block (8 MB when
+        decoded, from 6 KB on the wire): the list passes the header limit, that stream is answered 431 and the
+        decoded copies are not kept; the connection goes on."""
+        def lit(b):
+            return (bytes([len(b)]) if len(b) < 127 else b"\x7f" + hpack_tail(len(b) - 127)) + b
+
+        def hpack_tail(v):
+            out = b""
+            while v >= 128:
+                out += bytes([v % 128 | 128])
+                v //= 128
+            return out + bytes([v])
+        with userd() as srv:
+            before = rss_kib(srv.pid)
+            c = Raw(srv.port)
+            c.until(lambda f: f[0] == SETTINGS and f[1] & ACK, timeout=2)
+            block = request_block("/v1/user") + b"\x40" + lit(b"x-bomb") + lit(b"b" * 4000) + b"\xbe" * 2000
+            c.send(frame(HEADERS, END_STREAM | END_HEADERS, 1, block))
+            headers, _ = c.response(1)
+            self.assertEqual(headers[":status"], "431")
+            c.get(3, "/v1/user")
+            headers, body = c.response(3)
+            self.assertEqual((headers[":status"], body), ("200", DATASET))
+            c.close()
+            served(self, srv.port)
+            if not sanitized(ARGS.userd):
+                self.assertLess(rss_kib(srv.pid) - before, 4096)
+            self.assertEqual(srv.stop(), 0)
+
     def test_a_ping_flood_from_a_client_that_never_reads_is_bounded(self):
         with userd() as srv:
             before = rss_kib(srv.pid)

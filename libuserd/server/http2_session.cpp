@@ -513,7 +513,7 @@ void Http2Session::dispatch_ready() {
 }
 
 bool Http2Session::make_head(Stream& st) {
-  http::RequestHead& h = st.head;
+  http::RequestHead& h = ctx_->h2->head;
   const char* b = st.fields.data();
   // Field by field: a value-initialised head would write its whole header array (3 KiB) per request.
   h.header_count = 0;
@@ -553,16 +553,18 @@ void Http2Session::dispatch(Stream& st) {
     st.ex.route = ctx_->router->route_count();
     return submit_error(st, 400, "malformed request");
   }
-  st.head_only = st.head.method == "HEAD";
+  const http::RequestHead& head = ctx_->h2->head;
+  RouteParams& params = ctx_->h2->params;
+  st.head_only = head.method == "HEAD";
   frame_tokens_ = std::min(frame_tokens_ + 20, kFrameBurst);
-  const Router::Match m = Dispatch::route(*ctx_, st.ex, st.head, st.params);
+  const Router::Match m = Dispatch::route(*ctx_, st.ex, head, params);
   if (!m.handler) {
     if (m.allow.empty()) return submit_error(st, 404, "not found");
     const Header allow{"allow", m.allow};
     return submit_error(st, 405, "method not allowed", {&allow, 1});
   }
-  Request request = Dispatch::request(*ctx_, st.head, {st.body.data(), st.body.size()});
-  if (!Dispatch::prepare(request, *conn_, st.head, st.params, st.decode))
+  Request request = Dispatch::request(*ctx_, head, {st.body.data(), st.body.size()});
+  if (!Dispatch::prepare(request, *conn_, head, params, st.decode))
     return submit_error(st, 400, "malformed percent-escape in the path or query");
   // Its Responder names an exchange of its own when the loop keeps a table (a worker), else the connection.
   std::uint32_t rslot = t_->slot();
@@ -676,15 +678,15 @@ void Http2Session::submit_head(Stream& st, int status, std::string_view content_
   }
   // Not copied by nghttp2: resp_fields (names already lowercase) lives until the stream closes, after its HEADERS
   // went out or were dropped unsent. The date is never indexed: a new value each second would fill the HPACK
-  // table with dates and make the steady state allocate until it is full.
-  st.nva.clear();
+  // table with dates and make the steady state allocate until it is full. The array itself nghttp2 copies.
+  nghttp2_nv nva[std::size(offs)];
   const char* b = st.resp_fields.data();
   for (std::size_t i = 0; i < count; ++i)
-    st.nva.push_back({reinterpret_cast<std::uint8_t*>(const_cast<char*>(b + offs[i].n)),
-                      reinterpret_cast<std::uint8_t*>(const_cast<char*>(b + offs[i].v)), offs[i].nl, offs[i].vl,
-                      std::uint8_t(NGHTTP2_NV_FLAG_NO_COPY_NAME | NGHTTP2_NV_FLAG_NO_COPY_VALUE |
-                                   (i == date_at ? NGHTTP2_NV_FLAG_NO_INDEX : 0))});
-  const int rv = nghttp2_submit_response(s_, st.id, st.nva.data(), st.nva.size(), prd);
+    nva[i] = {reinterpret_cast<std::uint8_t*>(const_cast<char*>(b + offs[i].n)),
+              reinterpret_cast<std::uint8_t*>(const_cast<char*>(b + offs[i].v)), offs[i].nl, offs[i].vl,
+              std::uint8_t(NGHTTP2_NV_FLAG_NO_COPY_NAME | NGHTTP2_NV_FLAG_NO_COPY_VALUE |
+                           (i == date_at ? NGHTTP2_NV_FLAG_NO_INDEX : 0))};
+  const int rv = nghttp2_submit_response(s_, st.id, nva, count, prd);
   if (rv == NGHTTP2_ERR_NOMEM) throw std::bad_alloc();
 }
 

@@ -56,6 +56,10 @@ struct H2Shared {
   nghttp2_session_callbacks* callbacks = nullptr;
   nghttp2_option* options = nullptr;
   H2Pool pool;
+  // The request being dispatched, made from its stream's fields: a handler's views into it are valid only while
+  // it runs, and dispatch never nests, so one per loop serves every stream (a stream keeps only its fields).
+  http::RequestHead head;
+  RouteParams params;
   H2Shared();
   ~H2Shared();
   H2Shared(const H2Shared&) = delete;
@@ -120,11 +124,9 @@ class Http2Session final : public Session {
     };
     std::vector<Field> field_offsets;
     std::uint32_t method_off = 0, method_len = 0, path_off = 0, path_len = 0, authority_off = 0, authority_len = 0;
-    http::RequestHead head;
     core::ByteBuffer body;
     // The response: its header names lowercased and values in resp_fields, its body (copied unless static).
     core::ByteBuffer resp_fields;
-    std::vector<nghttp2_nv> nva;
     core::ByteBuffer resp_body_copy;
     const char* resp_body = nullptr;
     std::size_t resp_len = 0, resp_off = 0;
@@ -140,7 +142,6 @@ class Http2Session final : public Session {
     std::vector<nghttp2_nv> trailer_nva;
     std::function<void()> writable;
     Exchange ex;
-    RouteParams params;
     core::ByteBuffer decode;
   };
 

@@ -54,6 +54,7 @@ class ExchangeTable {
     e.conn_slot = conn_slot;
     e.conn_gen = conn_gen;
     e.open = true;
+    ++open_count_;
     seq_ = seq_ + 1 ? seq_ + 1 : 1;  // 0 names no request
     e.token.store(token(conn_gen, seq_), std::memory_order_relaxed);
     return {kExchangeSlot | i, seq_};
@@ -69,6 +70,7 @@ class ExchangeTable {
     if (!e || !e->open) return;
     e->token.store(0, std::memory_order_relaxed);
     e->open = false;
+    --open_count_;
     e->next_free = free_;
     free_ = slot & ~kExchangeSlot;
   }
@@ -80,6 +82,9 @@ class ExchangeTable {
     conn_gen = e->conn_gen;
     return true;
   }
+
+  // Loop thread: exchanges open now (each stream a handler was given, until it closes).
+  std::size_t open_count() const noexcept { return open_count_; }
 
   // Any thread: the entry a Responder's slot names, or null when it names none.
   Entry* get(std::uint32_t slot) const noexcept {
@@ -109,6 +114,7 @@ class ExchangeTable {
   std::size_t made_ = 0;
   std::uint32_t free_ = kNone;
   std::uint32_t seq_ = 0;
+  std::size_t open_count_ = 0;
 };
 
 }  // namespace userd::server

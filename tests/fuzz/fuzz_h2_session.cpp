@@ -6,6 +6,7 @@
 #include <string>
 
 #include "libuserd/server/connection.hpp"
+#include "libuserd/server/exchanges.hpp"
 #include "libuserd/server/http2_session.hpp"
 #include "tests/support/fuzz_rig.hpp"
 
@@ -17,6 +18,8 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
   testing::FuzzRig rig;
   rig.ctx.h2 = std::make_unique<H2Shared>();
   rig.ctx.h2_max_streams = 8;
+  ExchangeTable exchanges(8);  // as a worker's: each stream a handler gets has its own entry
+  rig.ctx.exchanges = &exchanges;
   testing::FakeBackend& kernel = rig.kernel;
   std::optional<Responder> held;
   rig.router.get("/later", [&held](const Request&, Responder res) { held = res; });
@@ -51,5 +54,6 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
   }
   if (held) held->send(Response{});
   testing::FuzzRig::finish(conn, kernel);
+  if (exchanges.open_count() != 0) __builtin_trap();  // a released connection holds no exchange
   return 0;
 }

@@ -168,6 +168,17 @@ def served(test, port):
     test.assertEqual(curl("--http1.1", f"http://127.0.0.1:{port}/v1/user"), ("1.1 200", DATASET))
 
 
+def refused_then_served(test, c, port, status):
+    """Stream 1 of c was answered status; its connection (stream 3) and another client are still served."""
+    headers, _ = c.response(1)
+    test.assertEqual(headers[":status"], status)
+    c.get(3, "/v1/user")
+    headers, body = c.response(3)
+    test.assertEqual((headers[":status"], body), ("200", DATASET))
+    c.close()
+    served(test, port)
+
+
 def served_stream(test, port):
     test.assertEqual(curl("--http2-prior-knowledge", f"http://127.0.0.1:{port}/ticks?count=1"),
                      ("2 200", b'{"tick":0}\n'))
@@ -408,13 +419,7 @@ class Frames(unittest.TestCase):
             c = Raw(srv.port)
             block = request_block("/v1/user", extra=[("x-big", "a" * 12000)])
             c.send(frame(HEADERS, END_STREAM, 1, block[:8000]), frame(CONTINUATION, END_HEADERS, 1, block[8000:]))
-            headers, _ = c.response(1)
-            self.assertEqual(headers[":status"], "431")
-            c.get(3, "/v1/user")
-            headers, body = c.response(3)
-            self.assertEqual((headers[":status"], body), ("200", DATASET))
-            c.close()
-            served(self, srv.port)
+            refused_then_served(self, c, srv.port, "431")
             self.assertEqual(srv.stop(), 0)
 
     def test_a_body_over_max_body_is_413_and_the_connection_goes_on(self):
@@ -634,13 +639,7 @@ class Frames(unittest.TestCase):
             c.until(lambda f: f[0] == SETTINGS and f[1] & ACK, timeout=2)
             block = request_block("/v1/user") + b"\x40" + lit(b"x-bomb") + lit(b"b" * 4000) + b"\xbe" * 2000
             c.send(frame(HEADERS, END_STREAM | END_HEADERS, 1, block))
-            headers, _ = c.response(1)
-            self.assertEqual(headers[":status"], "431")
-            c.get(3, "/v1/user")
-            headers, body = c.response(3)
-            self.assertEqual((headers[":status"], body), ("200", DATASET))
-            c.close()
-            served(self, srv.port)
+            refused_then_served(self, c, srv.port, "431")
             if not sanitized(ARGS.userd):
                 self.assertLess(rss_kib(srv.pid) - before, 4096)
             self.assertEqual(srv.stop(), 0)

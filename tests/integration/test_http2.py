@@ -598,7 +598,8 @@ class Frames(unittest.TestCase):
     def test_floods_of_frames_that_make_no_progress_end_in_enhance_your_calm(self):
         """SETTINGS, WINDOW_UPDATE, PRIORITY, empty DATA and PING frames, 10,000 at once from a client that reads
         what it is sent: each kind spends the connection's frame budget (5,000, refilled 1,000/s, as Envoy's) and
-        ends in GOAWAY ENHANCE_YOUR_CALM; other clients are served meanwhile and after."""
+        ends in GOAWAY ENHANCE_YOUR_CALM (PING and SETTINGS may instead meet nghttp2's own bound on ACKs queued
+        unsent, a close, when the server writes slower than they come, as under ASan); others are served."""
         floods = {
             "SETTINGS": frame(SETTINGS, 0, 0),
             "WINDOW_UPDATE": frame(WINDOW_UPDATE, 0, 0, struct.pack(">I", 1)),
@@ -613,9 +614,13 @@ class Frames(unittest.TestCase):
                 if name == "empty DATA":  # a request whose body never comes, only empty frames
                     c.send(frame(HEADERS, END_HEADERS, 1, request_block("/v1/user", "POST")))
                 c.send(one * 10_000)
-                f = c.until(lambda f: f[0] == GOAWAY, timeout=5)
-                self.assertIsNotNone(f, f"{name}: no GOAWAY")
-                self.assertEqual(struct.unpack(">I", f[3][4:8])[0], ENHANCE_YOUR_CALM, name)
+                # Up to 10,000 ACKs to read first, frame by frame: slow on a loaded machine, hence the long wait.
+                f = c.until(lambda f: f[0] == GOAWAY, timeout=30)
+                if f is None:  # PING and SETTINGS: nghttp2's own guard (1,000 ACKs queued) may end it first
+                    self.assertIn(name, ("PING", "SETTINGS"), f"{name}: no GOAWAY")
+                    self.assertTrue(c.closed_by_peer(), f"{name}: neither GOAWAY nor a close")
+                else:
+                    self.assertEqual(struct.unpack(">I", f[3][4:8])[0], ENHANCE_YOUR_CALM, name)
                 c.close()
                 served(self, srv.port)
             self.assertEqual(srv.stop(), 0)

@@ -19,6 +19,7 @@
 #include "libuserd/http/parser.hpp"
 #include "libuserd/io/backend.hpp"
 #include "libuserd/metrics/metrics.hpp"
+#include "libuserd/server/exchanges.hpp"
 #include "libuserd/server/http1_session.hpp"
 #include "libuserd/server/http2_session.hpp"
 #include "libuserd/server/session.hpp"
@@ -31,16 +32,7 @@
 namespace userd::server {
 
 class ReplyTarget;
-class ExchangeTable;
 struct LoopContext;
-
-// What LoopContext::awaited holds per slot: the awaited request's token, or 0. The flags record what an answer
-// has begun or finished, so that a second answer from any thread is refused before it is queued.
-constexpr std::uint64_t awaited_token(std::uint16_t gen, std::uint32_t seq) noexcept {
-  return 1ull << 63 | std::uint64_t(gen) << 32 | seq;
-}
-inline constexpr std::uint64_t kAwaitedStreaming = 1ull << 62;  // a Stream was begun: writes and end may follow
-inline constexpr std::uint64_t kAwaitedAnswered = 1ull << 61;   // send() or end() is on its way: nothing more
 
 class Connection final : private Transport::Owner {
  public:

@@ -5,7 +5,7 @@
 // a slot with kExchangeSlot set.
 // Entries live in chunks made on demand and kept until the loop ends, so other threads can read an entry
 // without a lock while the table grows; steady traffic reuses freed entries and allocates nothing.
-// Not here: what the token's flags mean (connection.hpp), who checks them (worker.cpp).
+// Not here: who checks the tokens (worker.cpp).
 #pragma once
 
 #include <atomic>
@@ -14,6 +14,22 @@
 #include <new>
 
 namespace userd::server {
+
+// What a published token holds (LoopContext::awaited per slot, an exchange's here): the awaited request, or 0.
+// The flags record what an answer has begun or finished, so that a second answer from any thread is refused
+// before it is queued.
+constexpr std::uint64_t awaited_token(std::uint16_t gen, std::uint32_t seq) noexcept {
+  return 1ull << 63 | std::uint64_t(gen) << 32 | seq;
+}
+inline constexpr std::uint64_t kAwaitedStreaming = 1ull << 62;  // a Stream was begun: writes and end may follow
+inline constexpr std::uint64_t kAwaitedAnswered = 1ull << 61;   // send() or end() is on its way: nothing more
+
+// A stream begun on the loop: writes and the end from other threads may follow. Never undoes an end (a
+// compare-and-swap from the bare token only).
+inline void publish_streaming(std::atomic<std::uint64_t>& token, std::uint16_t gen, std::uint32_t seq) noexcept {
+  std::uint64_t t = awaited_token(gen, seq);
+  token.compare_exchange_strong(t, t | kAwaitedStreaming, std::memory_order_relaxed);
+}
 
 inline constexpr std::uint32_t kExchangeSlot = 1u << 31;
 
@@ -42,10 +58,9 @@ class ExchangeTable {
   ExchangeTable(const ExchangeTable&) = delete;
   ExchangeTable& operator=(const ExchangeTable&) = delete;
 
-  // Loop thread. A new exchange for the connection (slot, gen), published with its token (awaited_token in
-  // connection.hpp makes it). Throws std::bad_alloc when a chunk cannot be made; gives {0, 0} when full.
-  template <class MakeToken>
-  Opened open(std::uint32_t conn_slot, std::uint16_t conn_gen, MakeToken&& token) {
+  // Loop thread. A new exchange for the connection (slot, gen), published with its token. Throws std::bad_alloc
+  // when a chunk cannot be made; gives {0, 0} when full.
+  Opened open(std::uint32_t conn_slot, std::uint16_t conn_gen) {
     if (free_ == kNone) grow();
     if (free_ == kNone) return {0, 0};
     const std::uint32_t i = free_;
@@ -56,7 +71,7 @@ class ExchangeTable {
     e.open = true;
     ++open_count_;
     seq_ = seq_ + 1 ? seq_ + 1 : 1;  // 0 names no request
-    e.token.store(token(conn_gen, seq_), std::memory_order_relaxed);
+    e.token.store(awaited_token(conn_gen, seq_), std::memory_order_relaxed);
     return {kExchangeSlot | i, seq_};
   }
   // Loop thread: the request is answered (or gone): nothing from elsewhere is taken for it any more.

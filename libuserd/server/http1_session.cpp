@@ -295,10 +295,7 @@ bool Http1Session::stream_begin(std::uint32_t seq, const Response& head) noexcep
       return;
     }
     streaming_ = true;
-    if (ctx_->awaited) {  // begun here on the loop: writes from other threads may follow (never undo an end)
-      std::uint64_t t = awaited_token(t_->gen(), seq_);
-      ctx_->awaited[t_->slot()].compare_exchange_strong(t, t | kAwaitedStreaming, std::memory_order_relaxed);
-    }
+    if (ctx_->awaited) publish_streaming(ctx_->awaited[t_->slot()], t_->gen(), seq_);
     stream_status_ = head.status;
     stream_bytes_ = 0;
     // Answered, as far as the client knows; a producer that stops writing is cut at the same deadline.

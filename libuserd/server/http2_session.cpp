@@ -384,7 +384,13 @@ void Http2Session::publish() noexcept {
 // The stream is answered (or can no longer be): answers from other threads for it are refused from now on.
 void Http2Session::stop_awaiting(Stream& st) noexcept {
   st.awaiting = false;
-  if (st.xslot && ctx_->exchanges) ctx_->exchanges->unpublish(st.xslot);
+  if (st.xslot) ctx_->exchanges->unpublish(st.xslot);
+}
+
+// The stream is gone: its exchange is reused.
+void Http2Session::close_exchange(Stream& st) noexcept {
+  if (st.xslot) ctx_->exchanges->close(st.xslot);
+  st.xslot = 0;
 }
 
 Http2Session::Stream* Http2Session::take_stream() noexcept {
@@ -423,8 +429,7 @@ void Http2Session::give_back(Stream* st) noexcept {
   if (reading_ == st) reading_ = nullptr;
   if (current_ == st) current_ = nullptr;
   st->writable = nullptr;  // what the producer's callback holds goes now
-  if (st->xslot && ctx_->exchanges) ctx_->exchanges->close(st->xslot);
-  st->xslot = 0;
+  close_exchange(*st);
   if (st->stalled) writable_soon();  // the worker drops what it holds for this stream, now
   live_.erase(std::find(live_.begin(), live_.end(), st));
   spare_.emplace_back(st);  // reserved in take_stream's growth: live_ plus spare_ never exceed what was made
@@ -569,7 +574,7 @@ void Http2Session::dispatch(Stream& st) {
   // Its Responder names an exchange of its own when the loop keeps a table (a worker), else the connection.
   std::uint32_t rslot = t_->slot();
   if (ctx_->exchanges) {
-    const ExchangeTable::Opened x = ctx_->exchanges->open(t_->slot(), t_->gen(), awaited_token);
+    const ExchangeTable::Opened x = ctx_->exchanges->open(t_->slot(), t_->gen());
     if (!x.slot) throw std::bad_alloc();  // more than connections times streams: cannot happen
     rslot = st.xslot = x.slot;
     st.seq = x.seq;
@@ -738,11 +743,7 @@ bool Http2Session::stream_begin(std::uint32_t id, const Response& head) noexcept
     submit_head(*st, head.status, ct, head.headers, nullptr, &prd);
     st->streaming = true;
     st->framed_ms = ctx_->now_ms;
-    if (st->xslot) {  // begun here on the loop: writes from other threads may follow (never undo an end)
-      std::uint64_t t = awaited_token(t_->gen(), st->seq);
-      ctx_->exchanges->get(st->xslot)->token.compare_exchange_strong(t, t | kAwaitedStreaming,
-                                                                     std::memory_order_relaxed);
-    }
+    if (st->xslot) publish_streaming(ctx_->exchanges->get(st->xslot)->token, t_->gen(), st->seq);
     st->answered = true;
     st->deadline_ms = ctx_->now_ms + ctx_->handler_timeout_ms;
     ok = true;
@@ -951,8 +952,7 @@ void Http2Session::on_released() noexcept {
   if (s_) nghttp2_session_del(s_);  // closes no stream through our callbacks
   s_ = nullptr;
   for (Stream* st : live_) {
-    if (st->xslot && ctx_->exchanges) ctx_->exchanges->close(st->xslot);
-    st->xslot = 0;
+    close_exchange(*st);
     spare_.emplace_back(st);
   }
   live_.clear();

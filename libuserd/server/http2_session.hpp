@@ -167,6 +167,7 @@ class Http2Session final : public Session {
                    const std::string_view* length_of, const nghttp2_data_provider* prd);  // mem_send into the transport until its queue is full or nghttp2 has nothing
   void publish() noexcept;
   void stop_awaiting(Stream& st) noexcept;
+  void close_exchange(Stream& st) noexcept;
   bool spend(std::uint32_t& tokens) noexcept;
   void refill() noexcept;
   static constexpr std::uint32_t kResetBurst = 200, kResetPerSecond = 20;

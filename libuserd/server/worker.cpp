@@ -417,7 +417,7 @@ bool Worker::answer(Kind kind, std::uint32_t slot, std::uint16_t gen, std::uint3
       return false;
     }
   }
-  if (const auto* a = awaited_at(slot); a && (a->load(std::memory_order_relaxed) & kAwaitedAnswered)) return false;
+  if (const auto* a = published(slot).token; a && (a->load(std::memory_order_relaxed) & kAwaitedAnswered)) return false;
   Connection* conn = find(slot, gen);
   if (!conn) return false;
   const bool ok = op(*conn);
@@ -434,7 +434,7 @@ bool Worker::reply(std::uint32_t slot, std::uint16_t gen, std::uint32_t seq, con
 // While the server drains, answers to requests in flight are still taken: that is what the drain waits for.
 // Only once the loop has ended is there nobody to deliver them.
 bool Worker::post(Kind kind, std::uint32_t slot, std::uint16_t gen, std::uint32_t seq, const Response& r) {
-  std::atomic<std::size_t>* pending = pending_at(slot);
+  std::atomic<std::size_t>* pending = published(slot).pending;
   if (ended_.load(std::memory_order_acquire) || !pending) return false;
   // A producer that outruns its client is told (false) instead of growing what waits (kStreamPending). A
   // write bigger than the bound is still taken when nothing waits, so that any write can get through.
@@ -471,21 +471,13 @@ bool Worker::post(Kind kind, std::uint32_t slot, std::uint16_t gen, std::uint32_
 std::size_t Worker::pending_cost(std::size_t body) noexcept { return body + sizeof(Posted); }
 
 // The token and the waiting stream data of the request a Responder names: its connection's slot (HTTP/1.1), or
-// its own exchange (HTTP/2). Null when the slot names neither.
-std::atomic<std::uint64_t>* Worker::awaited_at(std::uint32_t slot) const noexcept {
+// its own exchange (HTTP/2). Both null when the slot names neither.
+Worker::Published Worker::published(std::uint32_t slot) const noexcept {
   if (slot & kExchangeSlot) {
     ExchangeTable::Entry* e = exchanges_ ? exchanges_->get(slot) : nullptr;
-    return e ? &e->token : nullptr;
+    return e ? Published{&e->token, &e->pending} : Published{};
   }
-  return slot < cfg_.max_conns ? &awaited_[slot] : nullptr;
-}
-
-std::atomic<std::size_t>* Worker::pending_at(std::uint32_t slot) const noexcept {
-  if (slot & kExchangeSlot) {
-    ExchangeTable::Entry* e = exchanges_ ? exchanges_->get(slot) : nullptr;
-    return e ? &e->pending : nullptr;
-  }
-  return slot < cfg_.max_conns ? &stream_pending_[slot] : nullptr;
+  return slot < cfg_.max_conns ? Published{&awaited_[slot], &stream_pending_[slot]} : Published{};
 }
 
 // What a delivered or dropped write stops holding against the bounds.
@@ -493,7 +485,7 @@ void Worker::settle(const Posted& p) noexcept {
   if (p.kind != Kind::Write) return;
   const std::size_t cost = pending_cost(p.body.size());
   pending_bytes_.fetch_sub(cost, std::memory_order_relaxed);
-  if (std::atomic<std::size_t>* pending = pending_at(p.slot)) pending->fetch_sub(cost, std::memory_order_relaxed);
+  if (std::atomic<std::size_t>* pending = published(p.slot).pending) pending->fetch_sub(cost, std::memory_order_relaxed);
 }
 
 void Worker::drain_inbox() noexcept {
@@ -652,7 +644,7 @@ bool Worker::stream_write(std::uint32_t slot, std::uint16_t gen, std::uint32_t s
 // begin needs a request nobody answered yet, writes and the end need a begun stream; reply and end leave it
 // answered. A compare-and-swap, so that of two threads only one wins.
 bool Worker::claim(Kind kind, std::uint32_t slot, std::uint16_t gen, std::uint32_t seq) noexcept {
-  std::atomic<std::uint64_t>* awaited = awaited_at(slot);
+  std::atomic<std::uint64_t>* awaited = published(slot).token;
   if (!awaited) return false;
   const std::uint64_t t = awaited_token(gen, seq);
   std::uint64_t from = kind == Kind::Write || kind == Kind::End ? t | kAwaitedStreaming : t;
@@ -703,7 +695,7 @@ FetchRefused Worker::fetch(std::size_t upstream, const UpstreamRequest& request,
 bool Worker::awaiting(std::uint32_t slot, std::uint16_t gen, std::uint32_t seq) const noexcept {
   // Off the loop thread the connection is not ours to look at: the token its loop publishes says it.
   if (std::this_thread::get_id() != loop_thread_) {
-    const std::atomic<std::uint64_t>* awaited = awaited_at(slot);
+    const std::atomic<std::uint64_t>* awaited = published(slot).token;
     if (ended_.load(std::memory_order_acquire) || !awaited) return false;
     const std::uint64_t v = awaited->load(std::memory_order_relaxed), t = awaited_token(gen, seq);
     return v == t || v == (t | kAwaitedStreaming);

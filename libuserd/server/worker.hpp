@@ -83,8 +83,11 @@ class Worker final : public ReplyTarget {
   enum class Kind : std::uint8_t { Reply, Begin, Write, End };
   bool post(Kind kind, std::uint32_t slot, std::uint16_t gen, std::uint32_t seq, const Response& r);
   bool claim(Kind kind, std::uint32_t slot, std::uint16_t gen, std::uint32_t seq) noexcept;
-  std::atomic<std::uint64_t>* awaited_at(std::uint32_t slot) const noexcept;
-  std::atomic<std::size_t>* pending_at(std::uint32_t slot) const noexcept;
+  struct Published {
+    std::atomic<std::uint64_t>* token = nullptr;
+    std::atomic<std::size_t>* pending = nullptr;
+  };
+  Published published(std::uint32_t slot) const noexcept;
   template <class F>
   bool answer(Kind kind, std::uint32_t slot, std::uint16_t gen, std::uint32_t seq, const Response& r, F&& op) noexcept;
   void drain_inbox() noexcept;

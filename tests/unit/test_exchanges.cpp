@@ -5,15 +5,14 @@
 #include <set>
 #include <vector>
 
-#include "libuserd/server/connection.hpp"
 #include "libuserd/server/exchanges.hpp"
 
 using namespace userd::server;
 
 TEST_CASE("exchanges: each request has its own token, gone at unpublish, and a reused entry's token differs") {
   ExchangeTable t(1024);
-  const ExchangeTable::Opened a = t.open(3, 7, awaited_token);
-  const ExchangeTable::Opened b = t.open(3, 7, awaited_token);
+  const ExchangeTable::Opened a = t.open(3, 7);
+  const ExchangeTable::Opened b = t.open(3, 7);
   REQUIRE((a.slot & kExchangeSlot) != 0);
   CHECK(a.slot != b.slot);
   CHECK(a.seq != b.seq);
@@ -29,7 +28,7 @@ TEST_CASE("exchanges: each request has its own token, gone at unpublish, and a r
   t.close(a.slot);  // twice: once only (the free list stays whole)
   CHECK_FALSE(t.owner(a.slot, slot, gen));
   CHECK(t.open_count() == 1);
-  const ExchangeTable::Opened c = t.open(4, 1, awaited_token);
+  const ExchangeTable::Opened c = t.open(4, 1);
   CHECK(c.slot == a.slot);  // the freed entry, reused...
   CHECK(t.get(c.slot)->token.load() == awaited_token(1, c.seq));
   CHECK(awaited_token(1, c.seq) != awaited_token(7, a.seq));  // ...with a token a stale Responder cannot match
@@ -43,7 +42,7 @@ TEST_CASE("exchanges: the table grows in chunks that stay put, up to its capacit
   std::vector<ExchangeTable::Opened> open;
   std::vector<ExchangeTable::Entry*> where;
   for (int i = 0; i < 1000; ++i) {
-    open.push_back(t.open(0, 0, awaited_token));
+    open.push_back(t.open(0, 0));
     REQUIRE(open.back().slot);
     where.push_back(t.get(open.back().slot));
   }
@@ -57,7 +56,7 @@ TEST_CASE("exchanges: the table grows in chunks that stay put, up to its capacit
   CHECK(t.get(std::uint32_t(kExchangeSlot | 0x7fffffffu)) == nullptr);  // past the table
   // Full at its capacity rounded up to whole chunks (1024): then open says so instead of growing.
   int more = 0;
-  while (t.open(0, 0, awaited_token).slot) ++more;
+  while (t.open(0, 0).slot) ++more;
   CHECK(more == 24);
   for (const auto& o : open) t.close(o.slot);
   CHECK(t.open_count() == 24);

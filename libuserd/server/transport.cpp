@@ -55,24 +55,24 @@ bool Transport::open(int fd, std::uint32_t slot, SSL_CTX* tls) noexcept {
     handshaking_ = true;
     ++ctx_->handshakes;
   }
-  sock_.fd = fd;
-  slot_ = slot;
-  state_ = State::Open;
-  peer_eof_ = close_after_flush_ = held_ = release_due_ = false;
-  sock_.send_inflight = send_progress_ = false;
-  sock_.recv_armed = recv_stopping_ = recv_paused_ = false;
+  begin(fd, slot);
   recv_probe_ = true;  // a client that opens with a flood is met like one resuming after a pause
   arm_recv();
   return true;
 }
 
-void Transport::connect(int fd, std::uint32_t slot, const sockaddr* to, socklen_t len) noexcept {
+// A new socket in the slot: open, nothing in flight, nothing seen yet.
+void Transport::begin(int fd, std::uint32_t slot) noexcept {
   sock_.fd = fd;
   slot_ = slot;
-  state_ = State::Open;  // so that close_now() ends it while it connects
-  peer_eof_ = close_after_flush_ = held_ = release_due_ = false;
+  state_ = State::Open;
+  peer_eof_ = close_after_flush_ = held_ = release_due_ = broken_ = false;
   sock_.send_inflight = send_progress_ = false;
   sock_.recv_armed = recv_stopping_ = recv_paused_ = false;
+}
+
+void Transport::connect(int fd, std::uint32_t slot, const sockaddr* to, socklen_t len) noexcept {
+  begin(fd, slot);  // open, so that close_now() ends it while it connects
   sock_.connect_inflight = true;
   ctx_->backend->connect(fd, to, len, io::tag(io::Op::UpConnect, slot_, sock_.gen));
 }
@@ -204,6 +204,7 @@ void Transport::on_tls_recv(const char* data, std::size_t n) noexcept {
 // an alert to send, or after the handshake, it closes at once.
 void Transport::tls_failed() noexcept {
   const bool handshake = !tls_.established();
+  broken_ = true;
   if (client_) {  // the owner tells its caller (a handshake that failed: the upstream is unreachable)
     owner_->abort();
     return;

@@ -149,6 +149,7 @@ class Transport {
   State state() const noexcept { return state_; }
   bool is_open() const noexcept { return state_ == State::Open; }
   bool peer_eof() const noexcept { return peer_eof_; }
+  bool tls_broken() const noexcept { return broken_; }  // a bad handshake or record ended it
   int fd() const noexcept { return sock_.fd; }
   std::uint16_t gen() const noexcept { return sock_.gen; }
   std::uint32_t slot() const noexcept { return slot_; }
@@ -170,6 +171,7 @@ class Transport {
   void end_handshake() noexcept;
   void maybe_release() noexcept;
   void alloc_failed() noexcept;
+  void begin(int fd, std::uint32_t slot) noexcept;
 
   io::Op recv_op() const noexcept { return client_ ? io::Op::UpRecv : io::Op::Recv; }
   io::Op send_op() const noexcept { return client_ ? io::Op::UpSend : io::Op::Send; }
@@ -185,6 +187,7 @@ class Transport {
   bool recv_probe_ = false;     // the next receive takes one buffer (see arm_recv)
   bool send_progress_ = false;  // a send completion moved bytes: the send deadline starts again
   bool peer_eof_ = false;
+  bool broken_ = false;  // tls_failed() came
   bool close_after_flush_ = false;
   bool held_ = false;
   bool release_due_ = false;  // released, and the worker has not yet put the slot on its free list

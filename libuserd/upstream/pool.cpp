@@ -262,7 +262,7 @@ void Pool::start(std::uint32_t i, const Job& job, std::string_view request) {
   Conn& c = *conns_[i];
   c.out.clear();
   c.out.append(request);
-  c.handed = c.request_out = false;
+  c.request_out = false;
   c.job = job;
   c.got_bytes = false;
   c.in.clear();
@@ -280,9 +280,9 @@ void Pool::start(std::uint32_t i, const Job& job, std::string_view request) {
 // The request goes to the transport once it can carry it: connected, and on HTTPS with the handshake done.
 void Pool::hand(std::uint32_t i) {
   Conn& c = *conns_[i];
-  if (c.handed || c.state != State::Busy || (c.t.tls().active() && !c.t.tls().established())) return;
+  if (c.request_out || c.state != State::Busy || (c.t.tls().active() && !c.t.tls().established())) return;
   c.t.out().append_external(c.out.data(), c.out.size());  // c.out lives until the next request on it
-  c.handed = c.request_out = true;
+  c.request_out = true;
   c.t.flush();
 }
 
@@ -324,6 +324,7 @@ void Pool::on_end(std::uint32_t i) noexcept {
   try {
     if ((c.state == State::Busy || c.state == State::Connecting) && c.job.done) {
       if (c.t.tls().active() && !c.t.tls().established()) return fail(i, UpstreamError::Unreachable);
+      if (c.t.tls_broken()) return fail(i, UpstreamError::BadResponse);  // a record that does not authenticate
       if (c.t.peer_eof()) {
         const http::ReadStep st = c.reader.finish_at_close(c.in.data(), c.in.size());
         if (st.status == http::ReadStatus::Done) return complete(i, st.total);

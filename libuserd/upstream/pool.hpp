@@ -104,8 +104,8 @@ class Pool {
     Job job;
     std::size_t addr = 0;  // which of addrs_ it connected to
     core::ByteBuffer out;  // the request's bytes, kept for a retry until it is answered
-    bool handed = false;       // out is queued on the transport (HTTPS: once the handshake is done)
-    bool request_out = false;  // bytes of this request were handed to a send: they may have reached the upstream
+    // out is queued on the transport (HTTPS: once the handshake is done): it may have reached the upstream.
+    bool request_out = false;
     core::ByteBuffer in;  // the response; capacity always leaves kUpstreamBodyPadding after the bytes
     http::MessageReader<http::ParsedResponse> reader;
 

@@ -644,6 +644,38 @@ class HttpsUpstream(unittest.TestCase):
         finally:
             stop_ok(self, m1)
 
+    def test_a_record_that_does_not_authenticate_is_a_malformed_response(self):
+        """An HTTPS upstream that completes its handshake, reads the request and then writes bytes that are no
+        TLS record: 502 with the malformed-response error (the connection cannot be trusted), not "closed"."""
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.load_cert_chain(pki("server.pem"), pki("server.key"))
+        lsock = socket.socket()
+        lsock.bind(("127.0.0.1", 0))
+        lsock.listen(8)
+        lsock.settimeout(10)
+
+        def serve():
+            try:
+                raw, _ = lsock.accept()
+                with ctx.wrap_socket(raw, server_side=True) as tls:
+                    tls.recv(65536)  # the request
+                    os.write(tls.fileno(), b"\x17\x03\x03\x00\x20" + b"\xaa" * 32)  # an application-data record
+                    time.sleep(1)                                              # that no key opens
+            except OSError:
+                pass
+        t = threading.Thread(target=serve, daemon=True)
+        t.start()
+        m1 = userd("--upstream", f"https://127.0.0.1:{lsock.getsockname()[1]}/v1/avatar", "--upstream-insecure",
+                   tls=False, threads=1)
+        try:
+            status, body = self.get(m1.port)[0]
+            self.assertEqual(status, 502)
+            self.assertEqual(body, b'{"error":"malformed upstream response"}')
+        finally:
+            stop_ok(self, m1)
+            t.join(timeout=5)
+            lsock.close()
+
     def test_plain_upstream_behind_https_url_is_a_502(self):
         plain = userd(tls=False, threads=1)
         m1 = userd("--upstream", f"https://127.0.0.1:{plain.port}/v1/avatar", "--upstream-insecure", tls=False,

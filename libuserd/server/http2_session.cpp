@@ -483,6 +483,7 @@ void Http2Session::failed() noexcept {
 }
 
 void Http2Session::on_sent() noexcept {
+  if (ctx_->now_ms - stuck_checked_ms_ >= 1000 && s_) reset_stuck();
   pump();
   conn_->update_waits();
   if (t_->queued() <= Transport::kOutLowWater && (inbox_waits_ || std::any_of(live_.begin(), live_.end(), [](const Stream* st) {
@@ -877,10 +878,20 @@ bool Http2Session::stuck(const Stream& st) noexcept {
   return st.answered && (st.streaming ? st.sbuf.size() > st.soff : st.resp_off < st.resp_len);
 }
 
-// RFC 9113 5.4.2: a stream whose client has taken no DATA of it for the send timeout is reset (CANCEL) and its
-// producer sees it gone; the connection and its other streams go on. Nothing due yet: the deadline starts over.
+// The connection's send deadline judges a connection whose output is idle; one whose other streams flow has its
+// stuck streams looked at here instead, once a second, as its sends complete.
 bool Http2Session::on_send_timeout() noexcept {
   if (!s_) return false;
+  reset_stuck();
+  pump();
+  conn_->update_waits();
+  return true;
+}
+
+// RFC 9113 5.4.2: a stream whose client has taken no DATA of it for the send timeout is reset (CANCEL) and its
+// producer sees it gone; the connection and its other streams go on.
+void Http2Session::reset_stuck() noexcept {
+  stuck_checked_ms_ = ctx_->now_ms;
   const std::uint64_t limit = ctx_->timers.duration(Timer::Send);
   for (Stream* st : live_) {
     if (!stuck(*st) || ctx_->now_ms - st->framed_ms < limit) continue;
@@ -892,9 +903,6 @@ bool Http2Session::on_send_timeout() noexcept {
     st->soff = 0;
     nghttp2_submit_rst_stream(s_, NGHTTP2_FLAG_NONE, st->id, NGHTTP2_CANCEL);
   }
-  pump();
-  conn_->update_waits();
-  return true;
 }
 
 bool Http2Session::input_stuck(bool) const noexcept { return false; }  // nghttp2 takes all it is given

@@ -151,6 +151,7 @@ class Http2Session final : public Session {
   Stream* take_stream() noexcept;
   bool mark_ready(Stream& st) noexcept;
   static bool stuck(const Stream& st) noexcept;
+  void reset_stuck() noexcept;
   void give_back(Stream* s) noexcept;
   void dispatch_ready();
   void dispatch(Stream& s);
@@ -194,6 +195,7 @@ class Http2Session final : public Session {
   bool draining_ = false;
   bool settings_unacked_ = false;  // our SETTINGS wait for the client's ACK (within the header timeout)
   std::uint64_t settings_deadline_ms_ = 0;
+  std::uint64_t stuck_checked_ms_ = 0;  // reset_stuck() last ran
 };
 
 }  // namespace userd::server

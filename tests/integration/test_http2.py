@@ -555,6 +555,32 @@ class Frames(unittest.TestCase):
             c.close()
             self.assertEqual(srv.stop(), 0)
 
+    def test_a_stuck_stream_is_reset_while_the_connections_other_streams_flow(self):
+        """The send deadline is the stream's: a stream whose window stays shut is reset within about a send
+        timeout even while the same connection keeps answering other streams (whose sends would otherwise
+        keep the connection's own deadline from ever passing)."""
+        with userd("--send-timeout", "1") as srv:
+            c = Raw(srv.port, preface=False)
+            c.send(PREFACE + settings_frame((4, 0)))  # every stream's window shut until the client opens it
+            c.until(lambda f: f[0] == SETTINGS and f[1] & ACK, timeout=2)
+            start = time.monotonic()
+            c.get(1, "/v1/user")  # never opened
+            sid = 3
+            while 1 not in c.resets and time.monotonic() - start < 6:
+                c.get(sid, "/v1/user")
+                c.send(frame(WINDOW_UPDATE, 0, sid, struct.pack(">I", 65535)))
+                headers, body = c.response(sid)
+                self.assertEqual((headers[":status"], body), ("200", DATASET))
+                sid += 2
+                c.until(lambda f: False, timeout=0.02)
+            took = time.monotonic() - start
+            self.assertEqual(c.resets.get(1), CANCEL, f"stream 1 not reset after {took:.1f} s")
+            self.assertLess(took, 3.5)
+            self.assertGreater(sid, 21)  # the other streams flowed meanwhile
+            c.close()
+            served(self, srv.port)
+            self.assertEqual(srv.stop(), 0)
+
     def test_rapid_reset_ends_in_goaway_and_others_are_served(self):
         with userd() as srv:
             c = Raw(srv.port)

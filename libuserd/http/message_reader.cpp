@@ -46,10 +46,14 @@ ReadStep MessageReader<Head>::read(char* msg, std::size_t avail, const Limits& l
     head_done_ = true;
     raw_off_ = head_len_;
     const Framing f = framing(head_);
+    if (stop_at_head_ && (f.chunked || f.length > 0)) return {ReadStatus::Head, HttpError::None, head_len_};
+  }
+  const Framing f = framing(head_);
+  if (!checked_) {
+    checked_ = true;
     if (f.chunked) chunked_.reset(max_body_);
     else if (!f.until_close && f.length > max_body_) return {ReadStatus::Bad, HttpError::BodyTooLarge};
   }
-  const Framing f = framing(head_);
   std::size_t total;
   if (f.chunked) {
     const ChunkStep s = chunked_.decode(msg + raw_off_, avail - raw_off_, msg + head_len_ + body_have_);
@@ -67,7 +71,7 @@ ReadStep MessageReader<Head>::read(char* msg, std::size_t avail, const Limits& l
     if (avail < total) return {ReadStatus::NeedMore};
     body_have_ = std::size_t(f.length);
   }
-  head_done_ = false;  // head() and body() stay readable until the next read
+  head_done_ = checked_ = false;  // head() and body() stay readable until the next read
   return {ReadStatus::Done, HttpError::None, total};
 }
 
@@ -79,7 +83,7 @@ ReadStep MessageReader<Head>::finish_at_close(char* msg, std::size_t avail) noex
     base_ = msg;
   }
   body_have_ = avail - head_len_;
-  head_done_ = false;
+  head_done_ = checked_ = false;
   return {ReadStatus::Done, HttpError::None, avail};
 }
 

@@ -20,6 +20,8 @@ enum class ReadStatus : std::uint8_t {
   NeedMore,  // append bytes and call again with the same start
   Done,      // the message is complete: `total` bytes from its start; body() is its decoded body
   Interim,   // a 1xx response head of `total` bytes, no body: the caller decides, drops it and reads on
+  Head,      // stop_at_head: a request head of `total` bytes with a body to come; the caller decides, then
+             // either reads on (set_max_body first, if it changes) or takes the body itself and resets
   Bad,       // `error` says why; the stream cannot be trusted past this point
 };
 
@@ -37,10 +39,16 @@ class MessageReader {
   void reset(std::uint64_t max_body, bool no_body = false) noexcept {
     max_body_ = max_body;
     no_body_ = no_body;
-    head_done_ = false;
+    head_done_ = checked_ = false;
     prev_len_ = head_len_ = body_have_ = raw_off_ = 0;
     base_ = nullptr;
   }
+
+  // Requests: a head with a body comes back as Head before any of its body is looked at (kept across resets).
+  void stop_at_head(bool on) noexcept { stop_at_head_ = on; }
+  // After Head: the body limit for the rest of this message.
+  void set_max_body(std::uint64_t max_body) noexcept { max_body_ = max_body; }
+  std::uint64_t max_body() const noexcept { return max_body_; }
 
   // msg: the message's first byte; avail: the bytes from there that have arrived.
   ReadStep read(char* msg, std::size_t avail, const Limits& limits = {}) noexcept;
@@ -69,6 +77,8 @@ class MessageReader {
   std::uint64_t max_body_ = 0;
   bool head_done_ = false;
   bool no_body_ = false;
+  bool checked_ = false;       // the body's framing was set up against max_body_
+  bool stop_at_head_ = false;
   std::size_t prev_len_ = 0;  // bytes the head parser saw without finding the head's end
   std::size_t head_len_ = 0;
   std::size_t body_have_ = 0;  // decoded body bytes, right after the head

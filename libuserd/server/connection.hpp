@@ -66,6 +66,7 @@ class Connection final : private Transport::Owner {
   bool stream_backed_up(std::uint32_t id) const noexcept { return session_->stream_backed_up(id); }
   bool stream_waits(std::uint32_t id) const noexcept { return session_->stream_waits(id); }
   void stream_stalled(std::uint32_t id, int delta) noexcept { session_->stream_stalled(id, delta); }
+  bool body(std::uint32_t id, BodyCall& c) { return t_.is_open() && session_->body(id, c); }
   void inbox_waits(bool on) noexcept { session_->inbox_waits(on); }
   bool inbox_waiting() const noexcept { return session_->inbox_waiting(); }
   // The worker's later-in-the-turn calls (ctx.writable_due, ctx.ready).
@@ -111,6 +112,7 @@ class Connection final : private Transport::Owner {
  private:
   void on_bytes(char* data, std::size_t n) override { session_->on_bytes(data, n); }
   void on_sent() noexcept override { session_->on_sent(); }
+  void on_eof() noexcept override { session_->on_eof(); }
   void on_released() noexcept override;
 
   LoopContext* ctx_;
@@ -154,6 +156,9 @@ struct LoopContext {
   // from elsewhere: run by the worker after the turn's completions, never from inside another connection call.
   std::vector<std::pair<std::uint32_t, std::uint16_t>> writable_due;
   std::vector<std::pair<std::uint32_t, std::uint16_t>> ready;
+  // Calls into embedders' code found due deep inside a session (a streamed body's on_error): run with the
+  // continuations, on a stack of their own.
+  std::vector<std::function<void()>> later;
   // TLS connections decrypt into tls_plain (parsed from there like a receive buffer) and gather a flush's
   // segments into tls_seal, so that a response becomes one record: one of each per loop thread.
   static constexpr std::size_t kTlsScratch = 16 * 1024;

@@ -72,6 +72,32 @@ bool Dispatch::run(const LoopContext& ctx, const Handler& handler, const Request
   }
 }
 
+bool Dispatch::admit(const LoopContext& ctx, const Request& request, Responder& res, bool& go_on) noexcept {
+  go_on = true;
+  try {
+    for (const Middleware& mw : ctx.router->middleware())
+      if (!(go_on = mw(request, res))) break;
+    return true;
+  } catch (...) {
+    go_on = false;
+    return false;
+  }
+}
+
+bool Dispatch::handle(const Handler& handler, const Request& request, Responder res) noexcept {
+  try {
+    handler(request, res);
+    return true;
+  } catch (...) {
+    return false;
+  }
+}
+
+void Dispatch::stream_body(Request& request, const LoopContext& ctx, std::uint32_t slot, std::uint16_t gen,
+                           std::uint32_t id) noexcept {
+  request.reader_ = BodyReader(ctx.replies, slot, gen, id);
+}
+
 void Dispatch::record(LoopContext& ctx, Exchange& ex, const Connection& conn, int status, std::size_t body_bytes) {
   const std::uint64_t took = ex.started_us ? monotonic_us() - ex.started_us : 0;
   if (ctx.metrics) ctx.metrics->record(ex.route, status, took, ex.protocol);

@@ -38,6 +38,13 @@ class Dispatch {
   static Responder responder(const LoopContext& ctx, std::uint32_t slot, std::uint16_t gen, std::uint32_t id) noexcept;
   // Middleware, then the handler. False when one of them threw.
   static bool run(const LoopContext& ctx, const Handler& handler, const Request& request, Responder res) noexcept;
+  // The two halves, for a request whose head is routed before its body is in: middleware (go_on: every one
+  // said go on), then later the handler. False when one threw.
+  static bool admit(const LoopContext& ctx, const Request& request, Responder& res, bool& go_on) noexcept;
+  static bool handle(const Handler& handler, const Request& request, Responder res) noexcept;
+  // Gives a streamed route's request its BodyReader, naming the same request as its Responder.
+  static void stream_body(Request& request, const LoopContext& ctx, std::uint32_t slot, std::uint16_t gen,
+                          std::uint32_t id) noexcept;
   // The answer is written: its status and body size go to the metrics and the access log.
   static void record(LoopContext& ctx, Exchange& ex, const Connection& conn, int status, std::size_t body_bytes);
   // A handler's response that would corrupt the stream is refused: a metric, and one log line a second.

@@ -33,14 +33,18 @@ void Http1Session::start() noexcept {
   fresh_ = ctx_->h2 != nullptr;
   set_awaiting(false);
   reader_.reset(ctx_->max_body);
+  reader_.stop_at_head(true);
   continue_sent_ = false;
   streaming_ = writable_due_ = inbox_waits_ = false;
+  admitted_ = body_unread_ = in_feed_ = body_expect_ = false;
+  body_.drop();
 }
 
 // Off-loop senders check this before queueing an answer (Worker::post): the request a Responder names is still
 // awaited only while its token is published. One relaxed store per change, on the loop thread.
 void Http1Session::set_awaiting(bool on) noexcept {
   awaiting_ = on;
+  if (!on) body_.drop();  // answered: the rest of a streamed body is nobody's, and is not read
   t_->hold(on);
   if (ctx_->awaited)
     ctx_->awaited[t_->slot()].store(on ? awaited_token(t_->gen(), seq_) : 0, std::memory_order_relaxed);
@@ -52,6 +56,8 @@ void Http1Session::after_output() noexcept {
 }
 
 Timer Http1Session::deadline() const noexcept {
+  // A streamed body's deadline runs between chunks while its consumer takes them (feed re-arms it).
+  if (body_.active()) return body_.wants() ? Timer::Body : Timer::None;
   if (awaiting_) return Timer::None;
   if (reader_.head_done()) return Timer::Body;
   if (!in_.empty()) return Timer::Header;
@@ -103,11 +109,19 @@ void Http1Session::on_timeout(Timer t) noexcept {
     }
     // The handler keeps its Responder, which no longer matches a request awaiting an answer: a no-op.
     if (!t_->is_open() || !awaiting_) return;
+    body_.fail(ctx_->later, BodyError::Timeout);  // a consumer that held its body paused that long
     set_awaiting(false);
     if (ctx_->metrics) ctx_->metrics->handler_timeouts.add();
     t_->guarded([&] {
       write_error_status(503, "handler timed out");
       resume();
+      after_output();
+    });
+    return;
+  }
+  if (t == Timer::Body && body_.active()) {  // nothing arrived between two chunks in time
+    t_->guarded([&] {
+      body_failed(BodyError::Timeout);
       after_output();
     });
     return;
@@ -120,7 +134,22 @@ void Http1Session::on_timeout(Timer t) noexcept {
   });
 }
 
+// A half-closed client may have sent its whole body first (it waits for the answer): only a body that what is
+// held cannot finish fails.
+bool Http1Session::body_starved() const noexcept {
+  return body_.active() && t_->peer_eof() && (body_chunked_ ? in_.empty() : in_.size() < body_left_);
+}
+
+void Http1Session::on_eof() noexcept {
+  if (!body_starved()) return;
+  t_->guarded([&] {
+    body_failed(BodyError::ClientGone);
+    after_output();
+  });
+}
+
 void Http1Session::on_abort() noexcept {
+  body_.fail(ctx_->later, BodyError::ClientGone);
   streaming_ = false;
   set_awaiting(false);  // from now on alive() and send() say false, from any thread
   writable_ = nullptr;  // what the producer's callback holds goes now
@@ -128,6 +157,8 @@ void Http1Session::on_abort() noexcept {
 
 void Http1Session::on_released() noexcept {
   set_awaiting(false);
+  body_.drop();
+  admitted_ = body_unread_ = false;
   reader_.reset(ctx_->max_body);
   in_.clear();
   ex_.log_request.clear();
@@ -165,12 +196,15 @@ bool Http1Session::preface(char* data, std::size_t n) {
 
 void Http1Session::on_bytes(char* data, std::size_t n) {
   if (fresh_ && preface(data, n)) return;
+  // The last answer is out or on its way: what the client still sends (an unread body, requests after a
+  // close) is dropped as it comes, for as long as the transport lingers.
+  if (t_->closing_after_flush()) return;
   if (in_.empty()) {
     std::size_t used = process(data, n);
     if (used < n) keep_unfinished(data + used, n - used);
   } else {
     // One request (head + body) plus the pipelined input that arrives while the receive is being ended.
-    if (in_.size() + n > ctx_->limits.max_head + ctx_->max_body + 4 * kInHighWater) {
+    if (in_.size() + n > ctx_->limits.max_head + reader_.max_body() + 4 * kInHighWater) {
       conn_->abort();
       return;
     }
@@ -195,9 +229,11 @@ void Http1Session::writable_soon() noexcept {
 }
 
 void Http1Session::resume() {
+  if (body_.active() && !body_chunked_ && body_left_ == 0) body_end_empty();
   if (in_.empty() || !t_->is_open()) return;
   std::size_t used = process(in_.data(), in_.size());
   keep_unfinished(in_.data() + used, in_.size() - used);
+  if (body_starved()) body_failed(BodyError::ClientGone);
 }
 
 // Moves the unfinished request at req into in_: the head, the body decoded so far, then the undecoded rest.
@@ -219,15 +255,30 @@ void Http1Session::keep_unfinished(char* req, std::size_t avail) {
 
 std::size_t Http1Session::process(char* buf, std::size_t len) {
   std::size_t pos = 0;
-  while (pos < len && reading()) {
+  while (pos < len) {
+    if (body_.active()) {  // a streamed body: to its consumer while it wants it, else it waits as bytes
+      if (!body_.wants() || !t_->is_open()) break;
+      pos += feed(buf + pos, len - pos);
+      if (t_->closing_after_flush()) return len;  // answered or failed mid-body: the rest is dropped
+      continue;
+    }
+    if (!reading()) break;
     char* req = buf + pos;
     const http::ReadStep step = reader_.read(req, len - pos, ctx_->limits);
     if (step.status == http::ReadStatus::Bad) {
       write_error(step.error);
       return len;
     }
+    if (step.status == http::ReadStatus::Head) {
+      if (admit(reader_.head())) {  // a streamed route's handler has run: the body goes to it from here
+        pos += step.total;
+        reader_.reset(ctx_->max_body);
+      }
+      if (t_->closing_after_flush()) return len;
+      continue;
+    }
     if (step.status != http::ReadStatus::Done) {
-      write_continue();
+      if (!admitted_) write_continue();  // a body read before it is refused (404, a bad escape): as asked
       break;
     }
     continue_sent_ = false;
@@ -237,9 +288,171 @@ std::size_t Http1Session::process(char* buf, std::size_t len) {
   return pos;
 }
 
+// A request with a body to come, its head in: routed, and its middleware run, now. True when its route streams
+// the body and its handler ran (the session now feeds the body to it); false when the message reads on (a
+// buffered route whose middleware passed, or one answered once the body is in: 404, 405, 400, 413 by the
+// reader) or was answered here.
+bool Http1Session::admit(const http::RequestHead& head) {
+  const Router::Match m = Dispatch::route(*ctx_, ex_, head, params_);
+  if (!m.handler) return false;  // 404 or 405 once the body is in, as for any request
+  const std::uint64_t limit = m.options->max_body ? m.options->max_body : ctx_->max_body;
+  reader_.set_max_body(limit);
+  if (!head.chunked && head.content_length > limit) return false;  // the reader answers 413 next
+  Request request = Dispatch::request(*ctx_, head, {});
+  if (!Dispatch::prepare(request, *conn_, head, params_, decode_)) {
+    reader_.set_max_body(ctx_->max_body);  // answered 400 once the body is in
+    return false;
+  }
+  ++seq_;
+  req_keep_alive_ = head.keep_alive && !draining_;
+  req_minor_ = head.minor;
+  req_head_only_ = head.method == "HEAD";
+  body_unread_ = true;
+  const bool streamed = m.options->stream_body;
+  if (streamed) {
+    Dispatch::stream_body(request, *ctx_, t_->slot(), t_->gen(), seq_);
+    body_.start(limit);
+    body_chunked_ = head.chunked;
+    body_left_ = head.content_length;
+    if (body_chunked_) chunks_.reset(limit);
+    body_expect_ = head.expect_continue && head.minor == 1;
+  }
+  set_awaiting(true);
+  in_dispatch_ = true;
+  Responder res = Dispatch::responder(*ctx_, t_->slot(), t_->gen(), seq_);
+  bool go_on = false;
+  bool ok = Dispatch::admit(*ctx_, request, res, go_on);
+  if (ok && go_on && streamed) ok = Dispatch::handle(*m.handler, request, res);
+  in_dispatch_ = false;
+  if (!go_on) body_.drop();  // refused (or threw) before the body was asked for
+  if (ok && go_on && !streamed) {
+    admitted_ = true;
+    admitted_handler_ = m.handler;
+    set_awaiting(false);
+    write_continue();
+    return false;
+  }
+  handled(ok);
+  return streamed && go_on && t_->is_open() && !t_->closing_after_flush();
+}
+
+// After a handler (or middleware) ran: a throw is a 500 if nothing was sent yet, else the connection ends; a
+// request still awaited gets its handler deadline.
+void Http1Session::handled(bool ok) {
+  if (!ok) {
+    body_.drop();
+    if (streaming_) {
+      conn_->abort();  // the head and maybe some body are out: a 500 now would land inside the body
+    } else if (awaiting_) {
+      set_awaiting(false);
+      write_error_status(500, "internal error");
+    }
+  }
+  arm_handler();
+}
+
+// The handler deadline runs while a request is awaited, except while its streamed body flows to a consumer
+// that takes it (the body deadline judges the client then).
+void Http1Session::arm_handler() noexcept {
+  if (!awaiting_ || !t_->is_open()) return ctx_->handler_timers.clear(*conn_);
+  if (body_.wants()) return ctx_->handler_timers.clear(*conn_);
+  if (conn_->handler_link.which == Timer::None) ctx_->handler_timers.set(*conn_, Timer::Handler, ctx_->now_ms);
+}
+
+// The next piece of a streamed body, from p: decoded (chunked, in place) and handed to the consumer. Returns the
+// input bytes used.
+std::size_t Http1Session::feed(char* p, std::size_t n) {
+  std::string_view chunk;
+  bool last;
+  std::size_t used;
+  if (!body_chunked_) {
+    used = std::size_t(std::min<std::uint64_t>(n, body_left_));
+    body_left_ -= used;
+    chunk = {p, used};
+    last = body_left_ == 0;
+  } else {
+    const http::ChunkStep step = chunks_.decode(p, n, p);
+    if (step.status == http::ChunkStatus::Bad || step.status == http::ChunkStatus::TooLarge) {
+      body_failed(step.status == http::ChunkStatus::Bad ? BodyError::Malformed : BodyError::TooLarge);
+      return n;
+    }
+    used = step.consumed;
+    chunk = {p, step.produced};
+    last = step.status == http::ChunkStatus::Done;
+    if (chunk.empty() && !last) return used;
+  }
+  body_.count(chunk.size());
+  if (last) body_unread_ = false;
+  if (conn_->timer_link.which == Timer::Body) ctx_->timers.set(*conn_, Timer::Body, ctx_->now_ms);
+  in_feed_ = true;
+  const bool ok = body_.deliver(chunk, last);
+  in_feed_ = false;
+  if (!t_->is_open()) return n;
+  handled(ok);
+  return used;
+}
+
+// A streamed body that cannot complete: its consumer is told; the request, unless answered, gets the error's
+// status; the connection closes after it (the rest of the body is never read).
+void Http1Session::body_failed(BodyError e) {
+  body_.fail(ctx_->later, e);
+  body_unread_ = true;
+  if (streaming_) {
+    conn_->abort();
+    return;
+  }
+  if (!awaiting_) {
+    t_->close_after_flush();
+    return;
+  }
+  set_awaiting(false);
+  ctx_->handler_timers.clear(*conn_);
+  switch (e) {
+    case BodyError::Timeout: write_error_status(408, "request body timeout"); break;
+    case BodyError::TooLarge: write_error_status(413, "request body too large"); break;
+    case BodyError::Malformed: write_error_status(400, "invalid chunked encoding"); break;
+    case BodyError::ClientGone: t_->close_after_flush(); break;
+  }
+}
+
+// A BodyReader's call. One that makes the consumer want bytes (on_data, resume) reads on later in the turn,
+// never inside the caller's stack, which may be the consumer itself or another connection's handler.
+bool Http1Session::body(std::uint32_t id, BodyCall& c) {
+  if (id != seq_ || !body_.active() || !t_->is_open()) return false;
+  const bool wanted = body_.wants();
+  const bool r = body_.apply(c);
+  if (c.op == BodyCall::Op::Alive) return r;
+  t_->guarded([&] {
+    if (body_.asked() && body_expect_) {  // RFC 9110 10.1.1: the client waits for this before sending its body
+      body_expect_ = false;
+      t_->out().append(kContinue);
+    }
+    arm_handler();
+    if (wanted == body_.wants() && c.op != BodyCall::Op::OnData) return;
+    if (!in_dispatch_ && !in_feed_) {
+      if (body_.wants()) continue_later();
+      after_output();
+    }
+  });
+  return r;
+}
+
 void Http1Session::count(int status, std::size_t body_bytes) { Dispatch::record(*ctx_, ex_, *conn_, status, body_bytes); }
 
 void Http1Session::dispatch(const http::RequestHead& head, std::string_view body) {
+  if (admitted_) {  // its middleware ran at its head; the head may have moved since: its captures are found again
+    admitted_ = false;
+    body_unread_ = false;
+    (void)ctx_->router->find(head.method, head.path, params_);
+    Request request = Dispatch::request(*ctx_, head, body);
+    (void)Dispatch::prepare(request, *conn_, head, params_, decode_);  // it passed at the head
+    set_awaiting(true);
+    in_dispatch_ = true;
+    const bool ok = Dispatch::handle(*admitted_handler_, request, Dispatch::responder(*ctx_, t_->slot(), t_->gen(), seq_));
+    in_dispatch_ = false;
+    handled(ok);
+    return;
+  }
   ++seq_;
   req_keep_alive_ = head.keep_alive && !draining_;
   req_minor_ = head.minor;
@@ -259,9 +472,19 @@ void Http1Session::dispatch(const http::RequestHead& head, std::string_view body
     write_error_status(400, "malformed percent-escape in the path or query");
     return;
   }
+  // A streamed route's request without a body (one with a body was admitted at its head): its consumer gets the
+  // empty end once it asks.
+  const bool streamed = m.options->stream_body;
+  if (streamed) {
+    Dispatch::stream_body(request, *ctx_, t_->slot(), t_->gen(), seq_);
+    body_.start(m.options->max_body ? m.options->max_body : ctx_->max_body);
+    body_chunked_ = body_expect_ = false;
+    body_left_ = 0;
+  }
   set_awaiting(true);
   in_dispatch_ = true;
   if (!Dispatch::run(*ctx_, *m.handler, request, Dispatch::responder(*ctx_, t_->slot(), t_->gen(), seq_))) {
+    body_.drop();
     if (streaming_) {
       conn_->abort();  // the head and maybe some body are out: a 500 now would land inside the body
     } else if (awaiting_) {
@@ -270,7 +493,14 @@ void Http1Session::dispatch(const http::RequestHead& head, std::string_view body
     }
   }
   in_dispatch_ = false;
+  if (streamed) return body_end_empty();
   if (awaiting_ && t_->is_open()) ctx_->handler_timers.set(*conn_, Timer::Handler, ctx_->now_ms);
+}
+
+// A streamed body with nothing in it: its consumer gets the end as soon as it wants it.
+void Http1Session::body_end_empty() {
+  if (body_.wants() && !body_chunked_ && body_left_ == 0 && t_->is_open()) (void)feed(nullptr, 0);
+  if (t_->is_open()) arm_handler();
 }
 
 bool Http1Session::stream_begin(std::uint32_t seq, const Response& head) noexcept {
@@ -439,7 +669,7 @@ bool Http1Session::write_head(const Response& r, http::BodyFraming framing) {
     refuse_response(check.why);
     return false;
   }
-  if (check.close || framing == http::BodyFraming::Close) req_keep_alive_ = false;
+  if (check.close || framing == http::BodyFraming::Close || body_unread_) req_keep_alive_ = false;
   Transport::OutQueue& q = t_->out();
   const std::size_t from = q.bytes.size();
   http::ResponseHead h;
@@ -466,6 +696,7 @@ void Http1Session::write_response(const Response& r) {
 }
 
 void Http1Session::write_error_status(int status, std::string_view message, std::span<const Header> extra) {
+  if (body_unread_) req_keep_alive_ = false;  // answered before its body was read: the rest is not read
   Transport::OutQueue& q = t_->out();
   const std::size_t from = q.bytes.size();
   const std::size_t body = http::write_error_response(q.bytes, status, message, ctx_->date.value(),

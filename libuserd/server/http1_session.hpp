@@ -34,6 +34,7 @@ class Http1Session final : public Session {
   Timer deadline() const noexcept override;
   bool input_stuck(bool paused) const noexcept override;
   void on_timeout(Timer t) noexcept override;
+  void on_eof() noexcept override;
   void drain() noexcept override;
   void on_abort() noexcept override;
   void on_released() noexcept override;
@@ -56,6 +57,8 @@ class Http1Session final : public Session {
   void inbox_waits(bool on) noexcept override { inbox_waits_ = on; }
   bool inbox_waiting() const noexcept override { return inbox_waits_; }
 
+  bool body(std::uint32_t id, BodyCall& c) override;
+
   bool ready_due() const noexcept override { return ready_due_; }
   bool fresh() const noexcept { return fresh_; }
   void shed() noexcept;  // a free slot gives back its decode buffer too
@@ -66,6 +69,13 @@ class Http1Session final : public Session {
   void keep_unfinished(char* req, std::size_t avail);
   void resume();
   void dispatch(const http::RequestHead& head, std::string_view body);
+  bool admit(const http::RequestHead& head);
+  void handled(bool ok);
+  std::size_t feed(char* p, std::size_t n);
+  void body_failed(BodyError e);
+  void body_end_empty();
+  bool body_starved() const noexcept;
+  void arm_handler() noexcept;
   void write_response(const Response& r);
   bool write_head(const Response& r, http::BodyFraming framing);
   void refuse_response(std::string_view why);
@@ -95,6 +105,19 @@ class Http1Session final : public Session {
   int stream_status_ = 0;
   std::size_t stream_bytes_ = 0;
   std::function<void()> writable_;  // Stream::on_writable's callback, until it runs
+
+  // A request with a body is routed at its head, and its middleware run, before the body is read. A buffered
+  // route's handler then runs once the body is in (admitted_); a streamed route's runs at once and gets the body
+  // as it comes (body_), straight out of the bytes the transport hands in.
+  bool admitted_ = false;
+  const Handler* admitted_handler_ = nullptr;
+  bool body_unread_ = false;  // request seq_ has body bytes not read yet: its answer closes the connection
+  BodyConsumer body_;
+  std::uint64_t body_left_ = 0;  // Content-Length framing: bytes still to come
+  bool body_chunked_ = false;
+  bool body_expect_ = false;     // a 100 Continue goes out when the consumer asks
+  bool in_feed_ = false;         // inside a consumer's on_data
+  http::ChunkedDecoder chunks_;
 
   // The request being read, from its first byte in whichever buffer holds it.
   http::MessageReader<http::RequestHead> reader_;

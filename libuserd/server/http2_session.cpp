@@ -121,20 +121,38 @@ struct H2Callbacks {
     return 0;
   }
 
+  // Windows are given back by hand (no automatic WINDOW_UPDATE): the connection's at once, since every stream's
+  // own window bounds what it holds; a stream's once its bytes are used: at once for a buffered body (its limit
+  // bounds it), when its consumer took them for a streamed one.
   static int data_chunk(nghttp2_session* s, std::uint8_t, std::int32_t id, const std::uint8_t* data, std::size_t len,
                         void* user) {
+    Http2Session& h = self(user);
+    nghttp2_session_consume_connection(s, len);
     Http2Session::Stream* st = stream(s, id);
-    if (!st || st->refused) return 0;
-    if (st->body.size() + len > self(user).ctx_->max_body) {
+    const bool dropped = !st || st->refused || st->body_failed || (st->dispatched && !st->consumer.active());
+    if (dropped || !st->streamed) nghttp2_session_consume_stream(s, id, len);
+    if (dropped) return 0;  // refused, answered or gone: nobody reads the rest
+    st->received += len;
+    if (st->received > st->body_limit) {
+      if (st->dispatched) {  // its consumer is told, and the request answered 413, after mem_recv
+        st->body_failed = true;
+        st->body_error = BodyError::TooLarge;
+        h.mark_body(*st);
+        return 0;
+      }
       // Answered now, not at the end of a body that may never end; the stream is then reset (RFC 9113 8.1).
       st->refused = true;
       st->refuse_status = 413;
-      return self(user).mark_ready(*st) ? 0 : NGHTTP2_ERR_CALLBACK_FAILURE;
+      return h.mark_ready(*st) ? 0 : NGHTTP2_ERR_CALLBACK_FAILURE;
     }
     try {
       st->body.append(reinterpret_cast<const char*>(data), len);
     } catch (const std::bad_alloc&) {
       return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
+    }
+    if (st->streamed) {
+      st->body_deadline_ms = h.ctx_->now_ms + h.ctx_->timers.duration(Timer::Body);  // between chunks
+      h.mark_body(*st);
     }
     return 0;
   }
@@ -148,18 +166,34 @@ struct H2Callbacks {
                              t == NGHTTP2_PRIORITY || t == NGHTTP2_RST_STREAM ||
                              (t == NGHTTP2_DATA && f->hd.length == 0 && !(f->hd.flags & NGHTTP2_FLAG_END_STREAM));
     if (no_progress && !h.spend(h.frame_tokens_)) return 0;
-    if ((f->hd.type != NGHTTP2_HEADERS && f->hd.type != NGHTTP2_DATA) || !(f->hd.flags & NGHTTP2_FLAG_END_STREAM))
-      return 0;
+    if (f->hd.type != NGHTTP2_HEADERS && f->hd.type != NGHTTP2_DATA) return 0;
     Http2Session::Stream* st = reading(s, h, f->hd.stream_id);
-    return !st || h.mark_ready(*st) ? 0 : NGHTTP2_ERR_CALLBACK_FAILURE;
+    if (!st) return 0;
+    if (!(f->hd.flags & NGHTTP2_FLAG_END_STREAM)) {
+      // A request head with a body to come: routed, and its middleware run, before its body is read.
+      if (f->hd.type != NGHTTP2_HEADERS || f->headers.cat != NGHTTP2_HCAT_REQUEST || st->head_due || st->refused)
+        return 0;
+      h.classify(*st);
+      st->head_due = true;
+      try {
+        h.ready_.push_back(st->id);
+      } catch (const std::bad_alloc&) {
+        return NGHTTP2_ERR_CALLBACK_FAILURE;
+      }
+      return 0;
+    }
+    st->end_seen = true;
+    if (st->dispatched && st->streamed) h.mark_body(*st);  // the end goes to its consumer
+    return h.mark_ready(*st) ? 0 : NGHTTP2_ERR_CALLBACK_FAILURE;
   }
 
   static int frame_sent(nghttp2_session* s, const nghttp2_frame* f, void*) {
     if ((f->hd.type != NGHTTP2_HEADERS && f->hd.type != NGHTTP2_DATA) || !(f->hd.flags & NGHTTP2_FLAG_END_STREAM))
       return 0;
+    // Answered before the client sent all of its body (refused, answered early, a 413 or 408): RFC 9113 8.1
+    // lets the server stop the rest with a NO_ERROR reset.
     Http2Session::Stream* st = stream(s, f->hd.stream_id);
-    if (st && st->refused && (st->refuse_status == 413 || st->refuse_status == 408))
-      nghttp2_submit_rst_stream(s, NGHTTP2_FLAG_NONE, st->id, NGHTTP2_NO_ERROR);
+    if (st && !st->end_seen) nghttp2_submit_rst_stream(s, NGHTTP2_FLAG_NONE, st->id, NGHTTP2_NO_ERROR);
     return 0;
   }
 
@@ -235,6 +269,11 @@ struct H2Callbacks {
 
 namespace {
 constexpr std::size_t kStreamBuffer = 64 * 1024;  // a stream's written-but-unframed bytes, before write() says false
+// Receive windows. A streamed body's stream gets kStreamedWindow (what its consumer may have waiting, at most)
+// so that an upload is not held to 64 KiB a round trip; the connection's is wide enough for a few of them at
+// once, and bounds nothing we hold (each stream's own window does).
+constexpr std::int32_t kStreamedWindow = 256 * 1024;
+constexpr std::int32_t kConnectionWindow = 1 << 20;
 constexpr std::size_t kHeader = 16;  // keeps nghttp2's blocks 16-byte aligned, as malloc's
 constexpr std::uint8_t kLarge = 0xff;
 }  // namespace
@@ -315,6 +354,7 @@ H2Shared::H2Shared() {
   nghttp2_session_callbacks_set_on_stream_close_callback(callbacks, H2Callbacks::stream_close);
   nghttp2_session_callbacks_set_on_frame_send_callback(callbacks, H2Callbacks::frame_sent);
   nghttp2_session_callbacks_set_send_data_callback(callbacks, H2Callbacks::send_data);
+  nghttp2_option_set_no_auto_window_update(options, 1);  // data_chunk gives windows back
   // Debian 12 backports both limits into 1.52 (configure-time symbol checks): a budget of received resets
   // (CVE-2023-44487) and of CONTINUATION frames per header block (CVE-2024-28182), as upstream 1.57 and 1.61.
 #ifdef USERD_HAVE_NGHTTP2_OPTION_SET_STREAM_RESET_RATE_LIMIT
@@ -364,6 +404,7 @@ bool Http2Session::start() noexcept {
       {NGHTTP2_SETTINGS_MAX_HEADER_LIST_SIZE, std::uint32_t(ctx_->limits.max_head)},
   };
   if (nghttp2_submit_settings(s_, NGHTTP2_FLAG_NONE, settings, 2) != 0) return false;
+  if (nghttp2_session_set_local_window_size(s_, NGHTTP2_FLAG_NONE, 0, kConnectionWindow) != 0) return false;
   draining_ = in_recv_ = false;
   settings_unacked_ = true;
   settings_deadline_ms_ = ctx_->now_ms + ctx_->timers.duration(Timer::Header);
@@ -384,6 +425,7 @@ void Http2Session::publish() noexcept {
 // The stream is answered (or can no longer be): answers from other threads for it are refused from now on.
 void Http2Session::stop_awaiting(Stream& st) noexcept {
   st.awaiting = false;
+  st.consumer.drop();  // answered: the rest of a streamed body is nobody's
   if (st.xslot) ctx_->exchanges->unpublish(st.xslot);
 }
 
@@ -407,6 +449,12 @@ Http2Session::Stream* Http2Session::take_stream() noexcept {
   st->id = 0;
   st->seq = st->xslot = 0;
   st->ready = st->awaiting = st->answered = st->head_only = st->refused = false;
+  st->head_due = st->dispatched = st->admitted = st->end_seen = st->streamed = st->body_due = st->expect = false;
+  st->body_failed = false;
+  st->body_limit = ctx_->max_body;
+  st->received = 0;
+  st->handler = nullptr;
+  st->consumer.drop();
   st->refuse_status = 0;
   st->head_bytes = 0;
   st->fields.clear();
@@ -429,6 +477,7 @@ void Http2Session::give_back(Stream* st) noexcept {
   if (reading_ == st) reading_ = nullptr;
   if (current_ == st) current_ = nullptr;
   st->writable = nullptr;  // what the producer's callback holds goes now
+  st->consumer.fail(ctx_->later, BodyError::ClientGone);  // reset, or closed with the connection
   close_exchange(*st);
   if (st->stalled) writable_soon();  // the worker drops what it holds for this stream, now
   live_.erase(std::find(live_.begin(), live_.end(), st));
@@ -514,8 +563,92 @@ void Http2Session::pump() noexcept {
 void Http2Session::dispatch_ready() {
   // A stream reset in the same batch as its request (rapid reset) is closed by now: never dispatched.
   for (std::size_t i = 0; i < ready_.size(); ++i)
-    if (Stream* st = H2Callbacks::stream(s_, ready_[i])) dispatch(*st);
+    if (Stream* st = H2Callbacks::stream(s_, ready_[i])) dispatch(*st, !st->ready);
   ready_.clear();
+  deliver_bodies();
+}
+
+// A request head with a body to come: what its route makes of the body (streamed, and its limit), found while
+// nghttp2 reads the body's frames. A lookup, no handler call.
+void Http2Session::classify(Stream& st) noexcept {
+  if (!st.method_len || !st.path_len) return;
+  const std::string_view target(st.fields.data() + st.path_off, st.path_len);
+  const std::string_view method(st.fields.data() + st.method_off, st.method_len);
+  const Router::Match m = ctx_->router->find(method, target.substr(0, target.find('?')), ctx_->h2->params);
+  if (!m.handler) return;
+  st.streamed = m.options->stream_body;
+  if (m.options->max_body) st.body_limit = m.options->max_body;
+}
+
+void Http2Session::mark_body(Stream& st) noexcept {
+  if (st.body_due) return;
+  try {
+    bodies_.push_back(st.id);
+    st.body_due = true;
+  } catch (const std::bad_alloc&) {  // taken up again when its consumer next asks or more data comes
+  }
+}
+
+// Streamed bodies with something due go to their consumers, after mem_recv (never inside nghttp2's callbacks):
+// what arrived, in one chunk, then its stream's window is given back for it; or its end; or its failure.
+void Http2Session::deliver_bodies() {
+  if (bodies_.empty() || !s_) return;
+  std::int32_t due[64];
+  while (!bodies_.empty()) {
+    const std::size_t n = std::min(bodies_.size(), std::size(due));
+    std::copy_n(bodies_.end() - std::ptrdiff_t(n), n, due);
+    bodies_.resize(bodies_.size() - n);
+    for (std::size_t i = 0; i < n; ++i) {
+      Stream* st = H2Callbacks::stream(s_, due[i]);
+      if (!st) continue;
+      st->body_due = false;
+      if (!st->dispatched || !st->consumer.active()) continue;
+      current_ = st;
+      if (st->body_failed) {
+        st->consumer.fail(ctx_->later, st->body_error);
+        if (st->awaiting && !st->streaming) submit_error(*st, 413, "request body too large");
+        else nghttp2_submit_rst_stream(s_, NGHTTP2_FLAG_NONE, st->id, NGHTTP2_CANCEL);
+        continue;
+      }
+      if (!st->consumer.wants() || (st->body.empty() && !st->end_seen)) continue;  // due again when it asks
+      const std::size_t len = st->body.size();
+      const std::uint32_t seq = st->seq;
+      in_dispatch_ = true;  // an answer from the consumer goes out once this is done
+      const bool ok = st->consumer.deliver({st->body.data(), len}, st->end_seen);
+      in_dispatch_ = false;
+      st->body.clear();  // nothing closes the stream meanwhile: that takes a mem_send or mem_recv
+      nghttp2_session_consume_stream(s_, st->id, len);
+      handled(*st, seq, ok);
+    }
+  }
+}
+
+// After middleware, a handler or a consumer ran for st: a throw is a 500 if nothing was sent yet, else the
+// stream is reset; a request still awaited has its handler deadline, except while its body flows to a
+// consumer that takes it.
+void Http2Session::handled(Stream& st, std::uint32_t seq, bool ok) {
+  Stream* still = find(seq);
+  if (still != &st) return;
+  if (!ok && st.awaiting) {
+    if (st.streaming) {  // the head and maybe some body are out: that stream cannot be finished
+      stop_awaiting(st);
+      nghttp2_submit_rst_stream(s_, NGHTTP2_FLAG_NONE, st.id, NGHTTP2_INTERNAL_ERROR);
+    } else {
+      submit_error(st, 500, "internal error");
+    }
+  }
+  if (st.awaiting && !st.consumer.wants() && conn_->handler_link.which == Timer::None)
+    ctx_->handler_timers.set(*conn_, Timer::Handler, ctx_->now_ms);
+}
+
+// RFC 9113 8.1: an interim 100 before the final answer, once the body is wanted.
+void Http2Session::send_continue(Stream& st) {
+  st.expect = false;
+  static const nghttp2_nv status{const_cast<std::uint8_t*>(reinterpret_cast<const std::uint8_t*>(":status")),
+                                 const_cast<std::uint8_t*>(reinterpret_cast<const std::uint8_t*>("100")), 7, 3,
+                                 NGHTTP2_NV_FLAG_NO_COPY_NAME | NGHTTP2_NV_FLAG_NO_COPY_VALUE};
+  if (nghttp2_submit_headers(s_, NGHTTP2_FLAG_NONE, st.id, nullptr, &status, 1, nullptr) == NGHTTP2_ERR_NOMEM)
+    throw std::bad_alloc();
 }
 
 bool Http2Session::make_head(Stream& st) {
@@ -533,8 +666,9 @@ bool Http2Session::make_head(Stream& st) {
   if (h.path.empty() || h.path[0] != '/') return false;
   bool host = false;
   for (const Stream::Field& f : st.field_offsets) {
-    h.headers[h.header_count++] = {{b + f.name_off, f.name_len}, {b + f.value_off, f.value_len}};
-    host |= h.headers[h.header_count - 1].name == "host";
+    const Header& field = h.headers[h.header_count++] = {{b + f.name_off, f.name_len}, {b + f.value_off, f.value_len}};
+    host |= field.name == "host";
+    if (field.name == "expect" && http::iequals(field.value, "100-continue")) h.expect_continue = true;
   }
   // RFC 9113 8.3.1: :authority is the target's authority; a handler reads it as Host, as over HTTP/1.1.
   if (!host && st.authority_len) h.headers[h.header_count++] = {"host", {b + st.authority_off, st.authority_len}};
@@ -545,7 +679,13 @@ bool Http2Session::make_head(Stream& st) {
   return true;
 }
 
-void Http2Session::dispatch(Stream& st) {
+// at_head: the request's head is in and its body to come. Its route and middleware run now; a streamed route's
+// handler too, and its body then goes to the consumer as it comes. A buffered route's handler runs when the
+// body is in (admitted); anything answered without a handler (404, 405, 400) is answered then too, as for a
+// request that came whole.
+void Http2Session::dispatch(Stream& st, bool at_head) {
+  // A stream is on ready_ twice when its head and its end came in one batch: the first call does it all.
+  if (st.dispatched || st.answered || (at_head && (st.admitted || st.refused))) return;
   if (!ctx_->exchanges) st.seq = ++next_seq_ ? next_seq_ : ++next_seq_;  // 0 names no request
   current_ = &st;
   if (st.refused) {
@@ -556,22 +696,29 @@ void Http2Session::dispatch(Stream& st) {
 
   }
   if (!make_head(st)) {
+    if (at_head) return;
     st.ex.route = ctx_->router->route_count();
     return submit_error(st, 400, "malformed request");
   }
   const http::RequestHead& head = ctx_->h2->head;
   RouteParams& params = ctx_->h2->params;
   st.head_only = head.method == "HEAD";
-  frame_tokens_ = std::min(frame_tokens_ + 20, kFrameBurst);
-  const Router::Match m = Dispatch::route(*ctx_, st.ex, head, params);
+  const bool admitted = st.admitted;
+  if (!admitted) frame_tokens_ = std::min(frame_tokens_ + 20, kFrameBurst);
+  const Router::Match m =
+      admitted ? ctx_->router->find(head.method, head.path, params) : Dispatch::route(*ctx_, st.ex, head, params);
   if (!m.handler) {
+    if (at_head) return;
     if (m.allow.empty()) return submit_error(st, 404, "not found");
     const Header allow{"allow", m.allow};
     return submit_error(st, 405, "method not allowed", {&allow, 1});
   }
-  Request request = Dispatch::request(*ctx_, head, {st.body.data(), st.body.size()});
-  if (!Dispatch::prepare(request, *conn_, head, params, st.decode))
+  const bool streamed = m.options->stream_body;
+  Request request = Dispatch::request(*ctx_, head, streamed ? std::string_view() : std::string_view(st.body.data(), st.body.size()));
+  if (!Dispatch::prepare(request, *conn_, head, params, st.decode)) {
+    if (at_head) return;
     return submit_error(st, 400, "malformed percent-escape in the path or query");
+  }
   // Its Responder names an exchange of its own when the loop keeps a table (a worker), else the connection.
   std::uint32_t rslot = t_->slot();
   if (ctx_->exchanges) {
@@ -582,22 +729,72 @@ void Http2Session::dispatch(Stream& st) {
   }
   st.awaiting = true;
   const std::uint32_t seq = st.seq;
+  if (streamed) {
+    Dispatch::stream_body(request, *ctx_, rslot, t_->gen(), seq);
+    st.streamed = true;
+    st.consumer.start(st.body_limit);
+    st.expect = head.expect_continue && !st.end_seen;
+    if (!st.end_seen) (void)nghttp2_session_set_local_window_size(s_, NGHTTP2_FLAG_NONE, st.id, kStreamedWindow);
+    mark_body(st);  // what came with the head goes to the consumer once the handler asked for it
+  }
+  Responder res = Dispatch::responder(*ctx_, rslot, t_->gen(), seq);
   in_dispatch_ = true;
-  const bool ok = Dispatch::run(*ctx_, *m.handler, request, Dispatch::responder(*ctx_, rslot, t_->gen(), seq));
+  bool ok, go_on = true;
+  if (admitted) {
+    ok = Dispatch::handle(*st.handler, request, res);
+  } else {
+    ok = Dispatch::admit(*ctx_, request, res, go_on);
+    if (ok && go_on && (streamed || !at_head)) ok = Dispatch::handle(*m.handler, request, res);
+  }
   in_dispatch_ = false;
   Stream* still = find(seq);
-  if (!ok && still && still->awaiting) {
-    if (still->streaming) {  // the head and maybe some body are out: that stream cannot be finished
-      stop_awaiting(*still);
-      nghttp2_submit_rst_stream(s_, NGHTTP2_FLAG_NONE, still->id, NGHTTP2_INTERNAL_ERROR);
-    } else {
-      submit_error(*still, 500, "internal error");
+  if (still == &st && ok && go_on && at_head && !streamed) {  // its handler runs once the body is in
+    st.admitted = true;
+    st.handler = m.handler;
+    stop_awaiting(st);
+    close_exchange(st);
+    if (head.expect_continue) send_continue(st);
+    return;
+  }
+  if (still == &st) {
+    st.dispatched = true;
+    if (!go_on) st.consumer.drop();
+    if (st.awaiting) st.deadline_ms = ctx_->now_ms + ctx_->handler_timeout_ms;
+  }
+  handled(st, seq, ok);
+}
+
+// A BodyReader's call. Bytes for a consumer that asks again go to it later in the turn (ctx.ready), never
+// inside the caller's stack.
+bool Http2Session::body(std::uint32_t id, BodyCall& c) {
+  Stream* st = find(id);
+  if (!st || !st->consumer.active() || !t_->is_open()) return false;
+  const bool r = st->consumer.apply(c);
+  if (c.op == BodyCall::Op::Alive) return r;
+  t_->guarded([&] {
+    if (st->consumer.asked() && st->expect) send_continue(*st);
+    if (c.op == BodyCall::Op::Pause) st->deadline_ms = ctx_->now_ms + ctx_->handler_timeout_ms;
+    if (st->awaiting && !st->consumer.wants() && conn_->handler_link.which == Timer::None)
+      ctx_->handler_timers.set(*conn_, Timer::Handler, ctx_->now_ms);
+    if (st->consumer.wants()) {
+      st->body_deadline_ms = ctx_->now_ms + ctx_->timers.duration(Timer::Body);
+      mark_body(*st);
+      if (!in_recv_ && !in_dispatch_ && !ready_due_) {
+        ready_due_ = true;
+        ctx_->ready.push_back({t_->slot(), t_->gen()});
+      }
     }
-  }
-  if (still && still->awaiting) {
-    still->deadline_ms = ctx_->now_ms + ctx_->handler_timeout_ms;
-    if (conn_->handler_link.which == Timer::None) ctx_->handler_timers.set(*conn_, Timer::Handler, ctx_->now_ms);
-  }
+  });
+  after_answer();
+  return r;
+}
+
+void Http2Session::run_ready() noexcept {
+  ready_due_ = false;
+  if (!s_ || !t_->is_open()) return;
+  t_->guarded([&] { deliver_bodies(); });
+  pump();
+  conn_->update_waits();
 }
 
 bool Http2Session::reply(std::uint32_t id, const Response& r) noexcept {
@@ -916,7 +1113,9 @@ void Http2Session::on_timeout(Timer t) noexcept {
   t_->guarded([&] {
     for (std::size_t i = 0; i < live_.size(); ++i) {
       Stream& st = *live_[i];
-      if (t == Timer::Handler && st.awaiting && st.streaming &&
+      if (t == Timer::Handler && st.awaiting && st.consumer.wants()) {
+        held = true;  // its body flows to a consumer that takes it: the body deadline judges the client
+      } else if (t == Timer::Handler && st.awaiting && st.streaming &&
           (st.deadline_ms > ctx_->now_ms || st.writable || st.sbuf.size() > st.soff)) {
         held = true;  // written lately, or held back by its client (the send deadline judges the client)
       } else if (t == Timer::Handler && st.awaiting && st.streaming) {
@@ -927,8 +1126,15 @@ void Http2Session::on_timeout(Timer t) noexcept {
         held = true;  // dispatched after the oldest: its own deadline is later
       } else if (t == Timer::Handler && st.awaiting) {
         if (ctx_->metrics) ctx_->metrics->handler_timeouts.add();
+        st.consumer.fail(ctx_->later, BodyError::Timeout);  // a consumer that held its body paused that long
         submit_error(st, 503, "handler timed out");
-      } else if (t != Timer::Handler && !st.ready && !st.answered && st.body_deadline_ms <= ctx_->now_ms) {
+      } else if (t != Timer::Handler && st.consumer.active()) {
+        if (!st.consumer.wants() || st.body_deadline_ms > ctx_->now_ms) continue;  // paused: not the client's
+        st.consumer.fail(ctx_->later, BodyError::Timeout);
+        if (st.awaiting && !st.streaming) submit_error(st, 408, "request body timeout");
+        else nghttp2_submit_rst_stream(s_, NGHTTP2_FLAG_NONE, st.id, NGHTTP2_CANCEL);
+      } else if (t != Timer::Handler && !st.ready && !st.answered && !st.dispatched &&
+                 st.body_deadline_ms <= ctx_->now_ms) {
         st.ex.route = ctx_->router->route_count();
         st.ready = st.refused = true;  // never dispatched; the rest of its body is dropped
         st.refuse_status = 408;
@@ -951,6 +1157,7 @@ void Http2Session::drain() noexcept {
 
 
 void Http2Session::on_abort() noexcept {
+  for (Stream* st : live_) st->consumer.fail(ctx_->later, BodyError::ClientGone);
   for (Stream* st : live_) stop_awaiting(*st);
   if (ctx_->awaited) ctx_->awaited[t_->slot()].store(0, std::memory_order_relaxed);
 }
@@ -965,6 +1172,8 @@ void Http2Session::on_released() noexcept {
   }
   live_.clear();
   ready_.clear();
+  bodies_.clear();
+  ready_due_ = false;
 }
 
 }  // namespace userd::server

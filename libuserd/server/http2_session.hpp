@@ -97,9 +97,10 @@ class Http2Session final : public Session {
   bool stream_waits(std::uint32_t id) const noexcept override;
   void stream_stalled(std::uint32_t id, int delta) noexcept override;
   void run_writable() noexcept override;
-  // Nothing queues behind an HTTP/2 answer: never on ctx.ready.
-  void run_ready() noexcept override {}
-  bool ready_due() const noexcept override { return false; }
+  // Nothing queues behind an HTTP/2 answer: ctx.ready carries only streamed bodies whose consumer asked again.
+  void run_ready() noexcept override;
+  bool ready_due() const noexcept override { return ready_due_; }
+  bool body(std::uint32_t id, BodyCall& c) override;
   void inbox_waits(bool on) noexcept override { inbox_waits_ = on; }
   bool inbox_waiting() const noexcept override { return inbox_waits_; }
 
@@ -124,7 +125,22 @@ class Http2Session final : public Session {
     };
     std::vector<Field> field_offsets;
     std::uint32_t method_off = 0, method_len = 0, path_off = 0, path_len = 0, authority_off = 0, authority_len = 0;
+    // Its body: buffered whole in body (up to body_limit), or, on a streamed route, held in body only until its
+    // consumer takes it; the client's window is given back for bytes the consumer took, so body never holds more
+    // than the stream's window.
     core::ByteBuffer body;
+    bool head_due = false;    // its head is in and its body to come: routed, and middleware run, after mem_recv
+    bool dispatched = false;  // its handler ran, or its middleware answered
+    bool admitted = false;    // a buffered route's middleware passed at the head: its handler runs at the end
+    bool end_seen = false;    // END_STREAM received: the client sends nothing more
+    bool streamed = false;    // its route streams the body (known once the head is in)
+    bool body_due = false;    // on bodies_: data, its end or an error waits for the consumer
+    bool expect = false;      // expect: 100-continue, not answered yet
+    BodyError body_error = BodyError::ClientGone;
+    bool body_failed = false;
+    std::uint64_t body_limit = 0, received = 0;
+    const Handler* handler = nullptr;  // admitted's
+    BodyConsumer consumer;
     // The response: its header names lowercased and values in resp_fields, its body (copied unless static).
     core::ByteBuffer resp_fields;
     core::ByteBuffer resp_body_copy;
@@ -154,7 +170,12 @@ class Http2Session final : public Session {
   void reset_stuck() noexcept;
   void give_back(Stream* s) noexcept;
   void dispatch_ready();
-  void dispatch(Stream& s);
+  void dispatch(Stream& s, bool at_head = false);
+  void classify(Stream& st) noexcept;
+  void mark_body(Stream& st) noexcept;
+  void deliver_bodies();
+  void handled(Stream& st, std::uint32_t seq, bool ok);
+  void send_continue(Stream& st);
   bool make_head(Stream& s);
   void submit(Stream& s, int status, std::string_view content_type, std::span<const Header> headers,
               std::string_view body, bool body_static);
@@ -183,7 +204,9 @@ class Http2Session final : public Session {
   nghttp2_session* s_ = nullptr;
   std::vector<Stream*> live_;                   // open streams (at most max_streams)
   std::vector<std::unique_ptr<Stream>> spare_;  // closed ones, for reuse
-  std::vector<std::int32_t> ready_;             // streams whose request is complete, in arrival order
+  std::vector<std::int32_t> ready_;             // streams whose request is complete (or head in), in arrival order
+  std::vector<std::int32_t> bodies_;            // streams whose consumer has something due (mark_body)
+  bool ready_due_ = false;                      // on ctx.ready: a consumer asked for more
   Stream* reading_ = nullptr;                   // the stream of the header block being read
   Stream* current_ = nullptr;                   // the stream last dispatched (find's first guess)
   std::uint32_t next_seq_ = 0;

@@ -8,6 +8,7 @@
 #include <span>
 #include <string_view>
 
+#include "libuserd/server/body.hpp"
 #include "userd/responder.hpp"
 #include "userd/upstream.hpp"
 
@@ -26,6 +27,10 @@ class ReplyTarget {
                             bool end, std::span<const Header> trailers) noexcept = 0;
   virtual void stream_on_writable(std::uint32_t slot, std::uint16_t gen, std::uint32_t seq,
                                   std::function<void()> fn) = 0;
+  // A streamed body's calls (BodyReader): loop thread only.
+  virtual bool body(std::uint32_t slot, std::uint16_t gen, std::uint32_t seq, BodyCall& c) {
+    return (void)slot, (void)gen, (void)seq, (void)c, false;
+  }
   // A timer on the loop (Request::after, Responder::after, Stream::after): loop thread only.
   virtual bool run_after(std::uint64_t ms, std::function<void()> fn) noexcept { return (void)ms, (void)fn, false; }
 

@@ -154,6 +154,39 @@ void Stream::on_writable(std::function<void()> fn) const {
   if (target_) target_->stream_on_writable(slot_, gen_, seq_, std::move(fn));
 }
 
+namespace {
+bool body_call(server::ReplyTarget* t, std::uint32_t slot, std::uint16_t gen, std::uint32_t seq,
+               server::BodyCall c) {
+  return t && t->body(slot, gen, seq, c);
+}
+}  // namespace
+
+bool BodyReader::on_data(std::function<void(std::string_view, bool)> fn) const {
+  return body_call(target_, slot_, gen_, seq_, {server::BodyCall::Op::OnData, &fn});
+}
+void BodyReader::on_error(std::function<void(BodyError)> fn) const {
+  body_call(target_, slot_, gen_, seq_, {server::BodyCall::Op::OnError, nullptr, &fn});
+}
+void BodyReader::pause() const noexcept {
+  try {
+    body_call(target_, slot_, gen_, seq_, {server::BodyCall::Op::Pause});
+  } catch (...) {
+  }
+}
+void BodyReader::resume() const noexcept {
+  try {
+    body_call(target_, slot_, gen_, seq_, {server::BodyCall::Op::Resume});
+  } catch (...) {
+  }
+}
+bool BodyReader::alive() const noexcept {
+  try {
+    return body_call(target_, slot_, gen_, seq_, {server::BodyCall::Op::Alive});
+  } catch (...) {
+    return false;
+  }
+}
+
 bool Responder::send(const Response& r) const noexcept { return target_ && target_->reply(slot_, gen_, seq_, r); }
 bool Responder::alive() const noexcept { return target_ && target_->awaiting(slot_, gen_, seq_); }
 

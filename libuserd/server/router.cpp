@@ -36,7 +36,7 @@ namespace {
 
 }  // namespace
 
-Router& Router::route(std::string_view method, std::string_view pattern, Handler h) {
+Router& Router::route(std::string_view method, std::string_view pattern, Handler h, RouteOptions options) {
   if (pattern.empty() || pattern.front() != '/') refuse("a route pattern starts with '/'", method, pattern);
   if (method.empty()) refuse("a route needs a method", method, pattern);
   std::vector<std::string> names;
@@ -82,7 +82,7 @@ Router& Router::route(std::string_view method, std::string_view pattern, Handler
   Route& r = routes_[std::size_t(slot)];
   for (const Method& m : r.methods)
     if (m.name == method) refuse("a route with this method and shape exists already (" + r.pattern + ")", method, pattern);
-  r.methods.push_back(Method{std::string(method), std::move(h), std::move(names)});
+  r.methods.push_back(Method{std::string(method), std::move(h), std::move(names), options});
   r.allow.clear();
   bool has_head = false;
   for (const Method& m : r.methods) has_head |= m.name == "HEAD";
@@ -204,7 +204,7 @@ Router::Match Router::find(std::string_view method, std::string_view path, Route
   const Method* m = nullptr;
   if (const Route* r = walk(*root_, path, 1, more, method, params, &m)) {
     for (std::size_t i = 0; i < params.count; ++i) params.names[i] = m->params[i];
-    return {&m->handler, r->allow, std::size_t(r - routes_.data())};
+    return {&m->handler, r->allow, std::size_t(r - routes_.data()), &m->options};
   }
   params.count = 0;
   if (const Route* r = walk(*root_, path, 1, more, {}, params, &m)) {  // the path is there, the method is not

@@ -10,6 +10,7 @@
 #include <span>
 #include <string_view>
 
+#include "libuserd/server/body.hpp"
 #include "libuserd/server/timers.hpp"
 #include "userd/responder.hpp"
 
@@ -25,6 +26,8 @@ class Session {
   virtual Timer deadline() const noexcept = 0;
   virtual bool input_stuck(bool paused) const noexcept = 0;
   virtual void on_timeout(Timer t) noexcept = 0;  // Header, Body or Handler
+  // The client closed its side: a body still being read can never complete.
+  virtual void on_eof() noexcept {}
   // The send deadline passed with nothing on its way to the socket: true when the session judges its own
   // streams (HTTP/2: one whose client keeps its window shut is reset, the others go on); false: the connection
   // ends, as for output that makes no progress.
@@ -54,6 +57,8 @@ class Session {
   // worker counts what it holds for the stream up (+1) and down (-1).
   virtual bool stream_waits(std::uint32_t id) const noexcept = 0;
   virtual void stream_stalled(std::uint32_t id, int delta) noexcept = 0;
+  // A streamed request body's consumer (BodyReader), by the id its Responder holds.
+  virtual bool body(std::uint32_t id, BodyCall& c) = 0;
   // The worker's later-in-the-turn calls: ctx.writable_due and ctx.ready.
   virtual void run_writable() noexcept = 0;
   virtual void run_ready() noexcept = 0;

@@ -660,13 +660,29 @@ void Worker::stream_on_writable(std::uint32_t slot, std::uint16_t gen, std::uint
   if (Connection* conn = find(slot, gen)) conn->stream_on_writable(seq, std::move(fn));
 }
 
+bool Worker::body(std::uint32_t slot, std::uint16_t gen, std::uint32_t seq, BodyCall& c) {
+  if (std::this_thread::get_id() != loop_thread_) return false;  // documented: loop thread only
+  Connection* conn = find(slot, gen);
+  if (!conn || !conn->body(seq, c)) return false;
+  after(*conn);
+  return true;
+}
+
 // Continuations, after the turn's completions and never from inside another connection's call: connections
 // answered from elsewhere go on with their queued requests (ready), and streams whose output drained below the
 // low-water mark get their waiting data and their producers' callbacks (writable_due). Each list is taken whole
 // per round, so what a round adds runs in the next one.
 void Worker::run_continuations() noexcept {
   for (int round = 0; round < kContinuationRounds; ++round) {
-    if (ctx_.ready.empty() && ctx_.writable_due.empty()) return;
+    if (ctx_.ready.empty() && ctx_.writable_due.empty() && ctx_.later.empty()) return;
+    if (!ctx_.later.empty()) {
+      std::vector<std::function<void()>> now;
+      std::swap(now, ctx_.later);
+      for (std::function<void()>& fn : now) try {
+          fn();
+        } catch (...) {  // an embedder's callback that throws loses only itself
+        }
+    }
     std::swap(ctx_.ready, ready_now_);
     for (const auto& [slot, gen] : ready_now_)
       if (Connection* conn = find(slot, gen)) {

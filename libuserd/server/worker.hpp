@@ -59,6 +59,7 @@ class Worker final : public ReplyTarget {
                     bool end, std::span<const Header> trailers) noexcept override;
   void stream_on_writable(std::uint32_t slot, std::uint16_t gen, std::uint32_t seq,
                           std::function<void()> fn) override;
+  bool body(std::uint32_t slot, std::uint16_t gen, std::uint32_t seq, BodyCall& c) override;
 
   // For a metrics scrape from any thread (relaxed reads). Null until the loop has started.
   const metrics::ThreadMetrics& metrics() const noexcept { return metrics_; }

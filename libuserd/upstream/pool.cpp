@@ -444,6 +444,7 @@ void Pool::parse(std::uint32_t i) {
     const http::ReadStep s = c.reader.read(c.in.data(), c.in.size());
     switch (s.status) {
       case http::ReadStatus::NeedMore:
+      case http::ReadStatus::Head:  // responses never stop at their head
         return;
       case http::ReadStatus::Bad:
         return fail(i, s.error == http::HttpError::BodyTooLarge ? UpstreamError::TooLarge : UpstreamError::BadResponse);

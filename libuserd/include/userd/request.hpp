@@ -51,6 +51,52 @@ struct TlsInfo {
   std::string_view client_subject{};  // the verified client certificate's subject (RFC 2253); empty when none
 };
 
+// Why a streamed body will not complete (BodyReader::on_error).
+enum class BodyError : std::uint8_t {
+  ClientGone,  // the client closed the connection or reset the stream
+  Timeout,     // nothing arrived for ServerConfig::body_timeout_ms while the consumer took data (408)
+  TooLarge,    // past the route's body limit (413)
+  Malformed,   // a chunked coding that does not parse (400); the connection is closed
+};
+
+// A streamed request body (RouteOptions::stream_body), handed to its handler as Request::body_reader(). A small
+// copyable handle like a Responder: it never keeps the connection alive, and once the body has ended, failed or
+// the request is gone its calls do nothing (on_data says false). Loop thread only: the handler's thread; work
+// done elsewhere comes back through Server::post to pause or resume.
+// Nothing is read that the consumer did not ask for: until on_data is set, and while paused, an HTTP/1.1
+// socket is not read and an HTTP/2 stream gets no WINDOW_UPDATE, so what a slow consumer costs is bounded by
+// one receive burst (64 KiB) or the stream's window, not by the body. A handler that answers before the body
+// has ended gets the rest discarded: on HTTP/1.1 its answer says Connection: close and the connection closes
+// after it (lingering, ServerConfig::linger_ms), on HTTP/2 the stream is reset (NO_ERROR) once the answer is out.
+class BodyReader {
+ public:
+  // fn gets each piece of the body as it arrives, in order, on the loop thread; last is true on the final call
+  // (its chunk may be empty). A chunk's bytes are valid only while fn runs. Setting fn asks for the body: a
+  // client that sent Expect: 100-continue gets its 100 now. fn may pause(), answer through its Responder, or
+  // set another fn. False when there is nothing to read: not a streamed route, or the body ended or failed.
+  bool on_data(std::function<void(std::string_view chunk, bool last)> fn) const;
+  // fn runs once, on the loop thread, if the body cannot complete (BodyError); never after on_data's last.
+  // The server answers a Timeout (408), TooLarge (413) or Malformed (400) itself when nothing has answered yet.
+  void on_error(std::function<void(BodyError)> fn) const;
+  // No on_data calls between pause() and resume(); the body timeout does not run meanwhile, the handler
+  // timeout (ServerConfig::handler_timeout_ms) does: a consumer paused that long is answered 503.
+  void pause() const noexcept;
+  void resume() const noexcept;
+  // True while the body is still arriving (or waits for on_data / resume).
+  bool alive() const noexcept;
+  BodyReader() noexcept = default;
+
+ private:
+  friend class server::Dispatch;
+  friend struct server::Access;
+  BodyReader(server::ReplyTarget* w, std::uint32_t slot, std::uint16_t gen, std::uint32_t seq) noexcept
+      : target_(w), slot_(slot), gen_(gen), seq_(seq) {}
+  server::ReplyTarget* target_ = nullptr;
+  std::uint32_t slot_ = 0;
+  std::uint16_t gen_ = 0;
+  std::uint32_t seq_ = 0;
+};
+
 class Request {
  public:
 
@@ -63,7 +109,9 @@ class Request {
   std::span<const Header> headers() const noexcept;
   // The first header of that name, compared case-insensitively; empty when absent.
   std::string_view header(std::string_view name) const noexcept;
-  std::string_view body() const noexcept { return body_; }  // de-chunked
+  std::string_view body() const noexcept { return body_; }  // de-chunked; empty on a streamed route
+  // A streamed route's body (RouteOptions::stream_body); elsewhere an empty reader (its on_data says false).
+  BodyReader body_reader() const noexcept { return reader_; }
   bool keep_alive() const noexcept;
   std::string_view backend() const noexcept { return backend_; }  // "io_uring" or "epoll"
   // The value of a route parameter ({name} or {*name}), percent-decoded; empty when the route has none.
@@ -110,6 +158,7 @@ class Request {
       : head_(&head), body_(body), backend_(backend), loop_(loop) {}
 
   const RouteParams* params_ = nullptr;
+  BodyReader reader_{};
   char* query_space_ = nullptr;  // as long as the query: query_param decodes a value where it sits in it
   const server::Connection* conn_ = nullptr;
 };

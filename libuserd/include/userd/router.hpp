@@ -24,7 +24,20 @@ using Handler = std::function<void(const Request&, Responder)>;
 // Runs, in the order added, for every request routing found a handler for, before that handler. True: go on.
 // False: the middleware has answered through the Responder (or will, like a handler that answers later), and
 // neither later middleware nor the handler runs. Same thread rules as a handler.
+// Middleware runs once the request's head has arrived, before a byte of its body is read (a body it refuses
+// is never asked for: no 100 Continue, no HTTP/2 window): Request::body() is empty there.
 using Middleware = std::function<bool(const Request&, Responder&)>;
+
+// How a route takes its request's body.
+struct RouteOptions {
+  // False: the handler runs once the whole body is in, and reads it as Request::body(). True: it runs as soon
+  // as the head (and middleware) passed, and takes the body through Request::body_reader(), chunk by chunk.
+  bool stream_body = false;
+  // This route's body limit (413 beyond, and on a streamed body the consumer's on_error); 0:
+  // ServerConfig::max_body. A buffered body is held whole in memory, a streamed one only as the consumer holds
+  // it.
+  std::uint64_t max_body = 0;
+};
 
 class Router {
  public:
@@ -36,12 +49,22 @@ class Router {
   // Throws std::invalid_argument for a malformed pattern ("{}", "{*a}" not last, a name used twice, more than
   // kMaxRouteParams parameters, not starting with '/') or one that conflicts with a route already added: the
   // same method and the same shape (parameter names aside).
-  Router& route(std::string_view method, std::string_view pattern, Handler h);
-  Router& get(std::string_view pattern, Handler h) { return route("GET", pattern, std::move(h)); }
-  Router& post(std::string_view pattern, Handler h) { return route("POST", pattern, std::move(h)); }
-  Router& put(std::string_view pattern, Handler h) { return route("PUT", pattern, std::move(h)); }
-  Router& patch(std::string_view pattern, Handler h) { return route("PATCH", pattern, std::move(h)); }
-  Router& del(std::string_view pattern, Handler h) { return route("DELETE", pattern, std::move(h)); }
+  Router& route(std::string_view method, std::string_view pattern, Handler h, RouteOptions options = {});
+  Router& get(std::string_view pattern, Handler h, RouteOptions o = {}) {
+    return route("GET", pattern, std::move(h), o);
+  }
+  Router& post(std::string_view pattern, Handler h, RouteOptions o = {}) {
+    return route("POST", pattern, std::move(h), o);
+  }
+  Router& put(std::string_view pattern, Handler h, RouteOptions o = {}) {
+    return route("PUT", pattern, std::move(h), o);
+  }
+  Router& patch(std::string_view pattern, Handler h, RouteOptions o = {}) {
+    return route("PATCH", pattern, std::move(h), o);
+  }
+  Router& del(std::string_view pattern, Handler h, RouteOptions o = {}) {
+    return route("DELETE", pattern, std::move(h), o);
+  }
   Router& use(Middleware m) {
     middleware_.push_back(std::move(m));
     return *this;
@@ -54,6 +77,7 @@ class Router {
     // matching the path serves, valid until the next find() on this thread.
     std::string_view allow;
     std::size_t route;       // index of the pattern (metrics label); route_count() when there is none
+    const RouteOptions* options = nullptr;  // with a handler: its route's
   };
   // A walk down the pattern tree, one segment at a time; nothing is allocated. params gets the captures of the
   // route found (for a 405, of the route whose Allow is given).
@@ -67,6 +91,7 @@ class Router {
     std::string name;
     Handler handler;
     std::vector<std::string> params;  // names, in the order their segments appear
+    RouteOptions options;
   };
   struct Route {
     std::string pattern;  // as first added: the metrics label

@@ -44,6 +44,7 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
       cancels_seen = kernel.cancels.size();
       conn.on_recv_end(-125);  // ECANCELED
     }
+    if (next() % 4 == 0) rig.poke(next());
     if (held && next() % 3 == 0) {
       Response r;
       r.body = "later";

@@ -44,6 +44,7 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
       const unsigned how = next() % 8;
       conn.on_send(how == 0 ? -32 : how == 1 && sent > 1 ? sent / 2 : sent);
     }
+    if (next() % 4 == 0) rig.poke(next());
     if (held && next() % 3 == 0) {
       Response r;
       r.body = "later";

@@ -330,7 +330,11 @@ class Bodies(unittest.TestCase):
             s.sendall(head("PUT", "/files/gone", KEY, ("Content-Length", 1 << 30)))
             s.sendall(block)
             if i % 2:
-                s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")  # RST
+                # A reset once the server has taken what was sent. (One that lands while a burst has drained the
+                # loop's receive buffers can go unseen by a multishot receive on kernel 6.18; the body deadline
+                # ends that connection instead: docs/operations.md.)
+                time.sleep(0.2)
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
             s.close()
         c = H2(self.port)
         for i in range(20):  # HTTP/2: the stream reset mid-body; the connection goes on

@@ -38,6 +38,11 @@ struct OneConnection final : server::ReplyTarget {
   void stream_on_writable(std::uint32_t, std::uint16_t, std::uint32_t seq, std::function<void()> fn) override {
     conn->stream_on_writable(seq, std::move(fn));
   }
+  bool body(std::uint32_t, std::uint16_t, std::uint32_t seq, server::BodyCall& c) override {
+    const bool ok = conn->body(seq, c);
+    settle();
+    return ok;
+  }
 };
 
 }  // namespace userd::testing

@@ -891,3 +891,191 @@ TEST_CASE("a stream head with Content-Length is refused with 500") {
   REQUIRE(s);
   CHECK_FALSE(s->write("x"));
 }
+
+// --- streamed request bodies ----------------------------------------------------------------------------------
+
+namespace {
+// A streamed route whose consumer records what it gets, pausing when told to; and a middleware that refuses a
+// request without "k: 1" before its body is read.
+struct Streamed : Timed {
+  std::string got;
+  int calls = 0;
+  bool last_seen = false, pause_each = false;
+  std::optional<BodyReader> reader;
+  std::optional<Responder> res;
+  std::vector<BodyError> errors;
+  Streamed() {
+    ctx.timers.set_duration(Timer::Body, 1000);
+    router.use([](const Request& req, Responder& r) {
+      if (req.header("k") == "1") return true;
+      Response no;
+      no.status = 401;
+      r.send(no);
+      return false;
+    });
+    router.put(
+        "/up",
+        [this](const Request& req, Responder r) {
+          CHECK(req.body().empty());
+          res = r;
+          reader = req.body_reader();
+          reader->on_error([this](BodyError e) { errors.push_back(e); });
+          CHECK(reader->on_data([this](std::string_view chunk, bool last) {
+            got.append(chunk);
+            ++calls;
+            last_seen = last;
+            if (last) {
+              const std::string said = "got " + std::to_string(got.size());
+              Response done;
+              done.body = said;
+              res->send(done);
+            } else if (pause_each) {
+              reader->pause();
+            }
+          }));
+        },
+        {.stream_body = true, .max_body = 1000});
+  }
+  void run_later() {
+    std::vector<std::function<void()>> later;
+    std::swap(later, ctx.later);
+    for (auto& fn : later) fn();
+  }
+};
+}  // namespace
+
+TEST_CASE("a streamed body reaches its consumer as it arrives, past max_body, in either framing") {
+  Streamed f;  // ServerConfig's max_body is 64 here; the route takes 1000
+  f.feed("PUT /up HTTP/1.1\r\nHost: t\r\nk: 1\r\nContent-Length: 300\r\n\r\n" + std::string(100, 'a'));
+  CHECK(f.got == std::string(100, 'a'));
+  CHECK_FALSE(f.last_seen);
+  f.feed(std::string(200, 'b') + "PUT /up HTTP/1.1\r\nHost: t\r\nk: 1\r\nTransfer-Encoding: chunked\r\n\r\n");
+  CHECK(f.last_seen);
+  CHECK(f.kernel.wire.find("got 300") != std::string::npos);
+  f.sent();
+  f.got.clear();
+  f.last_seen = false;
+  f.feed("5\r\nhello\r\n3E3\r\n" + std::string(990, 'c'));  // 1000 bytes in all: at the limit
+  f.feed(std::string(5, 'c') + "\r\n0\r\n\r\n");
+  CHECK(f.last_seen);
+  CHECK(f.got == "hello" + std::string(995, 'c'));
+}
+
+TEST_CASE("a streamed body over its route's limit is a 413 and a close; the consumer hears TooLarge") {
+  Streamed f;
+  f.feed("PUT /up HTTP/1.1\r\nHost: t\r\nk: 1\r\nContent-Length: 1001\r\n\r\n");
+  CHECK(f.kernel.wire.find("HTTP/1.1 413") == 0);
+  CHECK_FALSE(f.reader);  // refused at the head: the handler never ran
+  Streamed g;
+  g.feed("PUT /up HTTP/1.1\r\nHost: t\r\nk: 1\r\nTransfer-Encoding: chunked\r\n\r\n3E9\r\n" + std::string(1001, 'x'));
+  CHECK(g.kernel.wire.find("HTTP/1.1 413") == 0);
+  CHECK(g.kernel.wire.find("Connection: close") != std::string::npos);
+  g.run_later();
+  CHECK(g.errors == std::vector<BodyError>{BodyError::TooLarge});
+}
+
+TEST_CASE("middleware refuses at the head: no 100 Continue, no body read, and the connection closes") {
+  Streamed f;
+  f.feed("PUT /up HTTP/1.1\r\nHost: t\r\nContent-Length: 500\r\nExpect: 100-continue\r\n\r\n");
+  CHECK(f.kernel.wire.find("HTTP/1.1 401") == 0);
+  CHECK(f.kernel.wire.find("100 Continue") == std::string::npos);
+  CHECK(f.kernel.wire.find("Connection: close") != std::string::npos);
+  CHECK_FALSE(f.reader);
+  // On a buffered route too: the middleware sees the head, not the body.
+  Streamed g;
+  g.feed("POST /now HTTP/1.1\r\nHost: t\r\nContent-Length: 10\r\nExpect: 100-continue\r\n\r\n");
+  CHECK(g.kernel.wire.find("HTTP/1.1 401") == 0);
+  CHECK(g.bodies_seen.empty());
+  // Let in: the 100 goes out when the consumer asks (at once, here), then the body.
+  Streamed h;
+  h.feed("PUT /up HTTP/1.1\r\nHost: t\r\nk: 1\r\nContent-Length: 3\r\nExpect: 100-continue\r\n\r\n");
+  CHECK(h.kernel.wire == "HTTP/1.1 100 Continue\r\n\r\n");
+  h.sent();
+  h.feed("abc");
+  CHECK(h.kernel.wire.find("got 3") != std::string::npos);
+}
+
+TEST_CASE("a paused consumer stops the reading; resume goes on with what waited") {
+  Streamed f;
+  f.pause_each = true;
+  f.feed("PUT /up HTTP/1.1\r\nHost: t\r\nk: 1\r\nContent-Length: 30\r\n\r\n" + std::string(10, 'a'));
+  CHECK(f.calls == 1);
+  f.feed(std::string(10, 'b'));
+  f.feed(std::string(10, 'c'));
+  CHECK(f.calls == 1);  // held while paused
+  f.pause_each = false;
+  f.reader->resume();
+  CHECK(f.calls == 2);
+  CHECK(f.got == std::string(10, 'a') + std::string(10, 'b') + std::string(10, 'c'));
+  CHECK(f.last_seen);
+}
+
+TEST_CASE("a streamed body's deadline runs between chunks, and not while its consumer is paused") {
+  Streamed f;
+  f.feed("PUT /up HTTP/1.1\r\nHost: t\r\nk: 1\r\nContent-Length: 100\r\n\r\n" + std::string(10, 'a'));
+  for (int i = 0; i < 5; ++i) {  // 4.5 s in all, each gap under the 1 s body timeout
+    f.advance(900);
+    f.feed(std::string(10, 'b'));
+  }
+  CHECK(f.kernel.sends == 0);
+  f.pause_each = true;
+  f.feed(std::string(10, 'c'));
+  f.advance(2500);  // paused: the handler deadline (3 s) runs, not the body's
+  CHECK(f.kernel.sends == 0);
+  f.pause_each = false;
+  f.reader->resume();
+  f.advance(1100);  // resumed and nothing came: 408
+  CHECK(f.kernel.wire.find("HTTP/1.1 408") == 0);
+  f.run_later();
+  CHECK(f.errors == std::vector<BodyError>{BodyError::Timeout});
+}
+
+TEST_CASE("a consumer paused past the handler deadline gets its client a 503 and hears Timeout") {
+  Streamed f;
+  f.pause_each = true;
+  f.feed("PUT /up HTTP/1.1\r\nHost: t\r\nk: 1\r\nContent-Length: 100\r\n\r\n" + std::string(10, 'a'));
+  f.advance(3100);
+  CHECK(f.kernel.wire.find("HTTP/1.1 503") == 0);
+  CHECK(f.kernel.wire.find("Connection: close") != std::string::npos);
+  f.run_later();
+  CHECK(f.errors == std::vector<BodyError>{BodyError::Timeout});
+}
+
+TEST_CASE("an answer before the body ended closes the connection and drops the rest; a client that leaves is ClientGone") {
+  Streamed f;
+  f.feed("PUT /up HTTP/1.1\r\nHost: t\r\nk: 1\r\nContent-Length: 100\r\n\r\n" + std::string(10, 'a'));
+  Response early;
+  early.status = 202;
+  REQUIRE(f.res->send(early));
+  CHECK(f.kernel.wire.find("HTTP/1.1 202") == 0);
+  CHECK(f.kernel.wire.find("Connection: close") != std::string::npos);
+  f.feed(std::string(90, 'b') + "GET /now HTTP/1.1\r\nHost: t\r\nk: 1\r\n\r\n");
+  CHECK(f.got.size() == 10);  // the rest went nowhere
+  CHECK(f.count("HTTP/1.1") == 1);
+  f.run_later();
+  CHECK(f.errors.empty());
+  Streamed g;
+  g.feed("PUT /up HTTP/1.1\r\nHost: t\r\nk: 1\r\nContent-Length: 100\r\n\r\n" + std::string(10, 'a'));
+  g.conn->on_recv_end(0);  // EOF mid-body
+  g.run_later();
+  CHECK(g.errors == std::vector<BodyError>{BodyError::ClientGone});
+  CHECK_FALSE(g.res->alive());
+  // A half-closed client that sent its whole body first still gets its answer.
+  Streamed h;
+  h.pause_each = true;
+  h.feed("PUT /up HTTP/1.1\r\nHost: t\r\nk: 1\r\nContent-Length: 20\r\n\r\n" + std::string(10, 'a'));
+  h.feed(std::string(10, 'b'));
+  h.conn->on_recv_end(0);
+  h.pause_each = false;
+  h.reader->resume();
+  CHECK(h.kernel.wire.find("got 20") != std::string::npos);
+  CHECK(h.errors.empty());
+}
+
+TEST_CASE("a streamed route's request without a body gets one empty last chunk") {
+  Streamed f;
+  f.feed("PUT /up HTTP/1.1\r\nHost: t\r\nk: 1\r\nContent-Length: 0\r\n\r\n");
+  CHECK(f.last_seen);
+  CHECK(f.calls == 1);
+  CHECK(f.kernel.wire.find("got 0") != std::string::npos);
+}

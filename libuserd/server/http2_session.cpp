@@ -121,16 +121,16 @@ struct H2Callbacks {
     return 0;
   }
 
-  // Windows are given back by hand (no automatic WINDOW_UPDATE): the connection's at once, since every stream's
-  // own window bounds what it holds; a stream's once its bytes are used: at once for a buffered body (its limit
-  // bounds it), when its consumer took them for a streamed one.
+  // Windows are given back by hand (no automatic WINDOW_UPDATE), once bytes are used: at once for a buffered
+  // body (its route's limit bounds it) and for what is dropped; for a streamed body when its consumer took them,
+  // both its stream's and the connection's, so that what all of a connection's paused consumers hold together
+  // is bounded by the connection's window, not by streams times windows.
   static int data_chunk(nghttp2_session* s, std::uint8_t, std::int32_t id, const std::uint8_t* data, std::size_t len,
                         void* user) {
     Http2Session& h = self(user);
-    nghttp2_session_consume_connection(s, len);
     Http2Session::Stream* st = stream(s, id);
     const bool dropped = !st || st->refused || st->body_failed || (st->dispatched && !st->consumer.active());
-    if (dropped || !st->streamed) nghttp2_session_consume_stream(s, id, len);
+    if (dropped || !st->streamed) nghttp2_session_consume(s, id, len);
     if (dropped) return 0;  // refused, answered or gone: nobody reads the rest
     st->received += len;
     if (st->received > st->body_limit) {
@@ -426,6 +426,7 @@ void Http2Session::publish() noexcept {
 void Http2Session::stop_awaiting(Stream& st) noexcept {
   st.awaiting = false;
   st.consumer.drop();  // answered: the rest of a streamed body is nobody's
+  let_go(st);
   if (st.xslot) ctx_->exchanges->unpublish(st.xslot);
 }
 
@@ -450,6 +451,7 @@ Http2Session::Stream* Http2Session::take_stream() noexcept {
   st->seq = st->xslot = 0;
   st->ready = st->awaiting = st->answered = st->head_only = st->refused = false;
   st->head_due = st->dispatched = st->admitted = st->end_seen = st->streamed = st->body_due = st->expect = false;
+  st->delivering = false;
   st->body_failed = false;
   st->body_limit = ctx_->max_body;
   st->received = 0;
@@ -478,6 +480,7 @@ void Http2Session::give_back(Stream* st) noexcept {
   if (current_ == st) current_ = nullptr;
   st->writable = nullptr;  // what the producer's callback holds goes now
   st->consumer.fail(ctx_->later, BodyError::ClientGone);  // reset, or closed with the connection
+  let_go(*st);
   close_exchange(*st);
   if (st->stalled) writable_soon();  // the worker drops what it holds for this stream, now
   live_.erase(std::find(live_.begin(), live_.end(), st));
@@ -606,6 +609,7 @@ void Http2Session::deliver_bodies() {
       current_ = st;
       if (st->body_failed) {
         st->consumer.fail(ctx_->later, st->body_error);
+        let_go(*st);
         if (st->awaiting && !st->streaming) submit_error(*st, 413, "request body too large");
         else nghttp2_submit_rst_stream(s_, NGHTTP2_FLAG_NONE, st->id, NGHTTP2_CANCEL);
         continue;
@@ -614,10 +618,12 @@ void Http2Session::deliver_bodies() {
       const std::size_t len = st->body.size();
       const std::uint32_t seq = st->seq;
       in_dispatch_ = true;  // an answer from the consumer goes out once this is done
+      st->delivering = true;
       const bool ok = st->consumer.deliver({st->body.data(), len}, st->end_seen);
+      st->delivering = false;
       in_dispatch_ = false;
       st->body.clear();  // nothing closes the stream meanwhile: that takes a mem_send or mem_recv
-      nghttp2_session_consume_stream(s_, st->id, len);
+      nghttp2_session_consume(s_, st->id, len);
       handled(*st, seq, ok);
     }
   }
@@ -639,6 +645,15 @@ void Http2Session::handled(Stream& st, std::uint32_t seq, bool ok) {
   }
   if (st.awaiting && !st.consumer.wants() && conn_->handler_link.which == Timer::None)
     ctx_->handler_timers.set(*conn_, Timer::Handler, ctx_->now_ms);
+}
+
+// A streamed body's bytes its consumer will never take: their windows are given back, or the connection's
+// would shrink for good.
+void Http2Session::let_go(Stream& st) noexcept {
+  if (!st.streamed || st.body.empty() || st.delivering || !s_) return;
+  nghttp2_session_consume_connection(s_, st.body.size());
+  nghttp2_session_consume_stream(s_, st.id, st.body.size());
+  st.body.clear();
 }
 
 // RFC 9113 8.1: an interim 100 before the final answer, once the body is wanted.

@@ -136,6 +136,7 @@ class Http2Session final : public Session {
     bool streamed = false;    // its route streams the body (known once the head is in)
     bool body_due = false;    // on bodies_: data, its end or an error waits for the consumer
     bool expect = false;      // expect: 100-continue, not answered yet
+    bool delivering = false;  // body is being handed to its consumer
     BodyError body_error = BodyError::ClientGone;
     bool body_failed = false;
     std::uint64_t body_limit = 0, received = 0;
@@ -176,6 +177,7 @@ class Http2Session final : public Session {
   void deliver_bodies();
   void handled(Stream& st, std::uint32_t seq, bool ok);
   void send_continue(Stream& st);
+  void let_go(Stream& st) noexcept;
   bool make_head(Stream& s);
   void submit(Stream& s, int status, std::string_view content_type, std::span<const Header> headers,
               std::string_view body, bool body_static);

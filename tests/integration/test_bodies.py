@@ -174,6 +174,15 @@ class H2:
             self.c.end_stream(sid)
             self.flush()
 
+    def send_what_fits(self, sid, data):
+        """As much of data as the windows take now, without waiting: the bytes sent."""
+        n = min(len(data), self.c.local_flow_control_window(sid))
+        for i in range(0, n, self.c.max_outbound_frame_size):
+            self.c.send_data(sid, data[i:min(n, i + self.c.max_outbound_frame_size)])
+        self.flush()
+        self.sent[sid] += n
+        return n
+
     def wait(self, sid, timeout=20.0):
         deadline = time.monotonic() + timeout
         while sid not in self.ended and sid not in self.reset:
@@ -354,6 +363,32 @@ class Bodies(unittest.TestCase):
             time.sleep(0.1)
         self.assertLessEqual(open_fds(pid), fds)
         self.assertLess(rss_kib(pid) - rss, 16 * 1024)
+
+    def test_paused_consumers_on_one_connection_share_its_window_and_give_it_back_when_reset(self):
+        # Streams whose consumers pause for good hold what they were sent; together no more than the connection's
+        # window (1 MiB), not streams times stream windows. Reset, they give it back: the connection goes on.
+        c = H2(self.port)
+        data = self.rng.randbytes(300000)
+        sids = [c.request("PUT", "/files/p?pace_ms=100000", [KEY]) for _ in range(12)]
+        sent = 0
+        for _ in range(5):
+            for sid in sids:
+                sent += c.send_what_fits(sid, data[:300000 - c.sent[sid]])
+            try:
+                c.pump(0.3)
+            except socket.timeout:
+                pass
+        self.assertLess(sent, 12 * 300000)  # held back
+        self.assertLess(sent, (1 << 20) + 12 * 300000 // 4)
+        for sid in sids:
+            c.c.reset_stream(sid)
+        c.flush()
+        sid = c.request("PUT", "/files/after", [KEY])
+        big = self.rng.randbytes(3 << 20)
+        c.send_body(sid, [big])
+        status, body = c.wait(sid, timeout=30)
+        c.close()
+        self.assertEqual((status, json_of(body)["crc32"]), (201, crc(big)))
 
     def test_a_paused_consumer_holds_the_client_back(self):
         # A pause after every 64 KiB taken, 50 ms each: what arrives meanwhile waits in the kernel, except a

@@ -483,18 +483,10 @@ void Http1Session::dispatch(const http::RequestHead& head, std::string_view body
   }
   set_awaiting(true);
   in_dispatch_ = true;
-  if (!Dispatch::run(*ctx_, *m.handler, request, Dispatch::responder(*ctx_, t_->slot(), t_->gen(), seq_))) {
-    body_.drop();
-    if (streaming_) {
-      conn_->abort();  // the head and maybe some body are out: a 500 now would land inside the body
-    } else if (awaiting_) {
-      set_awaiting(false);
-      write_error_status(500, "internal error");
-    }
-  }
+  const bool ok = Dispatch::run(*ctx_, *m.handler, request, Dispatch::responder(*ctx_, t_->slot(), t_->gen(), seq_));
   in_dispatch_ = false;
-  if (streamed) return body_end_empty();
-  if (awaiting_ && t_->is_open()) ctx_->handler_timers.set(*conn_, Timer::Handler, ctx_->now_ms);
+  handled(ok);
+  if (streamed) body_end_empty();
 }
 
 // A streamed body with nothing in it: its consumer gets the end as soon as it wants it.

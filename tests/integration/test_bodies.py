@@ -339,9 +339,9 @@ class Bodies(unittest.TestCase):
             s.sendall(head("PUT", "/files/gone", KEY, ("Content-Length", 1 << 30)))
             s.sendall(block)
             if i % 2:
-                # A reset once the server has taken what was sent. (One that lands while a burst has drained the
-                # loop's receive buffers can go unseen by a multishot receive on kernel 6.18; the body deadline
-                # ends that connection instead: docs/operations.md.)
+                # A reset once the server has taken what was sent. (On kernel 6.18, after a reset that arrives
+                # with data still queued, a multishot receive armed then or out of buffers then posts nothing more;
+                # the connection's deadline ends it instead: docs/operations.md.)
                 time.sleep(0.2)
                 s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
             s.close()

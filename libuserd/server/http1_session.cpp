@@ -511,7 +511,7 @@ bool Http1Session::stream_begin(std::uint32_t seq, const Response& head) noexcep
         if (!req_keep_alive_) t_->close_after_flush();
         count(head.status, 0);
       }
-      if (!in_dispatch_) continue_later();
+      if (!in_dispatch_ && !in_feed_) continue_later();
       after_output();
       ok = head_ok;
       return;
@@ -579,7 +579,7 @@ bool Http1Session::stream_append(std::uint32_t seq, std::string_view data, bool 
       ctx_->handler_timers.set(*conn_, Timer::Handler, ctx_->now_ms);
     }
     q.note_bytes(from);
-    if (end && !in_dispatch_) continue_later();
+    if (end && !in_dispatch_ && !in_feed_) continue_later();
     after_output();
     ok = true;
   });
@@ -633,7 +633,7 @@ bool Http1Session::reply(std::uint32_t seq, const Response& r) noexcept {
   ctx_->handler_timers.clear(*conn_);
   t_->guarded([&] {
     write_response(r);
-    if (!in_dispatch_) continue_later();  // answered later: carry on with requests that queued up meanwhile
+    if (!in_dispatch_ && !in_feed_) continue_later();  // answered later: carry on with requests that queued up meanwhile
   });
   return true;
 }

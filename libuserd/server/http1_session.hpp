@@ -116,7 +116,7 @@ class Http1Session final : public Session {
   std::uint64_t body_left_ = 0;  // Content-Length framing: bytes still to come
   bool body_chunked_ = false;
   bool body_expect_ = false;     // a 100 Continue goes out when the consumer asks
-  bool in_feed_ = false;         // inside a consumer's on_data
+  bool in_feed_ = false;         // inside a consumer's on_data: like in_dispatch_, the loop there goes on
   http::ChunkedDecoder chunks_;
 
   // The request being read, from its first byte in whichever buffer holds it.

@@ -1079,3 +1079,26 @@ TEST_CASE("a streamed route's request without a body gets one empty last chunk")
   CHECK(f.calls == 1);
   CHECK(f.kernel.wire.find("got 0") != std::string::npos);
 }
+
+TEST_CASE("a consumer that answers in its last call goes on with the pipelined requests behind it, in order") {
+  // Found by fuzz_connection: the answer from inside the consumer ran the connection's continuation on its own
+  // stack, re-entering the parse of the same input, which then kept bytes it had already taken (a 2^62 copy).
+  Streamed f;
+  f.feed(
+      "GET /later HTTP/1.1\r\nHost: t\r\nk: 1\r\n\r\n"
+      "PUT /up HTTP/1.1\r\nHost: t\r\nk: 1\r\nContent-Length: 0\r\n\r\n"
+      "PUT /up HTTP/1.1\r\nHost: t\r\nk: 1\r\nContent-Length: 2\r\n\r\nab"
+      "GET /now?last HTTP/1.1\r\nHost: t\r\nk: 1\r\n\r\n");
+  REQUIRE(f.held);
+  Response r;
+  r.body = "first";
+  REQUIRE(f.held->send(r));
+  while (f.kernel.pending_send >= 0) f.sent();
+  const std::size_t first = f.kernel.wire.find("first"), a = f.kernel.wire.find("got 0"),
+                    b = f.kernel.wire.find("got 2"), last = f.kernel.wire.find("\r\n\r\nlast");
+  CHECK(first < a);
+  CHECK(a < b);
+  CHECK(b < last);
+  CHECK(last != std::string::npos);
+  CHECK(f.count("HTTP/1.1 200") == 4);
+}

@@ -1,6 +1,7 @@
 // server/body.hpp: a streamed request body (RouteOptions::stream_body) as a session keeps it: the consumer a
-// handler set through its BodyReader, whether it wants bytes now, what has arrived against the route's limit,
-// and the end or failure it is told of. The same for HTTP/1.1 and HTTP/2; each session decides where the bytes
+// handler set through its BodyReader, whether it wants bytes now, and the end or failure it is told of (the
+// route's limit is the framing's to enforce: the chunked decoder, Content-Length, an HTTP/2 stream's count). The
+// same for HTTP/1.1 and HTTP/2; each session decides where the bytes
 // come from and what not wanting them stops (the socket's receive, the stream's window).
 // Not here: the handle (userd/request.hpp), routing the handle's calls to a session (worker.cpp).
 #pragma once
@@ -25,23 +26,15 @@ struct BodyCall {
 
 class BodyConsumer {
  public:
-  void start(std::uint64_t limit) noexcept {
+  void start() noexcept {
     active_ = true;
     asked_ = paused_ = false;
-    received_ = 0;
-    limit_ = limit;
   }
   bool active() const noexcept { return active_; }
   bool asked() const noexcept { return asked_; }
   bool paused() const noexcept { return paused_; }
   // Bytes can go to the consumer now.
   bool wants() const noexcept { return active_ && asked_ && !paused_; }
-  std::uint64_t received() const noexcept { return received_; }
-  // n more bytes arrived: false when they pass the limit.
-  bool count(std::uint64_t n) noexcept {
-    received_ += n;
-    return received_ <= limit_;
-  }
 
   // A BodyReader call: its answer (on_data: whether there is a body to read; alive: whether it still arrives).
   bool apply(BodyCall& c) {
@@ -73,7 +66,7 @@ class BodyConsumer {
       data_ = nullptr;
       error_ = nullptr;
       active_ = false;
-    } else if (!data_) {
+    } else if (!data_ && active_) {  // not if it answered (or failed) meanwhile: then the body is nobody's
       data_ = std::move(fn);
     }
     return ok;
@@ -95,6 +88,7 @@ class BodyConsumer {
 
   // The request is gone without a word to the consumer (its handler answered, so the rest is discarded).
   void drop() noexcept {
+    if (!active_) return;  // an ended or failed body let go of its callbacks then: nothing to do per answer
     active_ = false;
     data_ = nullptr;
     error_ = nullptr;
@@ -103,7 +97,6 @@ class BodyConsumer {
  private:
   std::function<void(std::string_view, bool)> data_;
   std::function<void(BodyError)> error_;
-  std::uint64_t received_ = 0, limit_ = 0;
   bool active_ = false, asked_ = false, paused_ = false;
 };
 

@@ -93,6 +93,10 @@ bool Dispatch::handle(const Handler& handler, const Request& request, Responder 
   }
 }
 
+std::uint64_t Dispatch::body_limit(const LoopContext& ctx, const RouteOptions& options) noexcept {
+  return options.max_body ? options.max_body : ctx.max_body;
+}
+
 void Dispatch::stream_body(Request& request, const LoopContext& ctx, std::uint32_t slot, std::uint16_t gen,
                            std::uint32_t id) noexcept {
   request.reader_ = BodyReader(ctx.replies, slot, gen, id);

@@ -42,6 +42,8 @@ class Dispatch {
   // said go on), then later the handler. False when one threw.
   static bool admit(const LoopContext& ctx, const Request& request, Responder& res, bool& go_on) noexcept;
   static bool handle(const Handler& handler, const Request& request, Responder res) noexcept;
+  // A route's body limit: its own, else ServerConfig::max_body.
+  static std::uint64_t body_limit(const LoopContext& ctx, const RouteOptions& options) noexcept;
   // Gives a streamed route's request its BodyReader, naming the same request as its Responder.
   static void stream_body(Request& request, const LoopContext& ctx, std::uint32_t slot, std::uint16_t gen,
                           std::uint32_t id) noexcept;

@@ -229,7 +229,7 @@ void Http1Session::writable_soon() noexcept {
 }
 
 void Http1Session::resume() {
-  if (body_.active() && !body_chunked_ && body_left_ == 0) body_end_empty();
+  if (body_.active()) body_end_empty();
   if (in_.empty() || !t_->is_open()) return;
   std::size_t used = process(in_.data(), in_.size());
   keep_unfinished(in_.data() + used, in_.size() - used);
@@ -295,7 +295,7 @@ std::size_t Http1Session::process(char* buf, std::size_t len) {
 bool Http1Session::admit(const http::RequestHead& head) {
   const Router::Match m = Dispatch::route(*ctx_, ex_, head, params_);
   if (!m.handler) return false;  // 404 or 405 once the body is in, as for any request
-  const std::uint64_t limit = m.options->max_body ? m.options->max_body : ctx_->max_body;
+  const std::uint64_t limit = Dispatch::body_limit(*ctx_, *m.options);
   reader_.set_max_body(limit);
   if (!head.chunked && head.content_length > limit) return false;  // the reader answers 413 next
   Request request = Dispatch::request(*ctx_, head, {});
@@ -311,7 +311,7 @@ bool Http1Session::admit(const http::RequestHead& head) {
   const bool streamed = m.options->stream_body;
   if (streamed) {
     Dispatch::stream_body(request, *ctx_, t_->slot(), t_->gen(), seq_);
-    body_.start(limit);
+    body_.start();
     body_chunked_ = head.chunked;
     body_left_ = head.content_length;
     if (body_chunked_) chunks_.reset(limit);
@@ -381,7 +381,6 @@ std::size_t Http1Session::feed(char* p, std::size_t n) {
     last = step.status == http::ChunkStatus::Done;
     if (chunk.empty() && !last) return used;
   }
-  body_.count(chunk.size());
   if (last) body_unread_ = false;
   if (conn_->timer_link.which == Timer::Body) ctx_->timers.set(*conn_, Timer::Body, ctx_->now_ms);
   in_feed_ = true;
@@ -477,7 +476,7 @@ void Http1Session::dispatch(const http::RequestHead& head, std::string_view body
   const bool streamed = m.options->stream_body;
   if (streamed) {
     Dispatch::stream_body(request, *ctx_, t_->slot(), t_->gen(), seq_);
-    body_.start(m.options->max_body ? m.options->max_body : ctx_->max_body);
+    body_.start();
     body_chunked_ = body_expect_ = false;
     body_left_ = 0;
   }

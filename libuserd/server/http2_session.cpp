@@ -580,7 +580,7 @@ void Http2Session::classify(Stream& st) noexcept {
   const Router::Match m = ctx_->router->find(method, target.substr(0, target.find('?')), ctx_->h2->params);
   if (!m.handler) return;
   st.streamed = m.options->stream_body;
-  if (m.options->max_body) st.body_limit = m.options->max_body;
+  st.body_limit = Dispatch::body_limit(*ctx_, *m.options);
 }
 
 void Http2Session::mark_body(Stream& st) noexcept {
@@ -747,7 +747,7 @@ void Http2Session::dispatch(Stream& st, bool at_head) {
   if (streamed) {
     Dispatch::stream_body(request, *ctx_, rslot, t_->gen(), seq);
     st.streamed = true;
-    st.consumer.start(st.body_limit);
+    st.consumer.start();
     st.expect = head.expect_continue && !st.end_seen;
     if (!st.end_seen) (void)nghttp2_session_set_local_window_size(s_, NGHTTP2_FLAG_NONE, st.id, kStreamedWindow);
     mark_body(st);  // what came with the head goes to the consumer once the handler asked for it

@@ -1102,3 +1102,24 @@ TEST_CASE("a consumer that answers in its last call goes on with the pipelined r
   CHECK(last != std::string::npos);
   CHECK(f.count("HTTP/1.1 200") == 4);
 }
+
+TEST_CASE("a consumer that answers mid-body is let go at once, with what it captured") {
+  Streamed f;
+  std::weak_ptr<int> seen;
+  f.router.put(
+      "/early",
+      [&seen](const Request& req, Responder res) {
+        auto state = std::make_shared<int>(0);
+        seen = state;
+        BodyReader body = req.body_reader();
+        body.on_data([state, res](std::string_view, bool) {
+          Response r;
+          r.status = 202;
+          res.send(r);  // before the body ended
+        });
+      },
+      {.stream_body = true, .max_body = 1000});
+  f.feed("PUT /early HTTP/1.1\r\nHost: t\r\nk: 1\r\nContent-Length: 100\r\n\r\n" + std::string(10, 'a'));
+  CHECK(f.kernel.wire.find("HTTP/1.1 202") == 0);
+  CHECK(seen.expired());
+}

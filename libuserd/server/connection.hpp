@@ -60,6 +60,7 @@ class Connection final : private Transport::Owner {
   bool stream_write_taken(std::uint32_t id, std::string_view data) noexcept {
     return session_->stream_write_taken(id, data);
   }
+  bool stream_abort(std::uint32_t id) noexcept { return t_.is_open() && session_->stream_abort(id); }
   void stream_on_writable(std::uint32_t id, std::function<void()> fn) {
     session_->stream_on_writable(id, std::move(fn));
   }

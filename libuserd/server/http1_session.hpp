@@ -48,6 +48,7 @@ class Http1Session final : public Session {
                     std::span<const Header> trailers) noexcept override;
   bool stream_write_taken(std::uint32_t id, std::string_view data) noexcept override;
   void stream_on_writable(std::uint32_t id, std::function<void()> fn) override;
+  bool stream_abort(std::uint32_t id) noexcept override;
   bool stream_backed_up(std::uint32_t) const noexcept override;
   // One request at a time: what waits for the connection waits for its stream.
   bool stream_waits(std::uint32_t) const noexcept override { return inbox_waits_; }

@@ -1020,6 +1020,20 @@ void Http2Session::stream_on_writable(std::uint32_t id, std::function<void()> fn
   if (st->sbuf.size() - st->soff <= Transport::kOutLowWater && t_->queued() <= Transport::kOutLowWater) writable_soon();
 }
 
+bool Http2Session::stream_abort(std::uint32_t id) noexcept {
+  Stream* st = find(id);
+  if (!st || !st->streaming || st->stream_end || !t_->is_open()) return false;
+  t_->guarded([&] {
+    stop_awaiting(*st);
+    st->writable = nullptr;
+    st->stream_end = true;  // nothing more is taken; what is buffered goes nowhere once the reset is out
+    Dispatch::record(*ctx_, st->ex, *conn_, st->stream_status, st->stream_bytes);
+    nghttp2_submit_rst_stream(s_, NGHTTP2_FLAG_NONE, st->id, NGHTTP2_INTERNAL_ERROR);
+  });
+  after_answer();
+  return true;
+}
+
 // Per stream: one whose client does not open its window holds back only its own producer.
 bool Http2Session::stream_backed_up(std::uint32_t id) const noexcept {
   if (!t_->is_open()) return false;

@@ -93,6 +93,7 @@ class Http2Session final : public Session {
                     std::span<const Header> trailers) noexcept override;
   bool stream_write_taken(std::uint32_t id, std::string_view data) noexcept override;
   void stream_on_writable(std::uint32_t id, std::function<void()> fn) override;
+  bool stream_abort(std::uint32_t id) noexcept override;
   bool stream_backed_up(std::uint32_t id) const noexcept override;
   bool stream_waits(std::uint32_t id) const noexcept override;
   void stream_stalled(std::uint32_t id, int delta) noexcept override;

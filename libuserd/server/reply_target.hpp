@@ -27,6 +27,10 @@ class ReplyTarget {
                             bool end, std::span<const Header> trailers) noexcept = 0;
   virtual void stream_on_writable(std::uint32_t slot, std::uint16_t gen, std::uint32_t seq,
                                   std::function<void()> fn) = 0;
+  // Stream::abort: loop thread only.
+  virtual bool stream_abort(std::uint32_t slot, std::uint16_t gen, std::uint32_t seq) noexcept {
+    return (void)slot, (void)gen, (void)seq, false;
+  }
   // A streamed body's calls (BodyReader): loop thread only.
   virtual bool body(std::uint32_t slot, std::uint16_t gen, std::uint32_t seq, BodyCall& c) {
     return (void)slot, (void)gen, (void)seq, (void)c, false;

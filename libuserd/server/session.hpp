@@ -50,6 +50,8 @@ class Session {
   // high-water mark, which the worker's own bound on waiting data keeps in check.
   virtual bool stream_write_taken(std::uint32_t id, std::string_view data) noexcept = 0;
   virtual void stream_on_writable(std::uint32_t id, std::function<void()> fn) = 0;
+  // The stream's body cannot be finished (Stream::abort): false when it is not streaming.
+  virtual bool stream_abort(std::uint32_t id) noexcept = 0;
   // A stream past its high-water mark (its connection's output, or on HTTP/2 its own buffer): off-loop data
   // for it waits in the worker.
   virtual bool stream_backed_up(std::uint32_t id) const noexcept = 0;

@@ -660,6 +660,14 @@ void Worker::stream_on_writable(std::uint32_t slot, std::uint16_t gen, std::uint
   if (Connection* conn = find(slot, gen)) conn->stream_on_writable(seq, std::move(fn));
 }
 
+bool Worker::stream_abort(std::uint32_t slot, std::uint16_t gen, std::uint32_t seq) noexcept {
+  if (std::this_thread::get_id() != loop_thread_) return false;  // documented: loop thread only
+  Connection* conn = find(slot, gen);
+  if (!conn || conn->stream_waits(seq) || !conn->stream_abort(seq)) return false;
+  after(*conn);
+  return true;
+}
+
 bool Worker::body(std::uint32_t slot, std::uint16_t gen, std::uint32_t seq, BodyCall& c) {
   if (std::this_thread::get_id() != loop_thread_) return false;  // documented: loop thread only
   Connection* conn = find(slot, gen);

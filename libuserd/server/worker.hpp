@@ -60,6 +60,7 @@ class Worker final : public ReplyTarget {
   void stream_on_writable(std::uint32_t slot, std::uint16_t gen, std::uint32_t seq,
                           std::function<void()> fn) override;
   bool body(std::uint32_t slot, std::uint16_t gen, std::uint32_t seq, BodyCall& c) override;
+  bool stream_abort(std::uint32_t slot, std::uint16_t gen, std::uint32_t seq) noexcept override;
 
   // For a metrics scrape from any thread (relaxed reads). Null until the loop has started.
   const metrics::ThreadMetrics& metrics() const noexcept { return metrics_; }

@@ -58,6 +58,11 @@ class Stream {
   // end.
   // Any thread.
   bool alive() const noexcept;
+  // The body cannot be finished (its source failed midway): the client must not take what it got for the whole
+  // body. HTTP/2: the stream is reset (INTERNAL_ERROR); HTTP/1.1 and 1.0: the connection is reset, since a
+  // chunked body cut short would still read as complete to an HTTP/1.0 client. Loop thread only; false when the
+  // stream is not streaming any more.
+  bool abort() const noexcept;
   Stream() noexcept = default;
 
  private:

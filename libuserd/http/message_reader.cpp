@@ -46,7 +46,7 @@ ReadStep MessageReader<Head>::read(char* msg, std::size_t avail, const Limits& l
     head_done_ = true;
     raw_off_ = head_len_;
     const Framing f = framing(head_);
-    if (stop_at_head_ && (f.chunked || f.length > 0)) return {ReadStatus::Head, HttpError::None, head_len_};
+    if (stop_at_head_ && (f.chunked || f.length > 0 || f.until_close)) return {ReadStatus::Head, HttpError::None, head_len_};
   }
   const Framing f = framing(head_);
   if (!checked_) {

@@ -44,7 +44,8 @@ class MessageReader {
     base_ = nullptr;
   }
 
-  // Requests: a head with a body comes back as Head before any of its body is looked at (kept across resets).
+  // A head with a body comes back as Head before any of its body is looked at (kept across resets): a request's
+  // for a streamed route, a response's that streams (its body may run to the close).
   void stop_at_head(bool on) noexcept { stop_at_head_ = on; }
   // After Head: the body limit for the rest of this message.
   void set_max_body(std::uint64_t max_body) noexcept { max_body_ = max_body; }

@@ -21,6 +21,9 @@ struct Access {
   static Responder responder(ReplyTarget* target, std::uint32_t slot, std::uint16_t gen, std::uint32_t seq) noexcept {
     return Responder(target, slot, gen, seq);
   }
+  static BodyReader body_reader(ReplyTarget* target, std::uint32_t slot, std::uint16_t gen, std::uint32_t seq) noexcept {
+    return BodyReader(target, slot, gen, seq);
+  }
 };
 
 }  // namespace userd::server

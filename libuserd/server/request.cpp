@@ -134,6 +134,7 @@ std::string_view describe(UpstreamError e) noexcept {
     case UpstreamError::BadResponse: return "malformed upstream response";
     case UpstreamError::TooLarge: return "upstream response too large";
     case UpstreamError::Overloaded: return "too many upstream requests queued";
+    case UpstreamError::BodyFailed: return "the request body from the client failed";
   }
   return "upstream error";
 }
@@ -150,6 +151,7 @@ bool Stream::end(std::span<const Header> trailers) const noexcept {
   return target_ && http::trailers_ok(trailers) && target_->stream_write(slot_, gen_, seq_, {}, true, trailers);
 }
 bool Stream::alive() const noexcept { return target_ && target_->awaiting(slot_, gen_, seq_); }
+bool Stream::abort() const noexcept { return target_ && target_->stream_abort(slot_, gen_, seq_); }
 void Stream::on_writable(std::function<void()> fn) const {
   if (target_) target_->stream_on_writable(slot_, gen_, seq_, std::move(fn));
 }

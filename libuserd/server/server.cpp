@@ -369,7 +369,7 @@ bool Server::post(unsigned loop, std::function<void()> fn) {
 
 namespace {
 constexpr const char* kUpstreamResults[] = {"ok", "unreachable", "timeout", "closed", "bad_response", "too_large",
-                                            "overloaded"};
+                                            "overloaded", "body_failed"};
 
 void series(std::string& out, const char* name, const char* type, const char* help) {
   out += "# HELP ";
@@ -490,7 +490,7 @@ std::string Server::metrics_text() const {
       return v;
     };
     const std::string up = "upstream=\"" + s.upstreams[u].host_header + "\"";
-    for (std::size_t k = 0; k < 7; ++k) {
+    for (std::size_t k = 0; k < std::size(kUpstreamResults); ++k) {
       const std::uint64_t v = k == 0 ? pool_sum([](const upstream::PoolStats& p) { return p.ok.get(); })
                                      : pool_sum([&](const upstream::PoolStats& p) { return p.errors[k].get(); });
       sample(out, "userd_upstream_requests_total{" + up + ",result=\"" + kUpstreamResults[k] + "\"}", v);

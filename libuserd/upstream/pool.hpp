@@ -6,6 +6,9 @@
 // whose reused connection dies before any response byte is retried once on a fresh connection (GET is
 // idempotent). A connection is reused only once both its response and its send have completed. Nothing here
 // allocates per request once the connections' buffers and the queue's path slots have grown.
+// Bodies may stream both ways (UpstreamRequest::body_from, stream_response): a request body goes out as the
+// client's reader delivers it, paused past the transport's high-water mark; a response body goes to its taker
+// (UpstreamBody) a receive at a time, and while the taker cannot take more the connection is not read.
 // Not here: what the caller does with the answer (the handler's UpstreamDone).
 #pragma once
 
@@ -15,6 +18,7 @@
 
 #include <array>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -53,7 +57,7 @@ std::vector<Target::Address> unique_addresses(const addrinfo* list);
 // Written by the pool's thread, read by a metrics scrape from any.
 struct PoolStats {
   metrics::Counter ok;
-  std::array<metrics::Counter, 7> errors;  // by UpstreamError
+  std::array<metrics::Counter, 8> errors;  // by UpstreamError
   metrics::Counter retries;
   metrics::Counter connects;
   metrics::Counter resolves;  // times the name was resolved again after a failed connect
@@ -78,6 +82,14 @@ class Pool {
   // The backend is gone (the worker is being destroyed): close sockets directly.
   void teardown() noexcept;
 
+  // An UpstreamBody's calls, by the connection and exchange it names (a stale one does nothing).
+  bool body_take(std::uint32_t i, std::uint32_t seq, const Stream* pipe,
+                 std::function<void(std::string_view, bool)>* data);
+  void body_on_error(std::uint32_t i, std::uint32_t seq, std::function<void(UpstreamError)>& fn);
+  void body_pause(std::uint32_t i, std::uint32_t seq, bool on) noexcept;
+  void body_abandon(std::uint32_t i, std::uint32_t seq) noexcept;
+  bool body_alive(std::uint32_t i, std::uint32_t seq) const noexcept;
+
   const PoolStats& stats() const noexcept { return stats_; }
   std::size_t queued() const noexcept { return count_; }
 
@@ -89,16 +101,55 @@ class Pool {
     bool retried = false;
     bool idempotent = true;      // RFC 9110 9.2.2: may be sent again after a reused connection died
     bool head = false;           // the answer has no body
+    bool stream = false;         // the response streams (UpstreamRequest::stream_response)
     std::uint8_t refusals = 0;   // connects refused for it: each tries another address
+    BodyReader from{};           // the request body streams from the client (UpstreamRequest::body_from)
+    bool from_chunked = false;   // its length is unknown: it goes out chunked
+    std::uint64_t from_length = 0;  // else its length, held to
   };
   // Connecting -> Busy -> (response complete) Settling until the send completes -> Idle -> Busy ...
-  enum class State : std::uint8_t { Free, Connecting, Busy, Settling, Idle, Closing };
+  // A streamed response: Busy -> (head handed out) Streaming -> (body ended) Settling or Idle.
+  enum class State : std::uint8_t { Free, Connecting, Busy, Streaming, Settling, Idle, Closing };
+  // A streamed response body as it is handed to its taker, straight out of the connection's input: the bytes
+  // of `in` are the body's undecoded rest, except for `pending` decoded bytes at its start that a pipe could not
+  // write yet (the undecoded rest then starts at raw_at).
+  struct Body {
+    enum class Framing : std::uint8_t { Length, Chunked, Close };
+    Framing framing = Framing::Length;
+    std::uint64_t left = 0;  // Length: bytes still to come
+    http::ChunkedDecoder chunked;
+    std::size_t pending = 0, raw_at = 0;
+    bool taken = false, paused = false, delivering = false, eof = false, keep_alive = false;
+    bool pending_last = false;  // the pending piece ends the body
+    Stream pipe{};
+    bool piping = false;
+    std::function<void(std::string_view, bool)> data;
+    std::function<void(UpstreamError)> error;
+    void reset() noexcept {
+      framing = Framing::Length;
+      left = pending = raw_at = 0;
+      taken = paused = delivering = eof = keep_alive = piping = pending_last = false;
+      pipe = Stream();
+      data = nullptr;
+      error = nullptr;
+    }
+    // What the receive waits for: bytes the taker does not take now stop it.
+    bool stuck() const noexcept { return pending > 0 || paused || delivering; }
+  };
+  // A request body streaming from the client's reader.
+  struct Upload {
+    bool on = false, paused = false, done = false;
+    std::uint64_t sent = 0;  // body bytes queued so far
+  };
   struct Conn final : server::Transport::Owner {
     Conn(Pool& p, std::uint32_t index, server::LoopContext& ctx) noexcept : pool(&p), i(index), t(ctx, *this, true) {}
     Pool* pool;
     std::uint32_t i;
     server::Transport t;
     State state = State::Free;
+    std::uint32_t seq = 0;   // the exchange: a handle or a reader's callback from an earlier one does nothing
+    Body body;
+    Upload up;
     bool reused = false;     // finished an exchange before: its death on first use earns a retry
     bool got_bytes = false;  // this exchange has received something
     Job job;
@@ -139,6 +190,15 @@ class Pool {
   void deliver(const Job& job, const UpstreamReply& r) noexcept;
   void retry_or_fail(std::uint32_t i, UpstreamError e);
   void close(std::uint32_t i) noexcept;
+  void begin_body(std::uint32_t i, std::size_t head_len, bool whole);
+  void pump_body(std::uint32_t i);
+  bool offer(std::uint32_t i, std::string_view piece, bool last);
+  void end_body(std::uint32_t i);
+  void body_failed(std::uint32_t i, UpstreamError e) noexcept;
+  void start_upload(std::uint32_t i);
+  void upload(std::uint32_t i, std::uint32_t seq, std::string_view chunk, bool last) noexcept;
+  void upload_failed(std::uint32_t i, std::uint32_t seq) noexcept;
+  bool stuck(const Conn& c) const noexcept { return c.state == State::Streaming && c.body.stuck(); }
 
   const Target& target_;
   std::uint16_t index_;

@@ -97,6 +97,20 @@ struct Clients final : server::ReplyTarget {
     return false;
   }
   void stream_on_writable(std::uint32_t, std::uint16_t, std::uint32_t, std::function<void()>) override {}
+  // A streamed request body's reader, as the pool drives it: its callbacks and whether it is paused.
+  std::function<void(std::string_view, bool)> body_data;
+  std::function<void(BodyError)> body_error;
+  bool body_paused = false;
+  bool body(std::uint32_t, std::uint16_t, std::uint32_t, server::BodyCall& c) override {
+    switch (c.op) {
+      case server::BodyCall::Op::OnData: body_data = std::move(*c.data); return true;
+      case server::BodyCall::Op::OnError: body_error = std::move(*c.error); return true;
+      case server::BodyCall::Op::Pause: body_paused = true; return true;
+      case server::BodyCall::Op::Resume: body_paused = false; return true;
+      case server::BodyCall::Op::Alive: return true;
+    }
+    return false;
+  }
 };
 
 struct Answer {
@@ -689,4 +703,157 @@ TEST_CASE("pool: a connect that hangs until its deadline resolves the name again
   REQUIRE(f.answers.size() == 1);
   CHECK(f.answers[0].error == UpstreamError::Unreachable);
   CHECK(f.pool->stats().resolves.get() == 1);
+}
+
+namespace {
+// What the loop does later in its turn (Worker::run_continuations), here by hand.
+void run_later(server::LoopContext& ctx) {
+  while (!ctx.later.empty()) {
+    std::vector<std::function<void()>> now;
+    std::swap(now, ctx.later);
+    for (auto& fn : now) fn();
+  }
+}
+}  // namespace
+
+TEST_CASE("pool: a streamed response goes to its taker piece by piece, and the connection is reused after it") {
+  // The taker pauses after its first piece; the rest arrives meanwhile and waits, the receive is stopped, and
+  // the body ends once it resumes. The old pool left the receive stopped after such a body: the connection went
+  // back idle deaf, and the next request on it timed out.
+  Fixture f;
+  struct Taken {
+    std::string bytes;
+    int calls = 0;
+    bool last = false;
+    UpstreamBody body;
+  } taken;
+  UpstreamRequest r;
+  r.target = "/big";
+  r.stream_response = true;
+  REQUIRE(f.pool->fetch(r, server::Access::responder(&f.clients, 0, 0, 0),
+                        [&taken](Responder, const UpstreamReply& u) {
+                          taken.body = u.stream;
+                          CHECK(u.status == 200);
+                          CHECK(u.body.empty());
+                          u.stream.on_data([&taken](std::string_view chunk, bool last) {
+                            taken.bytes.append(chunk);
+                            taken.last = last;
+                            if (++taken.calls == 1) taken.body.pause();
+                          });
+                        }) == FetchRefused::None);
+  const int fd = f.kernel.connects.back();
+  f.connected(fd);
+  f.sent(fd);
+  f.respond(fd, "HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n12345");
+  CHECK((taken.calls == 1 && taken.bytes == "12345" && !taken.last));
+  f.respond(fd, "67890");  // already on its way when the receive was asked to stop
+  CHECK(taken.calls == 1);
+  f.recv_ends(fd, -ECANCELED);
+  CHECK(f.kernel.at(fd).recv == 0);  // paused: not read
+  taken.body.resume();
+  CHECK(taken.calls == 1);  // later in the turn, not inside resume()
+  run_later(f.ctx);
+  CHECK((taken.calls == 2 && taken.bytes == "1234567890" && taken.last));
+  CHECK(!taken.body.alive());
+  CHECK(f.kernel.at(fd).recv != 0);  // idle, and listening
+  CHECK(f.pool->stats().ok.get() == 1);
+  REQUIRE(f.fetch("/again"));
+  CHECK(f.kernel.connects.size() == 1);  // reused
+  f.exchange(fd, "[2]");
+  REQUIRE(f.answers.size() == 1);
+  CHECK(f.answers[0].body == "[2]");
+}
+
+TEST_CASE("pool: a streamed response nobody takes is abandoned, and one cut midway tells its taker") {
+  Fixture f;
+  UpstreamRequest r;
+  r.target = "/big";
+  r.stream_response = true;
+  const Responder res = server::Access::responder(&f.clients, 0, 0, 0);
+  REQUIRE(f.pool->fetch(r, res, [](Responder, const UpstreamReply&) {}) == FetchRefused::None);
+  int fd = f.kernel.connects.back();
+  f.connected(fd);
+  f.sent(fd);
+  f.respond(fd, "HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n123");
+  CHECK(f.kernel.at(fd).shut);  // not reused mid-body
+  f.shutdown_completes(fd);
+
+  std::vector<UpstreamError> errors;
+  std::string bytes;
+  REQUIRE(f.pool->fetch(r, res, [&](Responder, const UpstreamReply& u) {
+    u.stream.on_data([&](std::string_view chunk, bool) { bytes.append(chunk); });
+    u.stream.on_error([&](UpstreamError e) { errors.push_back(e); });
+  }) == FetchRefused::None);
+  fd = f.kernel.connects.back();
+  f.connected(fd);
+  f.sent(fd);
+  f.respond(fd, "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n");
+  f.recv_ends(fd, 0);  // the upstream's end, mid-body
+  CHECK(bytes == "abc");
+  CHECK(errors.empty());  // later in the turn
+  run_later(f.ctx);
+  CHECK(errors == std::vector<UpstreamError>{UpstreamError::Closed});
+  CHECK(f.pool->stats().errors[std::size_t(UpstreamError::Closed)].get() == 1);
+}
+
+TEST_CASE("pool: a streamed request body goes out behind its head, and is paused while the upstream is behind") {
+  // The old pool queued a piece that came while the head's send was in flight and never sent it.
+  Fixture f;
+  UpstreamRequest r;
+  r.method = "PUT";
+  r.target = "/files/a";
+  r.body_from = server::Access::body_reader(&f.clients, 0, 0, 0);
+  r.body_length = 5 + 100000;
+  REQUIRE(f.fetch(r));
+  const int fd = f.kernel.connects.back();
+  f.connected(fd);
+  REQUIRE(f.clients.body_data);  // asked for once the request's head is out
+  const std::string head = "PUT /files/a HTTP/1.1\r\nHost: up:9\r\nContent-Length: 100005\r\n\r\n";
+  f.clients.body_data("hello", false);
+  f.sent(fd);  // the head's send
+  REQUIRE(f.kernel.at(fd).send);
+  f.sent(fd);
+  CHECK(f.kernel.at(fd).wire == head + "hello");
+  const std::string big(100000, 'x');
+  f.clients.body_data(big, true);
+  CHECK(f.clients.body_paused == false);  // its last piece: nothing more to hold back
+  f.sent(fd);
+  CHECK(f.kernel.at(fd).wire == head + "hello" + big);
+  f.respond(fd, Fixture::ok("{}"));
+  REQUIRE(f.answers.size() == 1);
+  CHECK(f.answers[0].status == 200);
+  REQUIRE(f.fetch("/again"));
+  CHECK(f.kernel.connects.size() == 1);  // the body was whole: reused
+}
+
+TEST_CASE("pool: a streamed request body past the high-water mark pauses its client until the upstream takes it") {
+  Fixture f;
+  UpstreamRequest r;
+  r.method = "PUT";
+  r.target = "/files/a";
+  r.body_from = server::Access::body_reader(&f.clients, 0, 0, 0);  // chunked: no length
+  REQUIRE(f.fetch(r));
+  const int fd = f.kernel.connects.back();
+  f.connected(fd);
+  REQUIRE(f.clients.body_data);
+  f.clients.body_data(std::string(100000, 'x'), false);
+  CHECK(f.clients.body_paused);
+  f.sent(fd);  // the head
+  f.sent(fd);  // the piece
+  CHECK(!f.clients.body_paused);
+  f.clients.body_data("", true);
+  f.sent(fd);
+  const std::string& wire = f.kernel.at(fd).wire;
+  CHECK(wire.find("Transfer-Encoding: chunked\r\n") != std::string::npos);
+  CHECK(wire.size() > 100000);
+  CHECK(wire.substr(wire.size() - 5) == "0\r\n\r\n");
+  // A body longer than the length it was sent with fails the exchange instead of corrupting the connection.
+  Fixture g;
+  r.body_from = server::Access::body_reader(&g.clients, 0, 0, 0);
+  r.body_length = 3;
+  REQUIRE(g.fetch(r));
+  g.connected(g.kernel.connects.back());
+  g.clients.body_data("four", false);
+  REQUIRE(g.answers.size() == 1);
+  CHECK(g.answers[0].error == UpstreamError::BodyFailed);
 }

@@ -84,6 +84,8 @@ class BodyReader {
   void resume() const noexcept;
   // True while the body is still arriving (or waits for on_data / resume).
   bool alive() const noexcept;
+  // True for a streamed route's reader (whether or not its body has ended): what Request::fetch streams from.
+  explicit operator bool() const noexcept { return target_ != nullptr; }
   BodyReader() noexcept = default;
 
  private:

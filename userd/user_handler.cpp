@@ -1,6 +1,7 @@
 // userd/user_handler.cpp: the dataset and proxy routes. Headers are built once per backend; a request only
 // picks the set for the backend that served it. Upstream failures become 502/504 with a JSON body, are counted
-// per thread, and logged at most once a second per cause.
+// per thread, and logged at most once a second per cause. A body that is validated (simdjson needs all of it)
+// is buffered; one that is not streams from the upstream to the client as it arrives.
 #include "userd/user_handler.hpp"
 
 #include <fmt/format.h>
@@ -82,6 +83,13 @@ void answer_error(Responder res, const ProxyRoute& route, int status, Cause caus
   res.send(r);
 }
 
+bool http_iequals(std::string_view a, std::string_view b) {
+  if (a.size() != b.size()) return false;
+  for (std::size_t i = 0; i < a.size(); ++i)
+    if ((a[i] | 0x20) != (b[i] | 0x20)) return false;
+  return true;
+}
+
 bool is_json(std::string_view body) {
   thread_local simdjson::dom::parser parser;  // keeps its buffers: no allocation once warm
   simdjson::dom::element doc;
@@ -90,23 +98,42 @@ bool is_json(std::string_view body) {
   return !parser.parse(body.data(), body.size(), false).get(doc);
 }
 
-void on_upstream(void* user, Responder res, const UpstreamReply& u) {
-  const ProxyRoute& route = *static_cast<const ProxyRoute*>(user);
+// An upstream failure before anything was sent: true when it answered the client.
+bool answered_error(Responder res, const ProxyRoute& route, const UpstreamReply& u) {
   switch (u.error) {
     case UpstreamError::None: break;
-    case UpstreamError::Timeout: return answer_error(res, route, 504, Cause::Timeout);
-    case UpstreamError::Unreachable: return answer_error(res, route, 502, Cause::Unreachable);
-    case UpstreamError::Closed: return answer_error(res, route, 502, Cause::Closed);
-    case UpstreamError::BadResponse: return answer_error(res, route, 502, Cause::BadResponse);
-    case UpstreamError::TooLarge: return answer_error(res, route, 502, Cause::TooLarge);
-    case UpstreamError::Overloaded: return answer_error(res, route, 503, Cause::Overloaded);
+    case UpstreamError::Timeout: return answer_error(res, route, 504, Cause::Timeout), true;
+    case UpstreamError::Unreachable: return answer_error(res, route, 502, Cause::Unreachable), true;
+    case UpstreamError::Closed: return answer_error(res, route, 502, Cause::Closed), true;
+    case UpstreamError::BadResponse: return answer_error(res, route, 502, Cause::BadResponse), true;
+    case UpstreamError::TooLarge: return answer_error(res, route, 502, Cause::TooLarge), true;
+    case UpstreamError::Overloaded: return answer_error(res, route, 503, Cause::Overloaded), true;
+    case UpstreamError::BodyFailed: return answer_error(res, route, 502, Cause::Closed), true;
   }
-  if (u.status != 200) return answer_error(res, route, 502, Cause::Status, u.status);
+  if (u.status != 200) return answer_error(res, route, 502, Cause::Status, u.status), true;
+  return false;
+}
+
+void on_upstream(void* user, Responder res, const UpstreamReply& u) {
+  const ProxyRoute& route = *static_cast<const ProxyRoute*>(user);
+  if (answered_error(res, route, u)) return;
   if (route.validate && !is_json(u.body)) return answer_error(res, route, 502, Cause::InvalidJson);
   Response r;
   r.body = u.body;  // copied: it lives only as long as this callback
   r.headers = *route.headers;
   res.send(r);
+}
+
+// The streamed form: the head has come; its body goes to the client as it arrives (a body not taken here, for
+// a client that left or asked HEAD, is abandoned when this returns).
+void on_upstream_head(void* user, Responder res, const UpstreamReply& u) {
+  const ProxyRoute& route = *static_cast<const ProxyRoute*>(user);
+  if (answered_error(res, route, u)) return;
+  Response head;
+  head.headers = *route.headers;
+  for (const Header& h : u.headers)
+    if (http_iequals(h.name, "content-type")) head.content_type = h.value;
+  u.stream.pipe(res.stream(head));
 }
 
 }  // namespace
@@ -143,7 +170,9 @@ void add_user_routes(Router& router, std::string_view dataset, const RouteOption
     ProxyRoute* route = req.backend() == "epoll" ? &p->epoll : &p->uring;
     UpstreamRequest up;
     up.target = p->path;  // GET, no headers of ours: the seed's microservice1
-    if (!req.fetch(0, up, res, &on_upstream, route)) answer_error(res, *route, 503, Cause::Overloaded);
+    up.stream_response = !route->validate;
+    if (!req.fetch(0, up, res, route->validate ? &on_upstream : &on_upstream_head, route))
+      answer_error(res, *route, 503, Cause::Overloaded);
   });
 }
 

@@ -42,6 +42,14 @@ class Backend {
   // Recv completions carrying a buffer until one arrives with more == false (res 0: the peer closed). With
   // multishot false, at most one buffer: its completion (or an error, or EOF) has more == false.
   virtual void recv(int fd, std::uint64_t tag, bool multishot = true) noexcept = 0;
+  // One receive into the caller's buffer (a bulk transfer: a large body, where the ring's small buffers would
+  // cost a completion per 2 KiB): one Recv completion, more == false, has_buffer == false and data null (the
+  // bytes are in buf, which stays the caller's until then). A backend without it takes one ring buffer
+  // instead (has_buffer, data): the caller reads data when it is there.
+  virtual void recv_into(int fd, std::uint64_t tag, char* buf, std::size_t len) noexcept {
+    (void)buf, (void)len;
+    recv(fd, tag, false);
+  }
   // Sends from iov[0..n); one Send completion with the bytes sent or -errno. It may be short when the socket's
   // buffer filled: the caller sends the rest (each completion is progress, which send deadlines measure). iov
   // and msg (scratch the backend may use) stay untouched by the caller until then. Never raises SIGPIPE.

@@ -94,8 +94,18 @@ class EpollBackend final : public Backend {
     s.registered = true;
   }
 
+  void recv_into(int fd, std::uint64_t t, char* buf, std::size_t len) noexcept override {
+    recv(fd, t, false);
+    FdState& s = state(fd);
+    if (s.recv_armed) {
+      s.into = buf;
+      s.into_len = len;
+    }
+  }
+
   void recv(int fd, std::uint64_t t, bool multishot) noexcept override {
     FdState& s = state(fd);
+    s.into = nullptr;
     s.role = Role::Conn;
     s.recv_tag = t;
     s.recv_armed = true;
@@ -162,6 +172,7 @@ class EpollBackend final : public Backend {
     if (s.connect_pending && s.connect_tag == t) finish_connect(fd, s, -ECANCELED);
     if (s.recv_armed && s.recv_tag == t) {  // unread bytes stay in the socket, and TCP's window closes
       s.recv_armed = false;
+      s.into = nullptr;
       push({t, -ECANCELED, false, false, 0, nullptr});
     }
   }
@@ -175,6 +186,7 @@ class EpollBackend final : public Backend {
     FdState& s = state(fd);
     if (s.recv_armed) {
       s.recv_armed = false;
+      s.into = nullptr;
       push({s.recv_tag, 0, false, false, 0, nullptr});
     }
     if (s.send_pending) finish_send(fd, s, s.sent ? int(s.sent) : -EPIPE);
@@ -224,6 +236,8 @@ class EpollBackend final : public Backend {
     bool out_armed = false;
     bool connect_pending = false;
     bool recv_once = false;  // the receive ends with its first buffer
+    char* into = nullptr;    // recv_into: the caller's buffer, instead of one of ours
+    std::size_t into_len = 0;
     std::uint64_t accept_tag = 0, recv_tag = 0, send_tag = 0, connect_tag = 0;
     const iovec* iov = nullptr;
     unsigned iovcnt = 0;
@@ -293,6 +307,17 @@ class EpollBackend final : public Backend {
   // peer_done: the edge also carried the peer's FIN (or an error). No edge will come for it again, so read on
   // past a short read until recv says EOF.
   void read_ready(int fd, FdState& s, bool peer_done = false) noexcept {
+    if (s.into) {  // recv_into: one read into the caller's buffer
+      const ssize_t n = ::recv(fd, s.into, s.into_len, 0);
+      if (n < 0 && (errno == EAGAIN || errno == EINTR)) {
+        if (errno == EINTR || peer_done) retry_.push_back({fd, s.recv_tag, peer_done});
+        return;
+      }
+      s.recv_armed = false;
+      s.into = nullptr;
+      push({s.recv_tag, n >= 0 ? int(n) : -errno, false, false, 0, nullptr});
+      return;
+    }
     for (int i = 0; i < kMaxReadsPerEvent; ++i) {
       if (free_bufs_.empty()) {  // every buffer is in this turn's batch: read on once they come back
         stats_.enobufs.add();

@@ -141,6 +141,12 @@ class UringBackend final : public Backend {
     set_tag(s, t);
   }
 
+  void recv_into(int fd, std::uint64_t t, char* buf, std::size_t len) noexcept override {
+    io_uring_sqe* s = sqe();
+    io_uring_prep_recv(s, fd, buf, len, 0);
+    set_tag(s, t);
+  }
+
   void send(int fd, std::uint64_t t, const iovec* iov, unsigned n, msghdr* msg) noexcept override {
     io_uring_sqe* s = sqe();
     // No MSG_WAITALL: a send that fills the socket's buffer completes with what it sent, so the caller sees

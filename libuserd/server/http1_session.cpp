@@ -213,6 +213,7 @@ void Http1Session::on_bytes(char* data, std::size_t n) {
     in_.append(data, n);
     resume();
   }
+  t_->set_bulk(body_.active());  // a streamed body in progress is read 64 KiB a receive
   after_output();
 }
 

@@ -105,6 +105,12 @@ std::size_t Transport::queued() const noexcept {
 // otherwise land a multishot burst (32 buffers and more) in the session's buffer before the next pause could
 // stop it. If that buffer is taken without pausing again, the multishot receive comes back.
 void Transport::arm_recv() noexcept {
+  if (bulk_ && (bulk_buf_ || (bulk_buf_ = new (std::nothrow) char[kBulkBytes]))) {
+    ctx_->backend->recv_into(sock_.fd, io::tag(recv_op(), slot_, sock_.gen), bulk_buf_, kBulkBytes);
+    recv_probe_ = false;
+    sock_.recv_armed = true;
+    return;
+  }
   ctx_->backend->recv(sock_.fd, io::tag(recv_op(), slot_, sock_.gen), !recv_probe_);
   recv_probe_ = false;
   sock_.recv_armed = true;
@@ -150,7 +156,17 @@ bool Transport::socket_drained(bool first) noexcept {
   return first || drained;
 }
 
+// On: a multishot receive armed now is ended (as for backpressure), and the bulk one follows it.
+void Transport::switch_bulk(bool on) noexcept {
+  bulk_ = on;
+  if (on && sock_.recv_armed && !recv_stopping_ && state_ == State::Open) {
+    recv_stopping_ = true;
+    ctx_->backend->cancel(sock_.fd, io::tag(recv_op(), slot_, sock_.gen));
+  }
+}
+
 void Transport::on_recv(char* data, std::size_t n) noexcept {
+  if (!data) data = bulk_buf_;  // a bulk receive's bytes are in our own buffer
   // Lingering, or the last response is queued: what the peer still sends is read and dropped.
   if (state_ != State::Open || close_after_flush_) return;
   if (tls_.active()) return on_tls_recv(data, n);
@@ -406,6 +422,12 @@ void Transport::maybe_release() noexcept {
   held_ = false;
   end_handshake();
   if (tls_.active()) ctx_->released_bytes += kTlsSessionBytes;  // OpenSSL's frees count toward the heap trim
+  bulk_ = false;
+  if (bulk_buf_) {  // nothing is in flight any more: no receive can land in it
+    ctx_->released_bytes += kBulkBytes;
+    delete[] bulk_buf_;
+    bulk_buf_ = nullptr;
+  }
   out_[0].clear();
   out_[1].clear();
   iov_.clear();

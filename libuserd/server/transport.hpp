@@ -85,6 +85,9 @@ class Transport {
   // client: the upstream pool's (tags UpConnect/UpRecv/UpSend, whose slot says pool and connection).
   Transport(LoopContext& ctx, Owner& owner, bool client = false) noexcept
       : ctx_(&ctx), owner_(&owner), client_(client) {}
+  ~Transport() { delete[] bulk_buf_; }
+  Transport(const Transport&) = delete;
+  Transport& operator=(const Transport&) = delete;
 
   // Takes a freshly accepted socket and arms its receive. With tls, it speaks TLS (a handshake first); false
   // when its state could not be made (out of memory): the socket is the caller's to close.
@@ -119,6 +122,14 @@ class Transport {
   // stuck (it asks recv_paused() to pick its own low or high water).
   void update_recv(bool session_stuck) noexcept;
   bool recv_paused() const noexcept { return recv_paused_; }
+  // Bulk: while a large body streams in, each receive lands up to kBulkBytes in the transport's own buffer
+  // (Backend::recv_into) instead of 2 KiB ring buffers, a completion (and a session call) per 2 KiB being what
+  // dominates the cost of a large body. The buffer is made on first use and kept until the connection ends.
+  // Off again, the next receive is the ring's multishot one.
+  static constexpr std::size_t kBulkBytes = 64 * 1024;
+  void set_bulk(bool on) noexcept {
+    if (bulk_ != on) switch_bulk(on);
+  }
 
   // The deadline the transport itself needs (linger, send, a stalled handshake): true when it has one to say,
   // which then applies; false when the session's deadline does.
@@ -167,6 +178,7 @@ class Transport {
   bool sealing() const noexcept;
   void submit_send() noexcept;
   void arm_recv() noexcept;
+  void switch_bulk(bool on) noexcept;
   void finish() noexcept;
   void end_handshake() noexcept;
   void maybe_release() noexcept;
@@ -185,6 +197,8 @@ class Transport {
   bool recv_stopping_ = false;  // asked the backend to end the receive (backpressure); its end is due
   bool recv_paused_ = false;    // too much output queued or input unparsed: the socket is not read
   bool recv_probe_ = false;     // the next receive takes one buffer (see arm_recv)
+  bool bulk_ = false;           // receives go to bulk_buf_ (set_bulk)
+  char* bulk_buf_ = nullptr;
   bool send_progress_ = false;  // a send completion moved bytes: the send deadline starts again
   bool peer_eof_ = false;
   bool broken_ = false;  // tls_failed() came

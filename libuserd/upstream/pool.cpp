@@ -320,7 +320,24 @@ void Pool::on_bytes(std::uint32_t i, const char* data, std::size_t n) {
     std::memcpy(c.in.prepare(n + kUpstreamBodyPadding), data, n);
     c.in.commit(n);
     c.job.deadline = now_ms_ + target_.cfg.timeout_ms;  // the upstream moves: its next wait starts now
-    return pump_body(i);
+    // Handed out once per loop turn, not per receive (2 KiB each from io_uring's buffer ring): a piece per
+    // turn is what keeps the cost per byte of writing it on, framing it and sending it low. What a turn
+    // gathers is bounded by the receive buffers the turn completed.
+    if (!c.body.pump_due && c.body.taken && !c.body.stuck()) {
+      c.body.pump_due = true;
+      const std::uint32_t seq = c.seq;
+      ctx_.later.push_back([this, i, seq] {
+        Conn& again = *conns_[i];
+        if (again.seq != seq || again.state != State::Streaming) return;
+        again.body.pump_due = false;
+        try {
+          pump_body(i);
+        } catch (const std::bad_alloc&) {
+          body_failed(i, UpstreamError::Closed);
+        }
+      });
+    }
+    return;
   }
   if (c.state != State::Busy || !c.job.done) return close(i);  // bytes nobody asked for: the stream is off
   c.got_bytes = true;
@@ -684,6 +701,7 @@ void Pool::begin_body(std::uint32_t i, std::size_t head_len, bool whole) {
   const std::uint32_t seq = c.seq;
   c.job.done = UpstreamCallback{};  // answered: from now on only the body's taker hears of this exchange
   c.state = State::Streaming;
+  c.t.set_bulk(!whole);  // a body to come: 64 KiB receives, not 2 KiB ones
   b.delivering = true;  // the receive waits for the taker meanwhile
   deliver(job, r);
   if (c.state != State::Streaming || c.seq != seq) return;  // abandoned in the callback
@@ -827,6 +845,7 @@ void Pool::end_body(std::uint32_t i) {
   const bool reusable = c.body.keep_alive && c.in.empty() && !c.t.peer_eof() && (!c.job.from || c.up.done);
   c.body.reset();
   c.up = Upload{};
+  c.t.set_bulk(false);
   const std::uint64_t deadline = now_ms_ + target_.cfg.timeout_ms;
   c.job = Job{};
   c.job.deadline = deadline;  // a send that never completes (Settling) still ends

@@ -121,6 +121,7 @@ class Pool {
     std::size_t pending = 0, raw_at = 0;
     bool taken = false, paused = false, delivering = false, eof = false, keep_alive = false;
     bool pending_last = false;  // the pending piece ends the body
+    bool pump_due = false;      // what arrived this turn goes to the taker once, later in the turn
     Stream pipe{};
     bool piping = false;
     std::function<void(std::string_view, bool)> data;
@@ -128,7 +129,7 @@ class Pool {
     void reset() noexcept {
       framing = Framing::Length;
       left = pending = raw_at = 0;
-      taken = paused = delivering = eof = keep_alive = piping = pending_last = false;
+      taken = paused = delivering = eof = keep_alive = piping = pending_last = pump_due = false;
       pipe = Stream();
       data = nullptr;
       error = nullptr;

@@ -253,6 +253,36 @@ TEST_CASE("backend: a single-buffer receive takes one buffer and ends; the data 
   });
 }
 
+TEST_CASE("backend: a receive into the caller's buffer takes up to its length, uses no ring buffer, and ends") {
+  each_backend([](const char* kind) {
+    auto b = make(kind, 16, 1024);  // 1 KiB ring buffers: a bulk receive is not bound by them
+    Pair p(*b);
+    const std::string want = pattern(48 * 1024);
+    REQUIRE(::send(p.client, want.data(), want.size(), MSG_NOSIGNAL) == ssize_t(want.size()));
+    std::vector<char> buf(64 * 1024);
+    std::string got;
+    while (got.size() < want.size()) {
+      b->recv_into(p.server, kRecv, buf.data(), buf.size());
+      std::vector<Completion> seen;
+      drive(*b, [&](const Completion& c) { seen.push_back(c); }, [&] { return !seen.empty(); });
+      REQUIRE(seen.size() == 1);
+      REQUIRE(seen[0].res > 0);
+      if (got.empty()) CHECK(seen[0].res > 1024);  // more than one ring buffer's worth in one completion
+      CHECK_FALSE(seen[0].more);
+      CHECK_FALSE(seen[0].has_buffer);
+      CHECK(seen[0].data == nullptr);
+      got.append(buf.data(), std::size_t(seen[0].res));
+    }
+    CHECK(got == want);
+    ::shutdown(p.client, SHUT_WR);
+    b->recv_into(p.server, kRecv, buf.data(), buf.size());  // the peer's end: res 0
+    std::vector<Completion> seen;
+    drive(*b, [&](const Completion& c) { seen.push_back(c); }, [&] { return !seen.empty(); });
+    REQUIRE(seen.size() == 1);
+    CHECK(seen[0].res == 0);
+  });
+}
+
 TEST_CASE("backend: a receive ended by cancel stops reading; armed again, it reads what came meanwhile") {
   each_backend([](const char* kind) {
     auto b = make(kind);

@@ -1,7 +1,9 @@
 //! hyper-ref: the seed's Hyper microservice1 for side-by-side benchmarks.
 //!
-//! usage: hyper-ref --listen 127.0.0.1:PORT (--upstream http://HOST:PORT/PATH | --static FILE)
-//!                  [--tls-cert FILE --tls-key FILE] [--http2]
+//! usage: hyper-ref --listen 127.0.0.1:PORT (--upstream http://HOST:PORT/PATH | --static FILE | --sink
+//!                  | --relay HOST:PORT) [--tls-cert FILE --tls-key FILE] [--http2]
+//! --sink takes any request's body as a stream and answers {"bytes":N} (the upload job); --relay forwards every
+//! request to HOST:PORT with both bodies streamed, as Hyper streams them by default (the large-body proxy job).
 //! Prints "hyper-ref: listening on ADDR" on stderr once bound. With a certificate it serves HTTPS through
 //! rustls (TLS 1.2 and 1.3, ALPN http/1.1, session tickets). --http2 serves HTTP/2 only (`http2_only`): h2c by
 //! prior knowledge, or ALPN h2 over TLS.
@@ -9,7 +11,7 @@ use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use hyper::body::Bytes;
+use hyper::body::{Bytes, HttpBody};
 use hyper::client::HttpConnector;
 use hyper::header::{HeaderValue, CONTENT_TYPE, LOCATION};
 use hyper::service::{make_service_fn, service_fn};
@@ -22,6 +24,35 @@ use tokio_rustls::TlsAcceptor;
 enum Mode {
     Proxy { client: Client<HttpConnector>, uri: Uri },
     Static { body: Bytes },
+    Sink,
+    Relay { client: Client<HttpConnector>, authority: String },
+}
+
+// The body chunk by chunk, as it arrives, counted and dropped.
+async fn sink(req: Request<Body>) -> Response<Body> {
+    let mut body = req.into_body();
+    let mut n: u64 = 0;
+    while let Some(chunk) = body.data().await {
+        match chunk {
+            Ok(c) => n += c.len() as u64,
+            Err(_) => return Response::builder().status(StatusCode::BAD_REQUEST).body(Body::empty()).unwrap(),
+        }
+    }
+    Response::new(Body::from(format!("{{\"bytes\":{n}}}")))
+}
+
+async fn relay(client: &Client<HttpConnector>, authority: &str, req: Request<Body>) -> Response<Body> {
+    let (mut parts, body) = req.into_parts();
+    let path = parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
+    parts.uri = match format!("http://{authority}{path}").parse() {
+        Ok(u) => u,
+        Err(_) => return Response::builder().status(StatusCode::BAD_REQUEST).body(Body::empty()).unwrap(),
+    };
+    parts.headers.remove(hyper::header::HOST);
+    match client.request(Request::from_parts(parts, body)).await {
+        Ok(up) => up,
+        Err(_) => Response::builder().status(StatusCode::BAD_GATEWAY).body(Body::empty()).unwrap(),
+    }
 }
 
 fn with_seed_headers(mut res: Response<Body>) -> Response<Body> {
@@ -33,6 +64,11 @@ fn with_seed_headers(mut res: Response<Body>) -> Response<Body> {
 }
 
 async fn handle(mode: Arc<Mode>, req: Request<Body>) -> Result<Response<Body>, Infallible> {
+    match &*mode {
+        Mode::Sink => return Ok(sink(req).await),
+        Mode::Relay { client, authority } => return Ok(relay(client, authority, req).await),
+        _ => {}
+    }
     if req.uri().path() != "/v1/user" {
         return Ok(Response::builder().status(StatusCode::NOT_FOUND).body(Body::empty()).unwrap());
     }
@@ -45,6 +81,7 @@ async fn handle(mode: Arc<Mode>, req: Request<Body>) -> Result<Response<Body>, I
             },
             Err(_) => Response::builder().status(StatusCode::BAD_GATEWAY).body(Body::empty()).unwrap(),
         },
+        Mode::Sink | Mode::Relay { .. } => unreachable!(),
     };
     Ok(with_seed_headers(res))
 }
@@ -63,6 +100,11 @@ async fn main() {
             i += 1;
             continue;
         }
+        if args[i] == "--sink" {
+            mode = Some(Mode::Sink);
+            i += 1;
+            continue;
+        }
         match args[i].as_str() {
             "--listen" => listen = args[i + 1].clone(),
             "--upstream" => {
@@ -71,6 +113,7 @@ async fn main() {
             "--static" => {
                 mode = Some(Mode::Static { body: Bytes::from(std::fs::read(&args[i + 1]).expect("static file")) })
             }
+            "--relay" => mode = Some(Mode::Relay { client: Client::new(), authority: args[i + 1].clone() }),
             "--tls-cert" => cert = Some(args[i + 1].clone()),
             "--tls-key" => key = Some(args[i + 1].clone()),
             other => panic!("unknown flag {other}"),

@@ -327,14 +327,8 @@ void Pool::on_bytes(std::uint32_t i, const char* data, std::size_t n) {
       c.body.pump_due = true;
       const std::uint32_t seq = c.seq;
       ctx_.later.push_back([this, i, seq] {
-        Conn& again = *conns_[i];
-        if (again.seq != seq || again.state != State::Streaming) return;
-        again.body.pump_due = false;
-        try {
-          pump_body(i);
-        } catch (const std::bad_alloc&) {
-          body_failed(i, UpstreamError::Closed);
-        }
+        if (conns_[i]->seq == seq) conns_[i]->body.pump_due = false;
+        repump(i, seq);
       });
     }
     return;
@@ -380,12 +374,7 @@ void Pool::on_end(std::uint32_t i) noexcept {
     // still handed out first, at its taker's pace.
     if (!c.t.peer_eof() || c.t.tls_broken() || !c.t.is_open()) return body_failed(i, UpstreamError::Closed);
     c.body.eof = true;
-    try {
-      pump_body(i);
-    } catch (const std::bad_alloc&) {
-      body_failed(i, UpstreamError::Closed);
-    }
-    return;
+    return repump(i, c.seq);
   }
   try {
     if ((c.state == State::Busy || c.state == State::Connecting) && c.job.done) {
@@ -638,7 +627,7 @@ void Pool::tick() noexcept {
           if (!c.body.delivering && !c.job.res.alive()) close(i);
           // A pipe waiting for its client's on_writable also tries again each tick: a wake-up it missed costs
           // a tick, not the body (test_relay saw a rare stall on HTTP/2 under ASan, not yet explained).
-          else if (c.body.pending > 0 && !c.body.paused && !c.body.delivering) pump_body(i);
+          else if (c.body.pending > 0 && !c.body.paused && !c.body.delivering) repump(i, c.seq);
         } else if (c.job.deadline <= now) {
           body_failed(i, UpstreamError::Timeout);
         }
@@ -790,6 +779,17 @@ void Pool::pump_body(std::uint32_t i) {
   c.t.update_recv(stuck(c));
 }
 
+// pump_body from a callback or a later turn: for the exchange it was meant for, if that is still streaming.
+void Pool::repump(std::uint32_t i, std::uint32_t seq) noexcept {
+  Conn& c = *conns_[i];
+  if (c.seq != seq || c.state != State::Streaming) return;
+  try {
+    pump_body(i);
+  } catch (const std::bad_alloc&) {
+    body_failed(i, UpstreamError::Closed);
+  }
+}
+
 // One piece to the taker. False only when a pipe cannot write it now: it is offered again once the client
 // can take more (on_writable).
 bool Pool::offer(std::uint32_t i, std::string_view piece, bool last) {
@@ -802,15 +802,7 @@ bool Pool::offer(std::uint32_t i, std::string_view piece, bool last) {
         close(i);
         return true;
       }
-      b.pipe.on_writable([this, i, seq] {
-        Conn& again = *conns_[i];
-        if (again.seq != seq || again.state != State::Streaming) return;
-        try {
-          pump_body(i);
-        } catch (const std::bad_alloc&) {
-          body_failed(i, UpstreamError::Closed);
-        }
-      });
+      b.pipe.on_writable([this, i, seq] { repump(i, seq); });
       return false;
     }
     if (last) {
@@ -908,15 +900,7 @@ void Pool::body_pause(std::uint32_t i, std::uint32_t seq, bool on) noexcept {
   if (on) return c.t.update_recv(stuck(c));
   c.job.deadline = now_ms_ + target_.cfg.timeout_ms;
   try {
-    ctx_.later.push_back([this, i, seq] {
-      Conn& again = *conns_[i];
-      if (again.seq != seq || again.state != State::Streaming) return;
-      try {
-        pump_body(i);
-      } catch (const std::bad_alloc&) {
-        body_failed(i, UpstreamError::Closed);
-      }
-    });
+    ctx_.later.push_back([this, i, seq] { repump(i, seq); });
   } catch (const std::bad_alloc&) {
     body_failed(i, UpstreamError::Closed);
   }

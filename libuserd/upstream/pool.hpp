@@ -193,6 +193,7 @@ class Pool {
   void close(std::uint32_t i) noexcept;
   void begin_body(std::uint32_t i, std::size_t head_len, bool whole);
   void pump_body(std::uint32_t i);
+  void repump(std::uint32_t i, std::uint32_t seq) noexcept;
   bool offer(std::uint32_t i, std::string_view piece, bool last);
   void end_body(std::uint32_t i);
   void body_failed(std::uint32_t i, UpstreamError e) noexcept;

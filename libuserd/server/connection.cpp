@@ -108,12 +108,13 @@ void Connection::on_timeout(Timer t) noexcept {
   session_->on_timeout(t);
 }
 
-void Connection::abort() noexcept {
+void Connection::end(bool reset) noexcept {
   if (t_.state() == State::Closing || t_.state() == State::Free) return;
   session_->on_abort();
   ctx_->timers.clear(*this);
   ctx_->handler_timers.clear(*this);
-  t_.close_now();
+  if (reset) t_.reset_now();
+  else t_.close_now();
 }
 
 void Connection::on_released() noexcept {

@@ -76,7 +76,9 @@ class Connection final : private Transport::Owner {
   void run_ready() noexcept { session_->run_ready(); }
 
   // Ends the connection now: pending output is dropped.
-  void abort() noexcept override;
+  void abort() noexcept override { end(false); }
+  // abort() with a TCP reset (Transport::reset_now): a response cut mid-body (Stream::abort).
+  void reset() noexcept { end(true); }
   // A deadline passed (the worker's tick): idle and linger close; header and body answer 408 and close.
   void on_timeout(Timer t) noexcept;
   // The server is stopping: close now if idle, else finish the request in flight and close after it.
@@ -111,6 +113,7 @@ class Connection final : private Transport::Owner {
   TimerLink handler_link;  // owned by ctx.handler_timers
 
  private:
+  void end(bool reset) noexcept;
   void on_bytes(char* data, std::size_t n) override { session_->on_bytes(data, n); }
   void on_sent() noexcept override { session_->on_sent(); }
   void on_eof() noexcept override { session_->on_eof(); }

@@ -3,8 +3,6 @@
 // session's own buffer, so a receive buffer goes back to the kernel as soon as the transport's call returns.
 #include "libuserd/server/http1_session.hpp"
 
-#include <sys/socket.h>
-
 #include <cstdio>
 #include <cstring>
 
@@ -595,19 +593,14 @@ void Http1Session::stream_on_writable(std::uint32_t seq, std::function<void()> f
 }
 
 // A reset, not a close: to an HTTP/1.0 client the close is the body's end, and a chunked body cut at a chunk's
-// boundary is indistinguishable from one still on its way until the client's own timeout. The reset goes out
-// now (a TCP disconnect: connect to AF_UNSPEC), before the transport's close would half-close with a FIN; what
-// is armed on the socket then completes as for any shutdown.
+// boundary is indistinguishable from one still on its way until the client's own timeout.
 bool Http1Session::stream_abort(std::uint32_t seq) noexcept {
   if (!streaming_ || seq != seq_ || !t_->is_open()) return false;
-  sockaddr none{};
-  none.sa_family = AF_UNSPEC;
-  (void)::connect(t_->fd(), &none, sizeof none);
   streaming_ = false;
   set_awaiting(false);
   writable_ = nullptr;
   count(stream_status_, stream_bytes_);
-  conn_->abort();
+  conn_->reset();
   return true;
 }
 

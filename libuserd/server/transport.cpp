@@ -400,6 +400,16 @@ void Transport::finish() noexcept {
   owner_->update_waits();  // a receive ended by backpressure is armed again, to read and drop
 }
 
+bool Transport::reset_now() noexcept {
+  if (state_ == State::Closing || state_ == State::Free) return false;
+  if (sock_.fd >= 0) {
+    sockaddr none{};
+    none.sa_family = AF_UNSPEC;
+    (void)::connect(sock_.fd, &none, sizeof none);
+  }
+  return close_now();
+}
+
 bool Transport::close_now() noexcept {
   if (state_ == State::Closing || state_ == State::Free) return false;
   state_ = State::Closing;

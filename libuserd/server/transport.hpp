@@ -148,6 +148,10 @@ class Transport {
   // Ends the socket now, pending output dropped: false when it was already ending. The owner's abort() cleans
   // up its own state first and then calls this.
   bool close_now() noexcept;
+  // close_now() with a TCP reset instead of a FIN (a TCP disconnect: connect to AF_UNSPEC, before the close's
+  // shutdown could half-close): for a connection cut mid-body, whose peer must not take what it got for the
+  // whole, nor keep sending into a window that will never open. What is armed completes as for any shutdown.
+  bool reset_now() noexcept;
   // Closes the socket without the backend, which is already gone (the worker's destructor).
   void teardown() noexcept;
   // Gives back buffers grown past keep.

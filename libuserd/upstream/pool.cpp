@@ -602,16 +602,14 @@ void Pool::close(std::uint32_t i) noexcept {
   // Mid-body either way: a reset, not a FIN. An upstream that is still sending (to a window our socket will never
   // open again) or still waiting for the rest of a body learns at once that neither will happen, instead of at
   // its own send or body deadline.
-  if ((c.state == State::Streaming || (c.up.on && !c.up.done)) && c.t.fd() >= 0) {
-    sockaddr none{};
-    none.sa_family = AF_UNSPEC;
-    (void)::connect(c.t.fd(), &none, sizeof none);
-  }
+  const bool mid_body = c.state == State::Streaming || (c.up.on && !c.up.done);
   c.state = State::Closing;
   c.job = Job{};
   c.body.reset();  // what a taker's callbacks hold goes now
   c.up = Upload{};
-  c.t.close_now();  // released now, or once what is in flight has completed (on_released)
+  // Released now, or once what is in flight has completed (on_released).
+  if (mid_body) c.t.reset_now();
+  else c.t.close_now();
 }
 
 void Pool::tick() noexcept {

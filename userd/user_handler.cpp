@@ -83,13 +83,6 @@ void answer_error(Responder res, const ProxyRoute& route, int status, Cause caus
   res.send(r);
 }
 
-bool http_iequals(std::string_view a, std::string_view b) {
-  if (a.size() != b.size()) return false;
-  for (std::size_t i = 0; i < a.size(); ++i)
-    if ((a[i] | 0x20) != (b[i] | 0x20)) return false;
-  return true;
-}
-
 bool is_json(std::string_view body) {
   thread_local simdjson::dom::parser parser;  // keeps its buffers: no allocation once warm
   simdjson::dom::element doc;
@@ -131,8 +124,7 @@ void on_upstream_head(void* user, Responder res, const UpstreamReply& u) {
   if (answered_error(res, route, u)) return;
   Response head;
   head.headers = *route.headers;
-  for (const Header& h : u.headers)
-    if (http_iequals(h.name, "content-type")) head.content_type = h.value;
+  if (const std::string_view type = u.header("content-type"); !type.empty()) head.content_type = type;
   u.stream.pipe(res.stream(head));
 }
 

@@ -22,11 +22,16 @@ bool Request::keep_alive() const noexcept { return head_->keep_alive; }
 
 std::span<const Header> Request::headers() const noexcept { return {head_->headers.data(), head_->header_count}; }
 
-std::string_view Request::header(std::string_view name) const noexcept {
-  for (const Header& h : headers())
+namespace {
+std::string_view find_header(std::span<const Header> headers, std::string_view name) noexcept {
+  for (const Header& h : headers)
     if (http::iequals(h.name, name)) return h.value;
   return {};
 }
+}  // namespace
+
+std::string_view Request::header(std::string_view name) const noexcept { return find_header(headers(), name); }
+std::string_view UpstreamReply::header(std::string_view name) const noexcept { return find_header(headers, name); }
 
 TlsInfo Request::tls() const noexcept { return conn_ ? conn_->tls_info() : TlsInfo{}; }
 unsigned Request::loop_index() const noexcept { return conn_ ? conn_->loop_index() : 0; }

@@ -107,8 +107,10 @@ struct UpstreamReply {
   // De-chunked. Valid only during the callback; at least 64 readable bytes follow it (simdjson's padding), so
   // it can be parsed in place. Empty when the response streams.
   std::string_view body{};
-  // stream_response: the body to come (its calls say false for an error, or when nothing follows the head).
+  // stream_response: the body to come (its calls say false for an error; an empty body ends at once).
   UpstreamBody stream{};
+  // The first header of that name, compared case-insensitively; empty when absent (as Request::header).
+  std::string_view header(std::string_view name) const noexcept;
 };
 
 // Called on the loop thread when the exchange ends, once per fetch. `res` answers the client (it may have gone:

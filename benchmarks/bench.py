@@ -154,15 +154,20 @@ def nginx_conf(tmp, port, mode, dataset, upstream_port=None):
         up = f"upstream m2 {{ server 127.0.0.1:{upstream_port}; keepalive 64; }}"
         loc = ("location = /v1/user { proxy_pass http://m2/v1/avatar; proxy_http_version 1.1; "
                "proxy_set_header Connection \"\"; add_header Engine nginx; add_header Location /v1/user; }")
+    return nginx_file(tmp, port, listen, loc, up)
+
+
+def nginx_file(tmp, port, listen, server_block, upstream="", http_extra=""):
+    """An nginx config as its users run it for speed: one worker, no access log, epoll, long keep-alive."""
     conf = f"""daemon off; master_process off; worker_processes 1; pid {tmp}/nginx-{port}.pid;
 error_log stderr crit;
 events {{ worker_connections 8192; use epoll; }}
 http {{
-  access_log off; server_tokens off; keepalive_requests 10000000; keepalive_timeout 300;
+  access_log off; server_tokens off; keepalive_requests 10000000; keepalive_timeout 300; {http_extra}
   client_body_temp_path {tmp}; proxy_temp_path {tmp}; fastcgi_temp_path {tmp}; uwsgi_temp_path {tmp};
   scgi_temp_path {tmp};
-  {up}
-  server {{ listen {listen}; {loc} }}
+  {upstream}
+  server {{ listen {listen}; {server_block} }}
 }}
 """
     path = os.path.join(tmp, f"nginx-{port}.conf")

@@ -26,7 +26,7 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 from bench import (ROOT, SERVER_CPU, Announced, Server, build_hyper, cpu_seconds, free_port,  # noqa: E402
-                   load_cpus, peak_rss_kb)
+                   load_cpus, nginx_file, peak_rss_kb)
 
 GB = 1e9
 UPLOAD_BYTES = 64 << 20
@@ -46,21 +46,7 @@ TARGETS = [
 
 
 def nginx(tmp, port, server_block, upstream=""):
-    """nginx as its users run it for speed: one worker, no access log, epoll, long keep-alive."""
-    conf = f"""daemon off; master_process off; worker_processes 1; pid {tmp}/nginx-{port}.pid;
-error_log stderr crit;
-events {{ worker_connections 8192; use epoll; }}
-http {{
-  access_log off; server_tokens off; keepalive_requests 10000000; keepalive_timeout 300; sendfile on;
-  client_body_temp_path {tmp}; proxy_temp_path {tmp}; fastcgi_temp_path {tmp}; uwsgi_temp_path {tmp};
-  scgi_temp_path {tmp};
-  {upstream}
-  server {{ listen 127.0.0.1:{port}; {server_block} }}
-}}
-"""
-    path = os.path.join(tmp, f"nginx-{port}.conf")
-    open(path, "w").write(conf)
-    return path
+    return nginx_file(tmp, port, f"127.0.0.1:{port}", server_block, upstream, "sendfile on;")
 
 
 def stop(s):

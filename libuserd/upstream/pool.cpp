@@ -704,11 +704,16 @@ void Pool::pump_body(std::uint32_t i) {
   Body& b = c.body;
   const std::uint32_t seq = c.seq;
   bool starved = false;
-  while (c.state == State::Streaming && c.seq == seq && b.taken && !b.stuck()) {
+  while (c.state == State::Streaming && c.seq == seq && b.taken && !b.paused && !b.delivering) {
     std::string_view piece;
     std::size_t used = 0;
     bool last = false;
-    if (b.framing == Body::Framing::Length) {
+    if (b.pending > 0) {  // the piece a pipe refused before, first
+      piece = {c.in.data(), b.pending};
+      used = b.raw_at;
+      last = b.pending_last;
+      b.pending = 0;
+    } else if (b.framing == Body::Framing::Length) {
       const std::size_t n = std::size_t(std::min<std::uint64_t>(c.in.size(), b.left));
       if (n == 0 && b.left > 0) {
         starved = true;
@@ -755,21 +760,6 @@ void Pool::pump_body(std::uint32_t i) {
     if (c.state != State::Streaming || c.seq != seq) return;  // abandoned, or failed, by the taker
     c.in.consume(used);
     if (last) return end_body(i);
-  }
-  while (c.state == State::Streaming && c.seq == seq && b.pending > 0 && !b.paused && !b.delivering) {
-    // The piece a pipe refused before, first.
-    const bool last = b.pending_last;
-    const std::size_t used = b.raw_at;
-    const std::size_t n = b.pending;
-    b.pending = 0;
-    if (!offer(i, {c.in.data(), n}, last)) {
-      b.pending = n;
-      break;
-    }
-    if (c.state != State::Streaming || c.seq != seq) return;
-    c.in.consume(used);
-    if (last) return end_body(i);
-    return pump_body(i);  // then what came after it
   }
   if (c.state != State::Streaming || c.seq != seq) return;
   // The upstream ended before the body did (a body framed by the close ended above).

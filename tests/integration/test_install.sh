@@ -87,6 +87,43 @@ stop_example
 passed=$((passed + 1))
 echo "install: out-of-tree build with pkg-config answers"
 
+# CMake, as most embedders build: find_package(userd) from the same prefix, shared and then static (./dev installs cmake).
+test -f "$libdir/cmake/userd/userdConfig.cmake"
+test -f "$libdir/cmake/userd/userdConfigVersion.cmake"
+mkdir -p "$work/cmake-app"
+version=$(grep -m1 -o "version : '[0-9.]*'" "$src/meson.build" | grep -o '[0-9][0-9.]*')
+IFS=. read -r major minor _ <<<"$version"
+cp "$src/examples/hello.cpp" "$work/cmake-app/app.cpp"
+cat > "$work/cmake-app/CMakeLists.txt" <<'CMAKE'
+cmake_minimum_required(VERSION 3.16)
+project(app CXX)
+find_package(userd VERSION REQUIRED)
+add_executable(app app.cpp)
+target_link_libraries(app PRIVATE userd::userd)
+CMAKE
+sed -i "s/VERSION REQUIRED/$major.$minor REQUIRED/" "$work/cmake-app/CMakeLists.txt"
+for kind in shared static; do
+  flag=OFF
+  [ "$kind" = static ] && flag=ON
+  cmake -S "$work/cmake-app" -B "$work/cmake-$kind" -DCMAKE_PREFIX_PATH="$work/prefix" \
+    -Duserd_USE_STATIC_LIBS=$flag -DCMAKE_BUILD_TYPE=Release >/dev/null
+  cmake --build "$work/cmake-$kind" >/dev/null
+  if [ "$kind" = static ] && ldd "$work/cmake-$kind/app" | grep -q libuserd; then
+    echo "cmake static app links libuserd.so"; exit 1
+  fi
+  if [ "$kind" = shared ] && ! ldd "$work/cmake-$kind/app" | grep -q "libuserd.so.0 => $libdir"; then
+    echo "cmake shared app does not find libuserd.so.0 in $libdir: $(ldd "$work/cmake-$kind/app")"; exit 1
+  fi
+  serve_and_ask "$work/cmake-$kind/app"
+done
+# A version this one does not promise to be compatible with is refused, not silently taken.
+sed -i "s/$major.$minor REQUIRED/$major.$((minor + 1)) REQUIRED/" "$work/cmake-app/CMakeLists.txt"
+if cmake -S "$work/cmake-app" -B "$work/cmake-v2" -DCMAKE_PREFIX_PATH="$work/prefix" >/dev/null 2>&1; then
+  echo "find_package(userd $major.$((minor + 1))) accepted $version"; exit 1
+fi
+passed=$((passed + 1))
+echo "install: CMake find_package builds and runs, shared and static"
+
 mkdir -p "$work/app/subprojects"
 ln -s "$src" "$work/app/subprojects/userd"
 cp "$src/examples/hello.cpp" "$work/app/app.cpp"

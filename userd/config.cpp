@@ -5,6 +5,8 @@
 
 #include <charconv>
 
+#include "libuserd/server/proxy_header.hpp"
+
 namespace userd::app {
 namespace {
 
@@ -118,6 +120,9 @@ std::string usage() {
          "  --http2 on|off       HTTP/2 beside HTTP/1.1: prior knowledge on plain ports, ALPN h2 on TLS (on)\n"
          "  --http2-max-streams N  streams an HTTP/2 client may have open at once (128)\n"
          "  --drain-timeout S    on SIGTERM/SIGINT, how long requests in flight may take to finish (10)\n"
+         "  --proxy-protocol     behind a load balancer: every connection starts with a PROXY protocol header (v1\n"
+         "                       or v2; haproxy send-proxy, nginx proxy_protocol), which names the client\n"
+         "  --proxy-from CIDR,...  only these sources may connect to a --proxy-protocol listener (default: any)\n"
          "  --access-log PATH|-  one line per request, appended to PATH or written to stdout (off)\n"
          "  --extra-routes N     add N placeholder routes (/extra/N/{id}): to measure what routing costs (0)\n"
          "  --help               this text\n"
@@ -289,6 +294,22 @@ std::string parse_config(int argc, const char* const* argv, const Getenv& getenv
       unsigned long n;
       if (!parse_uint(value, 100'000, n)) return fmt::format("invalid --extra-routes '{}': expected 0-100000", value);
       out.extra_routes = unsigned(n);
+    } else if (arg == "--proxy-protocol") {
+      out.server.proxy_protocol = true;
+    } else if (arg == "--proxy-from") {
+      if (!need(err)) return err;
+      if (value.empty()) return "--proxy-from needs addresses or CIDRs";
+      out.server.proxy_from.clear();
+      for (std::string_view rest = value;;) {
+        const std::size_t comma = rest.find(',');
+        const std::string_view one = rest.substr(0, comma);
+        server::Cidr c;
+        if (!server::parse_cidr(one, c))
+          return fmt::format("invalid --proxy-from '{}': expected addresses or CIDRs, comma-separated", one);
+        out.server.proxy_from.emplace_back(one);
+        if (comma == std::string_view::npos) break;
+        rest.remove_prefix(comma + 1);
+      }
     } else if (arg == "--reuse-port") {
       out.server.reuse_port = true;
     } else if (arg == "--no-validate") {
@@ -306,6 +327,8 @@ std::string parse_config(int argc, const char* const* argv, const Getenv& getenv
   if (tls_listen && (out.server.tls->cert_file.empty() || out.server.tls->key_file.empty()))
     return "--tls-listen needs --tls-cert and --tls-key";
   out.server.plain = !tls_listen || listen_given;
+  if (!out.server.proxy_from.empty() && !out.server.proxy_protocol) return "--proxy-from needs --proxy-protocol";
+  if (out.server.tls) out.server.tls->proxy_protocol = out.server.proxy_protocol;
   for (UpstreamConfig& u : out.server.upstreams) {
     u.timeout_ms = timeout_ms;
     u.max_conns = conns;

@@ -73,6 +73,8 @@ struct ThreadMetrics {
   Counter tls_handshake_failures;  // TLS connections closed before their handshake completed (bad, stalled)
   Counter tls_handshakes_refused;  // TLS connections closed at accept: max_tls_handshakes were in progress
   Counter tls_record_failures;   // TLS connections closed after it: a bad record, a renegotiation attempt
+  Counter proxy_header_failures;  // PROXY listener: closed on a bad, oversized, truncated or late header
+  Counter proxy_refused;          // PROXY listener: closed at accept, the source not in proxy_from
 
   void record(std::size_t route, int status, std::uint64_t micros, std::size_t protocol = 1) noexcept {
     requests[route * kCodeSlots + code_index(status)].add();

@@ -17,29 +17,33 @@ namespace {
 constexpr std::size_t kKeepCapacity = 64 * 1024;
 constexpr std::size_t kKeepOnClose = 8 * 1024;
 
+// "address:port", "[v6]:port", or "-:0" for an address of no kind a peer has.
+void describe_address(const sockaddr_storage& ss, char* out, std::size_t cap) noexcept {
+  char host[INET6_ADDRSTRLEN] = "-";
+  unsigned port = 0;
+  if (ss.ss_family == AF_INET) {
+    const auto* a = reinterpret_cast<const sockaddr_in*>(&ss);
+    inet_ntop(AF_INET, &a->sin_addr, host, sizeof host);
+    port = ntohs(a->sin_port);
+  } else if (ss.ss_family == AF_INET6) {
+    const auto* a = reinterpret_cast<const sockaddr_in6*>(&ss);
+    inet_ntop(AF_INET6, &a->sin6_addr, host, sizeof host);
+    port = ntohs(a->sin6_port);
+  }
+  std::snprintf(out, cap, ss.ss_family == AF_INET6 ? "[%s]:%u" : "%s:%u", host, port);
+}
+
 // "address:port" of the peer, for the access log (one getpeername per connection, only when logging).
 void describe_peer(int fd, char* out, std::size_t cap) noexcept {
   sockaddr_storage ss{};
   socklen_t len = sizeof ss;
-  char host[INET6_ADDRSTRLEN] = "-";
-  unsigned port = 0;
-  if (getpeername(fd, reinterpret_cast<sockaddr*>(&ss), &len) == 0) {
-    if (ss.ss_family == AF_INET) {
-      auto* a = reinterpret_cast<sockaddr_in*>(&ss);
-      inet_ntop(AF_INET, &a->sin_addr, host, sizeof host);
-      port = ntohs(a->sin_port);
-    } else if (ss.ss_family == AF_INET6) {
-      auto* a = reinterpret_cast<sockaddr_in6*>(&ss);
-      inet_ntop(AF_INET6, &a->sin6_addr, host, sizeof host);
-      port = ntohs(a->sin6_port);
-    }
-  }
-  std::snprintf(out, cap, ss.ss_family == AF_INET6 ? "[%s]:%u" : "%s:%u", host, port);
+  if (getpeername(fd, reinterpret_cast<sockaddr*>(&ss), &len) != 0) ss.ss_family = AF_UNSPEC;
+  describe_address(ss, out, cap);
 }
 }  // namespace
 
-bool Connection::open(int fd, std::uint32_t slot, SSL_CTX* tls) noexcept {
-  if (!t_.open(fd, slot, tls)) return false;
+bool Connection::open(int fd, std::uint32_t slot, SSL_CTX* tls, bool proxy) noexcept {
+  if (!t_.open(fd, slot, tls, proxy)) return false;
   session_ = &h1_;
   h1_.start();
   shed_ = false;
@@ -101,6 +105,10 @@ void Connection::on_timeout(Timer t) noexcept {
     abort();  // idle, linger, or output that made no progress
     return;
   }
+  if (t_.proxy_pending()) {  // no PROXY header yet: nothing to answer in, nobody known to answer
+    t_.proxy_failed();
+    return;
+  }
   if (t_.tls().active() && !t_.tls().established()) {  // no HTTP yet to answer in
     t_.tls_failed();
     return;
@@ -144,6 +152,8 @@ TlsInfo Connection::tls_info() const noexcept {
   if (!t_.tls().active()) return {};
   return {true, t_.tls().version(), t_.tls().peer_subject()};
 }
+
+void Connection::on_proxy_source(const sockaddr_storage& a) noexcept { describe_address(a, peer_, sizeof peer_); }
 
 std::string_view Connection::peer() const noexcept {
   if (!peer_[0] && t_.fd() >= 0) describe_peer(t_.fd(), peer_, sizeof peer_);

@@ -41,8 +41,9 @@ class Connection final : private Transport::Owner {
   explicit Connection(LoopContext& ctx) noexcept : ctx_(&ctx), t_(ctx, *this), h1_(ctx, *this, t_) {}
 
   // Takes a freshly accepted socket and arms its receive. With tls, the connection speaks TLS (a handshake
-  // first); false when its state could not be made (out of memory): the socket is the caller's to close.
-  bool open(int fd, std::uint32_t slot, SSL_CTX* tls = nullptr) noexcept;
+  // first); with proxy, a PROXY protocol header comes before anything (and names the peer). False when its state
+  // could not be made (out of memory): the socket is the caller's to close.
+  bool open(int fd, std::uint32_t slot, SSL_CTX* tls = nullptr, bool proxy = false) noexcept;
 
   // Completions routed here by the worker.
   void on_recv(char* data, std::size_t n) noexcept { t_.on_recv(data, n); }  // data is ours until this returns
@@ -91,7 +92,8 @@ class Connection final : private Transport::Owner {
   State state() const noexcept { return t_.state(); }
   std::uint16_t gen() const noexcept { return t_.gen(); }
   std::uint32_t slot() const noexcept { return t_.slot(); }
-  std::string_view peer() const noexcept;  // "address:port" of the client
+  // "address:port" of the client: the socket's peer, or the one a PROXY header named.
+  std::string_view peer() const noexcept;
   TlsInfo tls_info() const noexcept;
   unsigned loop_index() const noexcept;
   // The slot may be reused once the socket is closed and no completion is pending for it.
@@ -117,6 +119,7 @@ class Connection final : private Transport::Owner {
   void on_bytes(char* data, std::size_t n) override { session_->on_bytes(data, n); }
   void on_sent() noexcept override { session_->on_sent(); }
   void on_eof() noexcept override { session_->on_eof(); }
+  void on_proxy_source(const sockaddr_storage& a) noexcept override;
   void on_released() noexcept override;
 
   LoopContext* ctx_;

@@ -28,6 +28,7 @@ struct Server::Impl {
   ServerConfig cfg;
   Router router;
   std::vector<upstream::Target> upstreams;  // resolved once; read by every worker
+  std::vector<server::Cidr> proxy_from;     // parsed once; read by every worker
   std::vector<std::unique_ptr<server::Worker>> workers;
   std::vector<std::thread> threads;
   std::uint16_t port = 0;
@@ -225,6 +226,12 @@ Result<void> Server::start() {
   if (nb == 0 || (nb & (nb - 1)) || nb > 32768) return fail(Errc::BadInput, EINVAL, "recv_buffers (a power of two, 1-32768)");
   if (s.cfg.recv_buffer_size < 512 || s.cfg.recv_buffer_size > (1u << 20))
     return fail(Errc::BadInput, EINVAL, "recv_buffer_size (512 B - 1 MiB)");
+  s.proxy_from.clear();
+  for (const std::string& c : s.cfg.proxy_from) {
+    server::Cidr parsed;
+    if (!server::parse_cidr(c, parsed)) return fail(Errc::BadInput, EINVAL, "proxy_from (an address or CIDR)");
+    s.proxy_from.push_back(parsed);
+  }
   auto kind = choose_backend(s.cfg);
   if (!kind) return Unexpected<Error>{kind.error()};
   s.upstreams.clear();
@@ -305,7 +312,8 @@ Result<void> Server::start() {
   // waits for every thread's verdict so a refusal is reported here, not lost in a thread.
   std::vector<std::promise<Result<std::string_view>>> verdicts(n);
   for (unsigned i = 0; i < n; ++i) {
-    s.workers.push_back(std::make_unique<server::Worker>(s.cfg, s.router, fds[i], tls_fds[i], tls_ctx, s.upstreams));
+    s.workers.push_back(std::make_unique<server::Worker>(s.cfg, s.router, fds[i], tls_fds[i], tls_ctx, s.upstreams,
+                                                       &s.proxy_from));
     server::Worker* w = s.workers.back().get();
     w->set_index(i);
     std::promise<Result<std::string_view>>* verdict = &verdicts[i];
@@ -473,7 +481,11 @@ std::string Server::metrics_text() const {
       {"userd_tls_handshakes_refused_total", &metrics::ThreadMetrics::tls_handshakes_refused,
        "TLS connections closed at accept because --max-tls-handshakes were in progress."},
       {"userd_tls_record_failures_total", &metrics::ThreadMetrics::tls_record_failures,
-       "TLS connections closed after their handshake: a bad record, a renegotiation attempt, a close inside a record."}};
+       "TLS connections closed after their handshake: a bad record, a renegotiation attempt, a close inside a record."},
+      {"userd_proxy_header_failures_total", &metrics::ThreadMetrics::proxy_header_failures,
+       "PROXY protocol connections closed unanswered: a malformed, oversized, truncated or late header."},
+      {"userd_proxy_refused_total", &metrics::ThreadMetrics::proxy_refused,
+       "PROXY protocol connections closed at accept: the source is not in --proxy-from."}};
   for (const Bound& b : bounds) {
     series(out, b.name, "counter", b.help);
     sample(out, b.name, sum([&](const server::Worker& w) { return (w.metrics().*b.counter).get(); }));

@@ -14,6 +14,7 @@
 
 #include "libuserd/io/tag.hpp"
 #include "libuserd/server/connection.hpp"
+#include "libuserd/server/proxy_header.hpp"
 
 namespace userd::server {
 namespace {
@@ -49,13 +50,14 @@ void Transport::end_handshake() noexcept {
   --ctx_->handshakes;
 }
 
-bool Transport::open(int fd, std::uint32_t slot, SSL_CTX* tls) noexcept {
+bool Transport::open(int fd, std::uint32_t slot, SSL_CTX* tls, bool proxy) noexcept {
   if (tls && !tls_.start(tls)) return false;  // a TLS connection is one whose session is active
   if (tls) {
     handshaking_ = true;
     ++ctx_->handshakes;
   }
   begin(fd, slot);
+  proxy_pending_ = proxy;
   recv_probe_ = true;  // a client that opens with a flood is met like one resuming after a pause
   arm_recv();
   return true;
@@ -66,9 +68,10 @@ void Transport::begin(int fd, std::uint32_t slot) noexcept {
   sock_.fd = fd;
   slot_ = slot;
   state_ = State::Open;
-  peer_eof_ = close_after_flush_ = held_ = release_due_ = broken_ = false;
+  peer_eof_ = close_after_flush_ = held_ = release_due_ = broken_ = proxy_pending_ = false;
   sock_.send_inflight = send_progress_ = false;
   sock_.recv_armed = recv_stopping_ = recv_paused_ = false;
+  std::string().swap(proxy_buf_);
 }
 
 void Transport::connect(int fd, std::uint32_t slot, const sockaddr* to, socklen_t len) noexcept {
@@ -143,6 +146,7 @@ bool Transport::deadline(Timer& want) const noexcept {
   else if (state_ != State::Open) want = Timer::None;
   else if (sock_.send_inflight) want = Timer::Send;
   else if (queued()) want = Timer::None;
+  else if (proxy_pending_) want = Timer::Header;  // a PROXY header within the head's deadline
   else if (tls_.active() && !tls_.established()) want = Timer::Header;  // a stalled handshake, like a stalled head
   else return false;
   return true;
@@ -169,8 +173,48 @@ void Transport::on_recv(char* data, std::size_t n) noexcept {
   if (!data) data = bulk_buf_;  // a bulk receive's bytes are in our own buffer
   // Lingering, or the last response is queued: what the peer still sends is read and dropped.
   if (state_ != State::Open || close_after_flush_) return;
+  if (proxy_pending_) return on_proxy_recv(data, n);
+  pass_on(data, n);
+}
+
+void Transport::pass_on(char* data, std::size_t n) noexcept {
   if (tls_.active()) return on_tls_recv(data, n);
   guarded([&] { owner_->on_bytes(data, n); });
+}
+
+// The header is parsed where it landed; only one split across receives is gathered first. What follows it in
+// the same receive is the connection's own (a ClientHello, a request) and goes on at once.
+void Transport::on_proxy_recv(char* data, std::size_t n) noexcept {
+  ProxyHeader h;
+  std::size_t from = 0;  // where in data the header's last byte was
+  if (proxy_buf_.empty()) {
+    h = parse_proxy_header(data, n);
+    from = h.size;
+  } else {
+    const std::size_t before = proxy_buf_.size();
+    const std::size_t take = std::min(n, kMaxProxyHeader - before);
+    proxy_buf_.append(data, take);
+    h = parse_proxy_header(proxy_buf_.data(), proxy_buf_.size());
+    from = h.size - before;
+  }
+  if (h.status == ProxyHeader::Status::Bad) return proxy_failed();
+  if (h.status == ProxyHeader::Status::More) {
+    // More says the header completes within kMaxProxyHeader, so this stays bounded.
+    if (proxy_buf_.empty()) guarded([&] { proxy_buf_.assign(data, n); });
+    return;
+  }
+  proxy_pending_ = false;
+  std::string().swap(proxy_buf_);
+  if (h.has_source) owner_->on_proxy_source(h.source);
+  owner_->update_timer();  // the head's deadline is the session's from here
+  if (n > from && state_ == State::Open) pass_on(data + from, n - from);
+}
+
+void Transport::proxy_failed() noexcept {
+  if (ctx_->metrics) ctx_->metrics->proxy_header_failures.add();
+  proxy_pending_ = false;
+  std::string().swap(proxy_buf_);
+  owner_->abort();
 }
 
 // Records in, plaintext out into the loop's scratch buffer, which the session then reads like a receive buffer.
@@ -370,6 +414,7 @@ void Transport::on_recv_end(int res) noexcept {
   }
   if (res == 0) {  // the peer closed its side: answer what it asked, then close
     peer_eof_ = true;
+    if (proxy_pending_) return proxy_failed();  // a truncated PROXY header
     // Closed inside a TLS record: what it sent last can never be read (a truncation, or an attack on one).
     if (tls_.established() && tls_.partial_record() && ctx_->metrics && !client_)
       ctx_->metrics->tls_record_failures.add();

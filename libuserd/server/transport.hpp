@@ -13,6 +13,7 @@
 
 #include <cstdint>
 #include <new>
+#include <string>
 #include <vector>
 
 #include "libuserd/core/byte_buffer.hpp"
@@ -77,6 +78,8 @@ class Transport {
     // The peer closed its side (or sent close_notify). A server answers what was asked first (flush() ends the
     // connection once nothing is held); a client has its answer now, or never.
     virtual void on_eof() noexcept {}
+    // A PROXY protocol header named the client this connection relays (open() with proxy).
+    virtual void on_proxy_source(const sockaddr_storage&) noexcept {}
 
    protected:
     ~Owner() = default;
@@ -90,8 +93,9 @@ class Transport {
   Transport& operator=(const Transport&) = delete;
 
   // Takes a freshly accepted socket and arms its receive. With tls, it speaks TLS (a handshake first); false
-  // when its state could not be made (out of memory): the socket is the caller's to close.
-  bool open(int fd, std::uint32_t slot, SSL_CTX* tls) noexcept;
+  // when its state could not be made (out of memory): the socket is the caller's to close. With proxy, its first
+  // bytes must be a PROXY protocol header (before TLS): a bad, oversized or truncated one ends the connection.
+  bool open(int fd, std::uint32_t slot, SSL_CTX* tls, bool proxy = false) noexcept;
 
   // A client transport: connect() takes a new socket and starts connecting it; the owner routes the connect's
   // completion to connected(), which is false when the socket is ending meanwhile (it is released then); once
@@ -165,6 +169,9 @@ class Transport {
   bool is_open() const noexcept { return state_ == State::Open; }
   bool peer_eof() const noexcept { return peer_eof_; }
   bool tls_broken() const noexcept { return broken_; }  // a bad handshake or record ended it
+  bool proxy_pending() const noexcept { return proxy_pending_; }  // the PROXY header has not arrived yet
+  // It never will: a deadline passed, or the peer closed first. Counted, and the connection ends unanswered.
+  void proxy_failed() noexcept;
   int fd() const noexcept { return sock_.fd; }
   std::uint16_t gen() const noexcept { return sock_.gen; }
   std::uint32_t slot() const noexcept { return slot_; }
@@ -178,6 +185,8 @@ class Transport {
 
  private:
   void on_tls_recv(const char* data, std::size_t n) noexcept;
+  void on_proxy_recv(char* data, std::size_t n) noexcept;
+  void pass_on(char* data, std::size_t n) noexcept;
   void seal_next();
   bool sealing() const noexcept;
   void submit_send() noexcept;
@@ -210,6 +219,10 @@ class Transport {
   bool held_ = false;
   bool release_due_ = false;  // released, and the worker has not yet put the slot on its free list
   bool handshaking_ = false;  // a TLS handshake in progress: counted in ctx.handshakes
+  bool proxy_pending_ = false;  // a PROXY header is due first
+  // A PROXY header split across receives (one byte at a time, say) is gathered here, bounded by kMaxProxyHeader;
+  // released once it is parsed.
+  std::string proxy_buf_;
   std::int64_t outq_at_deadline_ = 0;  // SIOCOUTQ when the send deadline passed (see socket_drained)
 
   OutQueue out_[2];

@@ -44,10 +44,12 @@ constexpr int kContinuationRounds = 8;
 }  // namespace
 
 Worker::Worker(const ServerConfig& cfg, const Router& router, int listen_fd, int tls_fd, tls::Context tls,
-               const std::vector<upstream::Target>& upstreams) noexcept
-    : cfg_(cfg), tls_(std::move(tls)), metrics_(router.route_count()), targets_(upstreams) {
+               const std::vector<upstream::Target>& upstreams, const std::vector<Cidr>* proxy_from) noexcept
+    : cfg_(cfg), proxy_from_(proxy_from), tls_(std::move(tls)), metrics_(router.route_count()), targets_(upstreams) {
   listeners_[0].fd = listen_fd;
   listeners_[1].fd = tls_fd;
+  listeners_[0].proxy = cfg.proxy_protocol;
+  listeners_[1].proxy = cfg.tls && cfg.tls->proxy_protocol;
   const bool tls_upstream = std::any_of(upstreams.begin(), upstreams.end(), [](const auto& t) { return bool(t.tls); });
   if (tls_fd >= 0 || tls_upstream) {  // records are decrypted and gathered here, the pools' too
     ctx_.tls_plain.reset(new char[LoopContext::kTlsScratch]);
@@ -349,6 +351,9 @@ void Worker::on_accept(const io::Completion& c) noexcept {
     backend_->close(c.res);
   } else if (c.res >= 0 && draining_) {
     backend_->close(c.res);  // accepted just before the listener shut: the server is going away
+  } else if (c.res >= 0 && listeners_[which].proxy && !source_allowed(c.res)) {
+    metrics_.proxy_refused.add();  // only the balancers may say who a connection is from
+    backend_->close(c.res);
   } else if (c.res >= 0 && which == 1 && ctx_.handshakes >= cfg_.max_tls_handshakes) {
     metrics_.tls_handshakes_refused.add();  // a flood of handshakes: the connections already past theirs go on
     backend_->close(c.res);
@@ -369,7 +374,7 @@ void Worker::on_accept(const io::Completion& c) noexcept {
       }
       slot = std::uint32_t(conns_.size() - 1);
     }
-    if (!conns_[slot]->open(c.res, slot, which == 1 ? tls_.get() : nullptr)) {
+    if (!conns_[slot]->open(c.res, slot, which == 1 ? tls_.get() : nullptr, listeners_[which].proxy)) {
       metrics_.alloc_failures.add();  // no memory for its TLS state
       free_.push_back(slot);
       backend_->close(c.res);
@@ -379,6 +384,14 @@ void Worker::on_accept(const io::Completion& c) noexcept {
     metrics_.connections_open.add();
   }
   arm_accept_after(which, c);
+}
+
+// One getpeername per connection, on PROXY listeners with a source list only.
+bool Worker::source_allowed(int fd) const noexcept {
+  if (!proxy_from_ || proxy_from_->empty()) return true;
+  sockaddr_storage ss{};
+  socklen_t len = sizeof ss;
+  return getpeername(fd, reinterpret_cast<sockaddr*>(&ss), &len) == 0 && cidr_match(*proxy_from_, ss);
 }
 
 void Worker::arm_accept_after(unsigned which, const io::Completion& c) noexcept {

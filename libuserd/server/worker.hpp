@@ -15,6 +15,7 @@
 
 #include "libuserd/io/backend.hpp"
 #include "libuserd/server/connection.hpp"
+#include "libuserd/server/proxy_header.hpp"
 #include "libuserd/server/exchanges.hpp"
 #include "libuserd/server/reply_target.hpp"
 #include "libuserd/upstream/pool.hpp"
@@ -26,7 +27,7 @@ class Worker final : public ReplyTarget {
  public:
   // listen_fd serves plain HTTP, tls_fd HTTPS with tls; either may be -1.
   Worker(const ServerConfig& cfg, const Router& router, int listen_fd, int tls_fd, tls::Context tls,
-         const std::vector<upstream::Target>& upstreams) noexcept;
+         const std::vector<upstream::Target>& upstreams, const std::vector<Cidr>* proxy_from = nullptr) noexcept;
   ~Worker();
 
   // Runs on the worker's own thread: takes the backend made there, serves until stop().
@@ -127,7 +128,10 @@ class Worker final : public ReplyTarget {
     int fd = -1;
     bool armed = false;
     bool paused = false;  // EMFILE/ENFILE: re-armed when a connection closes or on the next tick
+    bool proxy = false;   // a PROXY protocol header comes first
   };
+  bool source_allowed(int fd) const noexcept;
+  const std::vector<Cidr>* proxy_from_;  // the Server's, parsed in start(); null or empty: any source
   Listener listeners_[2];
   tls::Context tls_;                             // what new TLS connections on this loop are made with
   std::atomic<SSL_CTX*> next_tls_{nullptr};      // a reload's context, adopted at the top of a loop turn

@@ -94,14 +94,11 @@ mkdir -p "$work/cmake-app"
 version=$(grep -m1 -o "version : '[0-9.]*'" "$src/meson.build" | grep -o '[0-9][0-9.]*')
 IFS=. read -r major minor _ <<<"$version"
 cp "$src/examples/hello.cpp" "$work/cmake-app/app.cpp"
-cat > "$work/cmake-app/CMakeLists.txt" <<'CMAKE'
-cmake_minimum_required(VERSION 3.16)
-project(app CXX)
-find_package(userd VERSION REQUIRED)
-add_executable(app app.cpp)
-target_link_libraries(app PRIVATE userd::userd)
-CMAKE
-sed -i "s/VERSION REQUIRED/$major.$minor REQUIRED/" "$work/cmake-app/CMakeLists.txt"
+# The README's own snippet, after the two lines every CMakeLists.txt starts with.
+printf 'cmake_minimum_required(VERSION 3.16)\nproject(app CXX)\n' > "$work/cmake-app/CMakeLists.txt"
+awk '/^```cmake$/ { on = 1; next } /^```$/ { on = 0 } on' "$src/README.md" >> "$work/cmake-app/CMakeLists.txt"
+grep -q "find_package(userd $major.$minor REQUIRED)" "$work/cmake-app/CMakeLists.txt" \
+  || { echo "README's CMake snippet does not ask for userd $major.$minor: $(cat "$work/cmake-app/CMakeLists.txt")"; exit 1; }
 for kind in shared static; do
   flag=OFF
   [ "$kind" = static ] && flag=ON

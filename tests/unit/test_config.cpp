@@ -176,3 +176,18 @@ TEST_CASE("an https upstream verifies by default; --upstream-ca and --upstream-i
   CHECK(run({"--upstream-ca", "ca.pem"}).error.find("need an https:// upstream") != std::string::npos);
   CHECK(run({"--upstream", "ftp://svc/x"}).error.find("expected http[s]://") != std::string::npos);
 }
+
+TEST_CASE("--proxy-protocol covers both listeners; --proxy-from takes addresses and CIDRs") {
+  Run r = run({"--proxy-protocol", "--proxy-from", "10.0.0.0/8,::1,192.0.2.7", "--tls-listen", ":8443", "--tls-cert",
+               "c.pem", "--tls-key", "k.pem", "--listen", ":8080"});
+  REQUIRE(r.error.empty());
+  CHECK(r.cfg.server.proxy_protocol);
+  REQUIRE(r.cfg.server.tls);
+  CHECK(r.cfg.server.tls->proxy_protocol);
+  CHECK(r.cfg.server.proxy_from == std::vector<std::string>{"10.0.0.0/8", "::1", "192.0.2.7"});
+  CHECK_FALSE(run({}).cfg.server.proxy_protocol);
+  CHECK(run({"--proxy-from", "10.0.0.0/8"}).error == "--proxy-from needs --proxy-protocol");
+  CHECK(run({"--proxy-protocol", "--proxy-from", "10.0.0.1/8"}).error.find("invalid --proxy-from '10.0.0.1/8'") == 0);
+  CHECK(run({"--proxy-protocol", "--proxy-from", "10.0.0.0/8,,::1"}).error.find("invalid --proxy-from ''") == 0);
+  CHECK(run({"--proxy-protocol", "--proxy-from", ""}).error == "--proxy-from needs addresses or CIDRs");
+}

@@ -32,6 +32,9 @@ struct TlsConfig {
   // Mutual TLS: when set, a client must present a certificate signed by one of these CAs (PEM) or the handshake
   // fails; Request::tls() then carries its subject.
   std::string client_ca_file{};
+  // The TLS listener's connections start with a PROXY protocol header, before the ClientHello (see
+  // ServerConfig::proxy_protocol).
+  bool proxy_protocol = false;
 };
 
 struct ServerConfig {
@@ -89,6 +92,16 @@ struct ServerConfig {
   // Listening sockets already open (socket activation: LISTEN_FDS). When given, nothing is bound; threads take
   // them in turn, sharing one when there are fewer sockets than threads.
   std::vector<int> listen_fds{};
+  // Behind a load balancer (haproxy send-proxy / send-proxy-v2, nginx's stream proxy_protocol, a cloud's network
+  // balancer): every connection of the plain listener(s), inherited ones included, starts with a PROXY protocol
+  // header, v1 or v2, and Request::peer() and the access log say the client it names. A connection without a
+  // valid one within header_timeout_ms (malformed, over 2 KiB, cut short) is closed unanswered and counted.
+  // A LOCAL or UNKNOWN header (a balancer's health check) keeps the socket's own peer.
+  bool proxy_protocol = false;
+  // Who may connect to a PROXY listener (plain or TLS): CIDRs or bare addresses, IPv4 or IPv6 ("10.0.0.0/8",
+  // "::1"); any other source is closed at accept and counted. Empty: any source, so a client that can reach the
+  // port directly can claim to be anyone; start() fails on an entry that does not parse.
+  std::vector<std::string> proxy_from{};
   // Access log: one line per request ("time peer method target protocol status bytes seconds"), appended to a
   // per-thread buffer and written to this descriptor on the loop's 100 ms tick (or at 64 KiB), never per
   // request. -1: off. The server does not close it.

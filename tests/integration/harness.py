@@ -97,6 +97,21 @@ class Server:
             self.stop()
 
 
+def said(srv, pattern, timeout=5.0):
+    """The first group of pattern in what srv wrote to stderr, reading on if its line has not been read yet (the
+    harness stops at the first `listening on`)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        for line in srv.stderr_lines:
+            m = re.search(pattern, line)
+            if m:
+                return m.group(1)
+        left = deadline - time.monotonic()
+        if left <= 0 or not select.select([srv.proc.stderr], [], [], left)[0]:
+            raise RuntimeError(f"no {pattern!r} in {srv.stderr_lines}")
+        srv.stderr_lines += os.read(srv.proc.stderr.fileno(), 4096).decode(errors="replace").splitlines()
+
+
 def free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -20,27 +20,13 @@ import unittest
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
-from harness import Server, free_port, run_tests  # noqa: E402
+from harness import Server, free_port, run_tests, said  # noqa: E402
 
 ARGS = None
 WORK = None
 CLIENT = "127.0.0.2"    # where clients connect from
 BALANCER = "127.0.0.3"  # where the balancers connect to userd from
 V2_SIG = b"\r\n\r\n\x00\r\nQUIT\n"
-
-
-def said(srv, pattern, timeout=5.0):
-    import select
-    deadline = time.monotonic() + timeout
-    while True:
-        for line in srv.stderr_lines:
-            m = re.search(pattern, line)
-            if m:
-                return m.group(1)
-        left = deadline - time.monotonic()
-        if left <= 0 or not select.select([srv.proc.stderr], [], [], left)[0]:
-            raise RuntimeError(f"no {pattern!r} in {srv.stderr_lines}")
-        srv.stderr_lines += os.read(srv.proc.stderr.fileno(), 4096).decode(errors="replace").splitlines()
 
 
 def userd(*flags, tls=False):

@@ -20,7 +20,7 @@ import unittest
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
-from harness import Server, allocation_count, fd_targets, run_tests  # noqa: E402
+from harness import Server, allocation_count, fd_targets, run_tests, said  # noqa: E402
 
 ARGS = None
 DATASET = b""
@@ -64,22 +64,6 @@ def userd(*flags, tls=True, plain=True, threads=2, cert="server"):
     if plain:
         srv.port = int(said(srv, r"userd: listening on \S+:(\d+)"))
     return srv
-
-
-def said(srv, pattern, timeout=5.0):
-    """The first group of pattern in what srv wrote to stderr, reading on if its line has not been read yet (the
-    harness stops at the first `listening on`)."""
-    import select
-    deadline = time.monotonic() + timeout
-    while True:
-        for line in srv.stderr_lines:
-            m = re.search(pattern, line)
-            if m:
-                return m.group(1)
-        left = deadline - time.monotonic()
-        if left <= 0 or not select.select([srv.proc.stderr], [], [], left)[0]:
-            raise RuntimeError(f"no {pattern!r} in {srv.stderr_lines}")
-        srv.stderr_lines += os.read(srv.proc.stderr.fileno(), 4096).decode(errors="replace").splitlines()
 
 
 def client_context(ca="ca", cert=None, maximum=None):

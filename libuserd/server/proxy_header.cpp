@@ -19,16 +19,17 @@ ProxyHeader bad() noexcept {
   return h;
 }
 
-// Decimal 0-65535, no sign, no leading zero: the spec's form, and the only one a balancer sends.
-bool parse_port(std::string_view s, std::uint16_t& out) noexcept {
+// Decimal digits only, no sign, no leading zero, at most max: the spec's ports (0-65535) and a prefix length, in
+// the only form a balancer or an operator writes them.
+bool parse_decimal(std::string_view s, unsigned max, unsigned& out) noexcept {
   if (s.empty() || s.size() > 5 || (s.size() > 1 && s[0] == '0')) return false;
   unsigned v = 0;
   for (char c : s) {
     if (c < '0' || c > '9') return false;
     v = v * 10 + unsigned(c - '0');
   }
-  if (v > 65535) return false;
-  out = std::uint16_t(v);
+  if (v > max) return false;
+  out = v;
   return true;
 }
 
@@ -68,20 +69,20 @@ ProxyHeader parse_v1(const char* p, std::size_t n) noexcept {
   }
   const bool v4 = tok[0] == "TCP4";
   if ((!v4 && tok[0] != "TCP6") || count != 5) return bad();
-  std::uint16_t sport = 0, dport = 0;
-  if (!parse_port(tok[3], sport) || !parse_port(tok[4], dport)) return bad();
+  unsigned sport = 0, dport = 0;
+  if (!parse_decimal(tok[3], 65535, sport) || !parse_decimal(tok[4], 65535, dport)) return bad();
   if (v4) {
     sockaddr_in src{}, dst{};
     if (!parse_address(tok[1], AF_INET, &src.sin_addr) || !parse_address(tok[2], AF_INET, &dst.sin_addr)) return bad();
     src.sin_family = AF_INET;
-    src.sin_port = htons(sport);
+    src.sin_port = htons(std::uint16_t(sport));
     std::memcpy(&h.source, &src, sizeof src);
   } else {
     sockaddr_in6 src{}, dst{};
     if (!parse_address(tok[1], AF_INET6, &src.sin6_addr) || !parse_address(tok[2], AF_INET6, &dst.sin6_addr))
       return bad();
     src.sin6_family = AF_INET6;
-    src.sin6_port = htons(sport);
+    src.sin6_port = htons(std::uint16_t(sport));
     std::memcpy(&h.source, &src, sizeof src);
   }
   h.has_source = true;
@@ -159,23 +160,10 @@ bool parse_cidr(std::string_view s, Cidr& out) noexcept {
   } else {
     return false;
   }
-  if (slash != std::string_view::npos) {
-    const std::string_view b = s.substr(slash + 1);
-    unsigned v = 0;
-    if (b.empty() || b.size() > 3 || (b.size() > 1 && b[0] == '0')) return false;
-    for (char ch : b) {
-      if (ch < '0' || ch > '9') return false;
-      v = v * 10 + unsigned(ch - '0');
-    }
-    if (v > c.bits) return false;
-    c.bits = v;
-  }
-  const unsigned bytes = c.family == AF_INET ? 4 : 16;
-  for (unsigned i = 0; i < bytes; ++i) {  // no host bits past the prefix
-    const unsigned keep = c.bits >= (i + 1) * 8 ? 8 : c.bits > i * 8 ? c.bits - i * 8 : 0;
-    const std::uint8_t mask = keep == 8 ? 0xff : std::uint8_t(0xff00u >> keep);
-    if (c.addr[i] & ~mask) return false;
-  }
+  if (slash != std::string_view::npos && !parse_decimal(s.substr(slash + 1), c.bits, c.bits)) return false;
+  const unsigned all = c.family == AF_INET ? 32 : 128;
+  for (unsigned bit = c.bits; bit < all; ++bit)  // no host bits past the prefix
+    if (c.addr[bit / 8] & (0x80u >> (bit % 8))) return false;
   out = c;
   return true;
 }

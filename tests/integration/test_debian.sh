@@ -77,7 +77,7 @@ kill %1 2>/dev/null || true
 wait 2>/dev/null || true
 sed "s|ExecStart=/usr/bin/userd|ExecStart=$root/usr/bin/userd|" "$root/lib/systemd/system/userd.service" > "$work/userd.service"
 cp "$root/lib/systemd/system/userd.socket" "$work/userd.socket"
-v=$(systemd-analyze verify "$work/userd.service" "$work/userd.socket" 2>&1 | grep -v 'userd.service: Command .* is not executable' || true)
+v=$(systemd-analyze verify "$work/userd.service" "$work/userd.socket" 2>&1 || true)
 [ -z "$v" ] || { echo "systemd-analyze: $v"; exit 1; }
 passed=$((passed + 1))
 echo "debian: the unpacked daemon runs, socket-activated from the packaged unit"

@@ -142,6 +142,21 @@ TEST_CASE("an upstream with more than 65535 connections per thread is a configur
   CHECK(std::string_view(r.error().what).find("max_conns") != std::string_view::npos);
 }
 
+// The daemon checks --proxy-from itself; an embedder's list is checked by start(), before anything is bound.
+TEST_CASE("a proxy_from entry that is not an address or CIDR is a configuration error") {
+  userd::ServerConfig cfg = one_loop();
+  cfg.proxy_protocol = true;
+  cfg.proxy_from = {"10.0.0.0/8", "10.0.0.1/8"};  // host bits set
+  userd::Server s(cfg, userd::Router{});
+  auto r = s.start();
+  REQUIRE_FALSE(r);
+  CHECK(r.error().code == userd::Errc::BadInput);
+  CHECK(std::string_view(r.error().what).find("proxy_from") != std::string_view::npos);
+  cfg.proxy_from = {"10.0.0.0/8", "::1"};
+  userd::Server ok(cfg, userd::Router{});
+  CHECK(ok.start());
+}
+
 TEST_CASE("Result: value_or, error() on a success, and Error's one-line message") {
   userd::Result<int> ok = 7;
   userd::Result<int> bad = userd::fail(userd::Errc::Io, EADDRINUSE, "bind");

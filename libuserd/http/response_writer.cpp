@@ -21,6 +21,10 @@ bool server_owned(std::string_view name) noexcept {
 
 }  // namespace
 
+bool weakened_etag(const Header& h) noexcept {
+  return h.name.size() == 4 && iequals(h.name, "etag") && !h.value.empty() && h.value[0] == '"';
+}
+
 HeaderCheck check_headers(std::span<const Header> headers, std::string_view content_type,
                           std::optional<std::uint64_t> body_length) noexcept {
   HeaderCheck out;
@@ -47,6 +51,11 @@ HeaderCheck check_headers(std::span<const Header> headers, std::string_view cont
       for_each_token(h.value, [&](std::string_view t) { out.close = out.close || iequals(t, "close"); });
     } else if (first == 'c' && iequals(h.name, "content-type")) {
       out.has_content_type = true;
+      out.content_type = h.value;
+    } else if (first == 'c' && iequals(h.name, "content-encoding")) {
+      out.has_content_encoding = true;
+    } else if (first == 'c' && iequals(h.name, "cache-control")) {
+      for_each_token(h.value, [&](std::string_view t) { out.no_transform = out.no_transform || iequals(t, "no-transform"); });
     }
   }
   return out;
@@ -117,9 +126,16 @@ void write_response_head(core::ByteBuffer& out, const ResponseHead& r) {
     if (server_owned(h.name)) continue;
     out.append(h.name);
     out.append(": ");
+    if (!r.content_encoding.empty() && weakened_etag(h)) out.append("W/");
     out.append(h.value);
     out.append("\r\n");
   }
+  if (!r.content_encoding.empty()) {
+    out.append("Content-Encoding: ");
+    out.append(r.content_encoding);
+    out.append("\r\n");
+  }
+  if (r.vary_accept_encoding) out.append("Vary: Accept-Encoding\r\n");
   out.append("Date: ");
   out.append(r.date);
   out.append("\r\n");

@@ -28,9 +28,15 @@ struct ResponseHead {
   std::string_view date;
   ConnectionHeader connection = ConnectionHeader::None;
   BodyFraming framing = BodyFraming::Length;
+  // Compression (server/compression.hpp): the body's Content-Encoding (none when empty; a strong ETag among
+  // headers is then written weak, since it named the uncompressed bytes), and whether to say Vary: Accept-Encoding.
+  std::string_view content_encoding{};
+  bool vary_accept_encoding = false;
 };
 
 std::string_view reason_phrase(int status) noexcept;
+// A strong ETag: made weak ("W/" before it) on a compressed body.
+bool weakened_etag(const Header& h) noexcept;
 
 // What a handler's headers and content type ask for, and whether they can be sent at all. Refused (ok false,
 // why set): a name that is not a token, CR, LF, NUL or another control byte in a name, value or content type
@@ -42,6 +48,10 @@ struct HeaderCheck {
   bool ok = true;
   bool close = false;
   bool has_content_type = false;
+  std::string_view content_type;  // the Content-Type header's value, when has_content_type
+  // What rules compression out: the handler coded the body itself, or forbids transforming it (RFC 9111 5.2.2.6).
+  bool has_content_encoding = false;
+  bool no_transform = false;
   std::string_view why;
 };
 // body_length: none for a stream, where any Content-Length is refused.

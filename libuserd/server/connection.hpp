@@ -33,6 +33,7 @@ namespace userd::server {
 
 class ReplyTarget;
 struct LoopContext;
+class LoopCompression;
 
 class Connection final : private Transport::Owner {
  public:
@@ -144,6 +145,8 @@ struct LoopContext {
   // HTTP/2 (ServerConfig::http2): null when off.
   std::unique_ptr<H2Shared> h2;
   std::uint32_t h2_max_streams = 128;
+  // ServerConfig::compress: null when off, so a loop without it pays one test per response.
+  LoopCompression* compress = nullptr;
   std::string_view backend_name;
   TimerLists<Connection, &Connection::timer_link> timers;  // idle, header, body, send and linger deadlines
   TimerLists<Connection, &Connection::handler_link> handler_timers;  // requests a handler holds

@@ -38,6 +38,7 @@ void Http1Session::start() noexcept {
   streaming_ = writable_due_ = inbox_waits_ = false;
   admitted_ = body_unread_ = in_feed_ = body_expect_ = false;
   body_.drop();
+  senc_.release();
 }
 
 // Off-loop senders check this before queueing an answer (Worker::post): the request a Responder names is still
@@ -157,6 +158,7 @@ void Http1Session::on_abort() noexcept {
 
 void Http1Session::on_released() noexcept {
   set_awaiting(false);
+  senc_.release();
   body_.drop();
   admitted_ = body_unread_ = false;
   reader_.reset(ctx_->max_body);
@@ -308,6 +310,7 @@ bool Http1Session::admit(const http::RequestHead& head) {
   req_keep_alive_ = head.keep_alive && !draining_;
   req_minor_ = head.minor;
   req_head_only_ = head.method == "HEAD";
+  req_coding_ = ctx_->compress ? ctx_->compress->accepted({head.headers.data(), head.header_count}) : http::Coding::Identity;
   body_unread_ = true;
   const bool streamed = m.options->stream_body;
   if (streamed) {
@@ -457,6 +460,7 @@ void Http1Session::dispatch(const http::RequestHead& head, std::string_view body
   req_keep_alive_ = head.keep_alive && !draining_;
   req_minor_ = head.minor;
   req_head_only_ = head.method == "HEAD";
+  req_coding_ = ctx_->compress ? ctx_->compress->accepted({head.headers.data(), head.header_count}) : http::Coding::Identity;
   const Router::Match m = Dispatch::route(*ctx_, ex_, head, params_);
   if (!m.handler) {
     if (m.allow.empty()) {
@@ -500,7 +504,9 @@ bool Http1Session::stream_begin(std::uint32_t seq, const Response& head) noexcep
   bool ok = false;
   t_->guarded([&] {
     // Chunked to HTTP/1.1; to HTTP/1.0 the close ends the body.
-    const bool head_ok = write_head(head, req_minor_ == 1 ? http::BodyFraming::Chunked : http::BodyFraming::Close);
+    Coded coded;
+    const bool head_ok =
+        write_head(head, req_minor_ == 1 ? http::BodyFraming::Chunked : http::BodyFraming::Close, coded);
     // Refused (write_head wrote a 500 instead), or HEAD, 204, 304: the head is the whole response. The stream is
     // over now, so write() and alive() say false at once, and a producer driven by on_writable stops instead of
     // spinning on writes that take nothing and always succeed.
@@ -546,7 +552,9 @@ bool Http1Session::stream_append(std::uint32_t seq, std::string_view data, bool 
     Transport::OutQueue& q = t_->out();
     const std::size_t from = q.bytes.size();
     const bool body = !req_head_only_ && http::status_has_body(stream_status_);
-    if (!end && body && !data.empty()) {
+    if (senc_ && body) {
+      if (!stream_coded(data, end)) return;  // the encoder failed: the connection is reset
+    } else if (!end && body && !data.empty()) {
       if (req_minor_ == 1) {
         char size[24];
         const int n = std::snprintf(size, sizeof size, "%zx\r\n", data.size());
@@ -572,6 +580,7 @@ bool Http1Session::stream_append(std::uint32_t seq, std::string_view data, bool 
       streaming_ = false;
       set_awaiting(false);
       writable_ = nullptr;
+      senc_.release();
       ctx_->handler_timers.clear(*conn_);
       if (!req_keep_alive_) t_->close_after_flush();
       count(stream_status_, stream_bytes_);
@@ -584,6 +593,36 @@ bool Http1Session::stream_append(std::uint32_t seq, std::string_view data, bool 
     ok = true;
   });
   return ok;
+}
+
+// A compressed stream's write: data coded and flushed, so the client can decode all it got; at the end, the
+// coding's end. Framed as one chunk (HTTP/1.1) or as is (HTTP/1.0).
+bool Http1Session::stream_coded(std::string_view data, bool end) {
+  core::ByteBuffer& z = ctx_->compress->scratch();
+  z.clear();
+  if (!senc_.get()->write(data, end, z)) {
+    Dispatch::refused(*ctx_, "compression failed");
+    streaming_ = false;
+    set_awaiting(false);
+    writable_ = nullptr;
+    senc_.release();
+    count(stream_status_, stream_bytes_);
+    conn_->reset();
+    return false;
+  }
+  Transport::OutQueue& q = t_->out();
+  if (!z.empty() && req_minor_ == 1) {
+    char size[24];
+    const int n = std::snprintf(size, sizeof size, "%zx\r\n", z.size());
+    q.bytes.append(size, std::size_t(n));
+    q.bytes.append(z.data(), z.size());
+    q.bytes.append("\r\n", 2);
+  } else {
+    q.bytes.append(z.data(), z.size());
+  }
+  stream_bytes_ += z.size();
+  LoopCompression::trim(z);
+  return true;
 }
 
 void Http1Session::stream_on_writable(std::uint32_t seq, std::function<void()> fn) {
@@ -599,6 +638,7 @@ bool Http1Session::stream_abort(std::uint32_t seq) noexcept {
   streaming_ = false;
   set_awaiting(false);
   writable_ = nullptr;
+  senc_.release();
   count(stream_status_, stream_bytes_);
   conn_->reset();
   return true;
@@ -659,7 +699,7 @@ void Http1Session::refuse_response(std::string_view why) {
 
 // The status line and headers of r, framed as asked (Length: r.body's). A head the handler got wrong is not
 // written: refuse_response writes a 500 instead, and this returns false.
-bool Http1Session::write_head(const Response& r, http::BodyFraming framing) {
+bool Http1Session::write_head(const Response& r, http::BodyFraming framing, Coded& coded) {
   const std::optional<std::uint64_t> length =
       framing == http::BodyFraming::Length ? std::optional<std::uint64_t>(r.body.size()) : std::nullopt;
   // A handler answers with a final status (RFC 9110 15: three digits, 2xx to 5xx); an interim 1xx as the
@@ -684,19 +724,33 @@ bool Http1Session::write_head(const Response& r, http::BodyFraming framing) {
   h.date = ctx_->date.value();
   h.connection = connection_header(req_keep_alive_, req_minor_);
   h.framing = framing;
+  coded = {http::Coding::Identity, false, r.body, r.body_is_static};
+  if (ctx_->compress) {
+    if (framing == http::BodyFraming::Length) {
+      coded = ctx_->compress->plan(r, check, req_coding_, req_head_only_, ctx_->compress->scratch());
+      h.content_length = coded.body.size();
+    } else {
+      senc_ = ctx_->compress->stream(r, check, req_coding_, req_head_only_, coded.vary);
+      if (senc_) coded.coding = senc_.get()->coding();
+    }
+    if (coded.coding != http::Coding::Identity) h.content_encoding = http::coding_name(coded.coding);
+    h.vary_accept_encoding = coded.vary;
+  }
   http::write_response_head(q.bytes, h);
   q.note_bytes(from);
   return true;
 }
 
 void Http1Session::write_response(const Response& r) {
-  if (!write_head(r, http::BodyFraming::Length)) return;
+  Coded c;
+  if (!write_head(r, http::BodyFraming::Length, c)) return;
   Transport::OutQueue& q = t_->out();
-  const bool with_body = !req_head_only_ && http::status_has_body(r.status) && !r.body.empty();
-  if (with_body && r.body_is_static && r.body.size() >= kCopyBelow) q.append_external(r.body.data(), r.body.size());
-  else if (with_body) q.append(r.body);
+  const bool with_body = !req_head_only_ && http::status_has_body(r.status) && !c.body.empty();
+  if (with_body && c.body_static && c.body.size() >= kCopyBelow) q.append_external(c.body.data(), c.body.size());
+  else if (with_body) q.append(c.body);
+  if (c.coding != http::Coding::Identity && !c.body_static) LoopCompression::trim(ctx_->compress->scratch());
   if (!req_keep_alive_) t_->close_after_flush();
-  count(r.status, with_body ? r.body.size() : 0);
+  count(r.status, with_body ? c.body.size() : 0);
 }
 
 void Http1Session::write_error_status(int status, std::string_view message, std::span<const Header> extra) {

@@ -14,6 +14,7 @@
 #include "libuserd/http/message_reader.hpp"
 #include "libuserd/http/parser.hpp"
 #include "libuserd/http/response_writer.hpp"
+#include "libuserd/server/compression.hpp"
 #include "libuserd/server/dispatch.hpp"
 #include "libuserd/server/session.hpp"
 
@@ -78,7 +79,8 @@ class Http1Session final : public Session {
   bool body_starved() const noexcept;
   void arm_handler() noexcept;
   void write_response(const Response& r);
-  bool write_head(const Response& r, http::BodyFraming framing);
+  bool write_head(const Response& r, http::BodyFraming framing, Coded& coded);
+  bool stream_coded(std::string_view data, bool end);
   void refuse_response(std::string_view why);
   void write_error(http::HttpError e);
   void refuse(int status, std::string_view message);
@@ -129,6 +131,8 @@ class Http1Session final : public Session {
   bool req_keep_alive_ = true;
   bool req_head_only_ = false;
   std::uint8_t req_minor_ = 1;
+  http::Coding req_coding_ = http::Coding::Identity;  // what its Accept-Encoding chose (compression on)
+  StreamEncoder senc_;                                 // a compressed Stream's encoder
   Exchange ex_;
   RouteParams params_;       // what the route of the request being dispatched captured
   core::ByteBuffer decode_;  // where escaped parameters and query values are decoded

@@ -465,6 +465,8 @@ Http2Session::Stream* Http2Session::take_stream() noexcept {
   st->body.clear();
   st->resp_body = nullptr;
   st->resp_len = st->resp_off = 0;
+  st->coding = http::Coding::Identity;
+  st->senc.release();
   st->ex.protocol = 2;
   st->ex.log_request.clear();
   st->streaming = st->stream_end = false;
@@ -479,6 +481,7 @@ void Http2Session::give_back(Stream* st) noexcept {
   if (reading_ == st) reading_ = nullptr;
   if (current_ == st) current_ = nullptr;
   st->writable = nullptr;  // what the producer's callback holds goes now
+  st->senc.release();
   st->consumer.fail(ctx_->later, BodyError::ClientGone);  // reset, or closed with the connection
   let_go(*st);
   close_exchange(*st);
@@ -718,6 +721,7 @@ void Http2Session::dispatch(Stream& st, bool at_head) {
   const http::RequestHead& head = ctx_->h2->head;
   RouteParams& params = ctx_->h2->params;
   st.head_only = head.method == "HEAD";
+  if (ctx_->compress) st.coding = ctx_->compress->accepted({head.headers.data(), head.header_count});
   const bool admitted = st.admitted;
   if (!admitted) frame_tokens_ = std::min(frame_tokens_ + 20, kFrameBurst);
   const Router::Match m =
@@ -825,6 +829,13 @@ bool Http2Session::reply(std::uint32_t id, const Response& r) noexcept {
       Dispatch::refused(*ctx_, check.why);
       return submit_error(*st, 500, "invalid response from handler");
     }
+    if (ctx_->compress) {
+      const Coded coded = ctx_->compress->plan(r, check, st->coding, st->head_only, ctx_->compress->scratch());
+      submit(*st, r.status, check.has_content_type ? std::string_view() : r.content_type, r.headers, coded.body,
+             coded.body_static, &coded);
+      if (coded.coding != http::Coding::Identity && !coded.body_static) LoopCompression::trim(ctx_->compress->scratch());
+      return;
+    }
     submit(*st, r.status, check.has_content_type ? std::string_view() : r.content_type, r.headers, r.body,
            r.body_is_static);
   });
@@ -841,7 +852,7 @@ void Http2Session::submit_error(Stream& st, int status, std::string_view message
 // The response's fields are lowercased into the stream's buffer (HTTP/2 field names are lowercase), framed by
 // nghttp2; its body goes out as DATA frames from where it lives (static) or from the stream's copy.
 void Http2Session::submit(Stream& st, int status, std::string_view content_type, std::span<const Header> headers,
-                          std::string_view body, bool body_static) {
+                          std::string_view body, bool body_static, const Coded* coded) {
   stop_awaiting(st);
   st.answered = true;
   st.framed_ms = ctx_->now_ms;
@@ -859,12 +870,14 @@ void Http2Session::submit(Stream& st, int status, std::string_view content_type,
   nghttp2_data_provider prd{};
   prd.source.ptr = &st;
   prd.read_callback = H2Callbacks::read;
-  submit_head(st, status, content_type, headers, &body, with_body ? &prd : nullptr);
+  submit_head(st, status, content_type, headers, &body, with_body ? &prd : nullptr,
+              coded ? coded->coding : http::Coding::Identity, coded && coded->vary);
   Dispatch::record(*ctx_, st.ex, *conn_, status, st.resp_len);
 }
 
 void Http2Session::submit_head(Stream& st, int status, std::string_view content_type, std::span<const Header> headers,
-                               const std::string_view* length_of, const nghttp2_data_provider* prd) {
+                               const std::string_view* length_of, const nghttp2_data_provider* prd,
+                               http::Coding coding, bool vary) {
   char num[24];
   const std::size_t sn = decimal(std::uint64_t(status), num);  // 3 digits: status is 200-599
   const std::size_t ln = length_of ? decimal(length_of->size(), num + 4) : 0;
@@ -872,16 +885,18 @@ void Http2Session::submit_head(Stream& st, int status, std::string_view content_
   struct Off {
     std::size_t n, nl, v, vl;
   };
-  Off offs[http::kMaxHeaders + 4];
+  Off offs[http::kMaxHeaders + 6];
   std::size_t count = 0;
-  auto add = [&](std::string_view name, std::string_view value, bool lower) {
+  auto add = [&](std::string_view name, std::string_view value, bool lower, std::string_view prefix = {}) {
     if (count == std::size(offs)) return;
     const std::size_t at = st.resp_fields.size();
     if (lower) append_lower(st.resp_fields, name);
     else st.resp_fields.append(name);
+    st.resp_fields.append(prefix);
     st.resp_fields.append(value);
-    offs[count++] = {at, name.size(), at + name.size(), value.size()};
+    offs[count++] = {at, name.size(), at + name.size(), prefix.size() + value.size()};
   };
+  const bool coded = coding != http::Coding::Identity;
   add(":status", {num, sn}, false);
   if (!content_type.empty() && http::status_has_body(status)) add("content-type", content_type, false);
   if (length_of && http::status_has_body(status)) add("content-length", {num + 4, ln}, false);
@@ -892,8 +907,10 @@ void Http2Session::submit_head(Stream& st, int status, std::string_view content_
     const std::size_t k = std::min(h.name.size(), sizeof lower);
     for (std::size_t i = 0; i < k; ++i) lower[i] = lower_ascii(h.name[i]);
     if (h.name.size() <= sizeof lower && dropped_in_h2({lower, k})) continue;
-    add(h.name, h.value, true);
+    add(h.name, h.value, true, coded && http::weakened_etag(h) ? "W/" : "");
   }
+  if (coded) add("content-encoding", http::coding_name(coding), false);
+  if (vary) add("vary", "accept-encoding", false);
   // Not copied by nghttp2: resp_fields (names already lowercase) lives until the stream closes, after its HEADERS
   // went out or were dropped unsent. The date is never indexed: a new value each second would fill the HPACK
   // table with dates and make the steady state allocate until it is full. The array itself nghttp2 copies.
@@ -937,10 +954,13 @@ bool Http2Session::stream_begin(std::uint32_t id, const Response& head) noexcept
       return submit_error(*st, 500, "invalid response from handler");
     }
     const std::string_view ct = check.has_content_type ? std::string_view() : head.content_type;
+    bool vary = false;
+    if (ctx_->compress) st->senc = ctx_->compress->stream(head, check, st->coding, st->head_only, vary);
+    const http::Coding coding = st->senc ? st->senc.get()->coding() : http::Coding::Identity;
     if (st->head_only || !http::status_has_body(head.status)) {  // the head is the whole answer
       stop_awaiting(*st);
       st->answered = true;
-      submit_head(*st, head.status, ct, head.headers, nullptr, nullptr);
+      submit_head(*st, head.status, ct, head.headers, nullptr, nullptr, coding, vary);
       Dispatch::record(*ctx_, st->ex, *conn_, head.status, 0);
       ok = true;
       return;
@@ -953,7 +973,7 @@ bool Http2Session::stream_begin(std::uint32_t id, const Response& head) noexcept
     nghttp2_data_provider prd{};
     prd.source.ptr = st;
     prd.read_callback = H2Callbacks::stream_read;
-    submit_head(*st, head.status, ct, head.headers, nullptr, &prd);
+    submit_head(*st, head.status, ct, head.headers, nullptr, &prd, coding, vary);
     st->streaming = true;
     st->framed_ms = ctx_->now_ms;
     if (st->xslot) publish_streaming(ctx_->exchanges->get(st->xslot)->token, t_->gen(), st->seq);
@@ -982,8 +1002,25 @@ bool Http2Session::stream_append(std::uint32_t id, std::string_view data, bool e
     return false;
   bool ok = false;
   t_->guarded([&] {
-    st->sbuf.append(data);
-    st->stream_bytes += data.size();
+    if (st->senc) {  // coded and flushed, so the client can decode all it got
+      const std::size_t before = st->sbuf.size();
+      if (!st->senc.get()->write(data, end, st->sbuf)) {
+        Dispatch::refused(*ctx_, "compression failed");
+        st->sbuf.resize_down(before);
+        stop_awaiting(*st);
+        st->writable = nullptr;
+        st->stream_end = true;
+        st->senc.release();
+        Dispatch::record(*ctx_, st->ex, *conn_, st->stream_status, st->stream_bytes);
+        nghttp2_submit_rst_stream(s_, NGHTTP2_FLAG_NONE, st->id, NGHTTP2_INTERNAL_ERROR);
+        return;
+      }
+      st->stream_bytes += st->sbuf.size() - before;
+      if (end) st->senc.release();
+    } else {
+      st->sbuf.append(data);
+      st->stream_bytes += data.size();
+    }
     st->deadline_ms = ctx_->now_ms + ctx_->handler_timeout_ms;
     if (end && !trailers.empty()) {
       st->trailer_fields.clear();

@@ -15,6 +15,7 @@
 
 #include "libuserd/core/byte_buffer.hpp"
 #include "libuserd/http/parser.hpp"
+#include "libuserd/server/compression.hpp"
 #include "libuserd/server/dispatch.hpp"
 #include "libuserd/server/session.hpp"
 
@@ -156,6 +157,8 @@ class Http2Session final : public Session {
     core::ByteBuffer sbuf;
     std::size_t soff = 0;
     std::uint32_t stalled = 0;  // its off-loop writes the worker holds back (stream_stalled)
+    http::Coding coding = http::Coding::Identity;  // what its Accept-Encoding chose (compression on)
+    StreamEncoder senc;                            // a compressed Stream's encoder
     core::ByteBuffer trailer_fields;  // the end's trailers (names lowercased), sent once the body is framed
     std::vector<nghttp2_nv> trailer_nva;
     std::function<void()> writable;
@@ -181,7 +184,7 @@ class Http2Session final : public Session {
   void let_go(Stream& st) noexcept;
   bool make_head(Stream& s);
   void submit(Stream& s, int status, std::string_view content_type, std::span<const Header> headers,
-              std::string_view body, bool body_static);
+              std::string_view body, bool body_static, const Coded* coded = nullptr);
   void submit_error(Stream& s, int status, std::string_view message, std::span<const Header> extra = {});
   void pump() noexcept;
   void after_answer() noexcept;  // out now, unless inside our own recv (which pumps when it returns)
@@ -189,7 +192,8 @@ class Http2Session final : public Session {
   bool stream_append(std::uint32_t id, std::string_view data, bool end, bool bounded,
                      std::span<const Header> trailers) noexcept;
   void submit_head(Stream& st, int status, std::string_view content_type, std::span<const Header> headers,
-                   const std::string_view* length_of, const nghttp2_data_provider* prd);  // mem_send into the transport until its queue is full or nghttp2 has nothing
+                   const std::string_view* length_of, const nghttp2_data_provider* prd,
+                   http::Coding coding = http::Coding::Identity, bool vary = false);  // mem_send into the transport until its queue is full or nghttp2 has nothing
   void publish() noexcept;
   void stop_awaiting(Stream& st) noexcept;
   void close_exchange(Stream& st) noexcept;

@@ -19,6 +19,7 @@
 
 #include "libuserd/io/epoll_backend.hpp"
 #include "libuserd/io/uring_backend.hpp"
+#include "libuserd/server/compression.hpp"
 #include "libuserd/server/worker.hpp"
 #include "libuserd/tls/tls.hpp"
 
@@ -29,6 +30,7 @@ struct Server::Impl {
   Router router;
   std::vector<upstream::Target> upstreams;  // resolved once; read by every worker
   std::vector<server::Cidr> proxy_from;     // parsed once; read by every worker
+  std::unique_ptr<server::CompressShared> compress;  // static bodies compressed once; read by every worker
   std::vector<std::unique_ptr<server::Worker>> workers;
   std::vector<std::thread> threads;
   std::uint16_t port = 0;
@@ -232,6 +234,20 @@ Result<void> Server::start() {
     if (!server::parse_cidr(c, parsed)) return fail(Errc::BadInput, EINVAL, "proxy_from (an address or CIDR)");
     s.proxy_from.push_back(parsed);
   }
+  s.compress.reset();
+  if (s.cfg.compress.enabled) {
+    std::string why;
+    try {
+      s.compress = server::make_compress_shared(s.cfg.compress, why);
+    } catch (const std::bad_alloc&) {
+      return fail(Errc::NoMemory, ENOMEM, "compress static bodies");
+    }
+    if (!s.compress) {
+      if (s.cfg.log) s.cfg.log(why);
+      else std::fprintf(stderr, "userd: %s\n", why.c_str());
+      return fail(Errc::BadInput, EINVAL, "compress codings (br, zstd, gzip, each once)");
+    }
+  }
   auto kind = choose_backend(s.cfg);
   if (!kind) return Unexpected<Error>{kind.error()};
   s.upstreams.clear();
@@ -313,7 +329,7 @@ Result<void> Server::start() {
   std::vector<std::promise<Result<std::string_view>>> verdicts(n);
   for (unsigned i = 0; i < n; ++i) {
     s.workers.push_back(std::make_unique<server::Worker>(s.cfg, s.router, fds[i], tls_fds[i], tls_ctx, s.upstreams,
-                                                       &s.proxy_from));
+                                                       &s.proxy_from, s.compress.get()));
     server::Worker* w = s.workers.back().get();
     w->set_index(i);
     std::promise<Result<std::string_view>>* verdict = &verdicts[i];

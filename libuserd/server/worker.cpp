@@ -44,7 +44,8 @@ constexpr int kContinuationRounds = 8;
 }  // namespace
 
 Worker::Worker(const ServerConfig& cfg, const Router& router, int listen_fd, int tls_fd, tls::Context tls,
-               const std::vector<upstream::Target>& upstreams, const std::vector<Cidr>* proxy_from) noexcept
+               const std::vector<upstream::Target>& upstreams, const std::vector<Cidr>* proxy_from,
+               const CompressShared* compress)
     : cfg_(cfg), proxy_from_(proxy_from), tls_(std::move(tls)), metrics_(router.route_count()), targets_(upstreams) {
   listeners_[0].fd = listen_fd;
   listeners_[1].fd = tls_fd;
@@ -77,6 +78,10 @@ Worker::Worker(const ServerConfig& cfg, const Router& router, int listen_fd, int
     ctx_.exchanges = exchanges_.get();
   }
   if (cfg.log) ctx_.log = &cfg.log;
+  if (compress) {
+    compress_ = std::make_unique<LoopCompression>(*compress);
+    ctx_.compress = compress_.get();
+  }
   awaited_.reset(new std::atomic<std::uint64_t>[cfg.max_conns ? cfg.max_conns : 1]());
   ctx_.awaited = awaited_.get();
   stream_pending_.reset(new std::atomic<std::size_t>[cfg.max_conns ? cfg.max_conns : 1]());
@@ -459,7 +464,11 @@ bool Worker::post(Kind kind, std::uint32_t slot, std::uint16_t gen, std::uint32_
   }
   // Everything that can fail (the copies, room in the inbox) comes first: a request is claimed, and its budget
   // charged, only once nothing can stop its answer from being queued.
-  Posted p{kind, slot, gen, seq, 0, r.status, std::string(r.content_type), std::string(r.body), {}, {}};
+  const bool by_view = kind == Kind::Reply && r.body_is_static;
+  Posted p{kind, slot, gen, seq, 0, r.status, std::string(r.content_type), by_view ? std::string() : std::string(r.body),
+           {}, {}};
+  if (by_view) p.static_body = r.body;
+  p.compressible = r.compressible;
   p.add_headers(r.headers);
   bool was_empty;
   {
@@ -565,7 +574,9 @@ void Worker::deliver(Posted& p, Connection& conn) noexcept {
   Response r;
   r.status = p.status;
   r.content_type = p.content_type;
-  r.body = p.body;
+  r.body = p.static_body.data() ? p.static_body : std::string_view(p.body);
+  r.body_is_static = p.static_body.data() != nullptr;
+  r.compressible = p.compressible;
   r.headers = posted_headers_;
   switch (p.kind) {
     case Kind::Reply: conn.reply(p.seq, r); break;

@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "libuserd/io/backend.hpp"
+#include "libuserd/server/compression.hpp"
 #include "libuserd/server/connection.hpp"
 #include "libuserd/server/proxy_header.hpp"
 #include "libuserd/server/exchanges.hpp"
@@ -27,7 +28,8 @@ class Worker final : public ReplyTarget {
  public:
   // listen_fd serves plain HTTP, tls_fd HTTPS with tls; either may be -1.
   Worker(const ServerConfig& cfg, const Router& router, int listen_fd, int tls_fd, tls::Context tls,
-         const std::vector<upstream::Target>& upstreams, const std::vector<Cidr>* proxy_from = nullptr) noexcept;
+         const std::vector<upstream::Target>& upstreams, const std::vector<Cidr>* proxy_from = nullptr,
+         const CompressShared* compress = nullptr);
   ~Worker();
 
   // Runs on the worker's own thread: takes the backend made there, serves until stop().
@@ -108,6 +110,10 @@ class Worker final : public ReplyTarget {
     int status;
     std::string content_type, body, header_bytes;  // header names and values back to back
     std::vector<std::size_t> header_lengths;        // name, value, name, value...
+    // A reply's static body is not copied (it outlives the server), and stays known as static, so that its
+    // compressed forms are found; whether it may be compressed at all.
+    std::string_view static_body{};
+    bool compressible = true;
     void add_headers(std::span<const Header> headers) {  // copies them (throws std::bad_alloc)
       for (const Header& h : headers) {
         header_bytes.append(h.name).append(h.value);
@@ -136,6 +142,7 @@ class Worker final : public ReplyTarget {
   tls::Context tls_;                             // what new TLS connections on this loop are made with
   std::atomic<SSL_CTX*> next_tls_{nullptr};      // a reload's context, adopted at the top of a loop turn
   std::unique_ptr<io::Backend> backend_;
+  std::unique_ptr<LoopCompression> compress_;  // outlives the connections, whose streams borrow its encoders
   LoopContext ctx_;
   core::ByteBuffer access_log_;  // this thread's lines since the last flush
   std::time_t log_second_ = -1;

@@ -7,6 +7,7 @@
 #include <netinet/tcp.h>
 #include <sys/socket.h>
 #include <unistd.h>
+#include <zlib.h>
 
 #include <algorithm>
 #include <atomic>
@@ -623,4 +624,106 @@ TEST_CASE("timers, work posted onto a loop, and the loop index: an SSE-like feed
     server.wait();
     CHECK_FALSE(server.post(0, [] {}));  // its loop has ended
   });
+}
+
+namespace {
+
+std::string gunzip(const std::string& in) {
+  z_stream z{};
+  REQUIRE(inflateInit2(&z, 16 + 15) == Z_OK);
+  std::string out(in.size() * 20 + 1024, '\0');
+  z.next_in = reinterpret_cast<Bytef*>(const_cast<char*>(in.data()));
+  z.avail_in = uInt(in.size());
+  z.next_out = reinterpret_cast<Bytef*>(out.data());
+  z.avail_out = uInt(out.size());
+  const int rc = inflate(&z, Z_FINISH);
+  out.resize(rc == Z_STREAM_END ? z.total_out : 0);
+  inflateEnd(&z);
+  return out;
+}
+
+// One response, Content-Length framed: its head and body.
+std::pair<std::string, std::string> exchange(std::uint16_t port, const std::string& path) {
+  const int fd = connect_to(port);
+  const std::string req = "GET " + path + " HTTP/1.1\r\nHost: t\r\nAccept-Encoding: gzip\r\nConnection: close\r\n\r\n";
+  [[maybe_unused]] ssize_t w = ::send(fd, req.data(), req.size(), MSG_NOSIGNAL);
+  std::string all;
+  char buf[65536];
+  for (ssize_t n; (n = ::recv(fd, buf, sizeof buf, 0)) > 0;) all.append(buf, std::size_t(n));
+  ::close(fd);
+  const std::size_t end = all.find("\r\n\r\n");
+  REQUIRE(end != std::string::npos);
+  return {all.substr(0, end), all.substr(end + 4)};
+}
+
+}  // namespace
+
+TEST_CASE("compression of answers from other threads: a static body keeps its start-time forms, compressible holds") {
+  static const std::string kBody = [] {
+    std::string s = "[";
+    for (int i = 0; i < 2000; ++i) s += "{\"n\":" + std::to_string(i) + "},";
+    s.back() = ']';
+    return s;
+  }();
+  for (auto kind : {userd::BackendKind::IoUring, userd::BackendKind::Epoll}) {
+    std::optional<Pool> pool;
+    pool.emplace(2);
+    userd::Router router;
+    auto answer = [&](bool on_loop, bool compressible, bool is_static) {
+      return [&, on_loop, compressible, is_static](const userd::Request&, userd::Responder res) {
+        auto send = [res, compressible, is_static] {
+          userd::Response r;
+          r.body = kBody;
+          r.body_is_static = is_static;
+          r.compressible = compressible;
+          res.send(r);
+        };
+        if (on_loop) send();
+        else pool->submit(send);
+      };
+    };
+    router.get("/loop", answer(true, true, true));
+    router.get("/static", answer(false, true, true));
+    router.get("/exact", answer(false, false, true));
+    router.get("/copied", answer(false, true, false));
+    router.get("/stream", [&](const userd::Request&, userd::Responder res) {
+      pool->submit([res] {
+        userd::Response head;
+        head.content_type = "application/x-ndjson";
+        const userd::Stream s = res.stream(head);
+        for (int i = 0; i < 100; ++i)
+          while (!s.write(kBody.substr(std::size_t(i) * 100, 100)) && s.alive()) std::this_thread::yield();
+        s.end();
+      });
+    });
+    userd::ServerConfig cfg;
+    cfg.host = "127.0.0.1";
+    cfg.port = 0;
+    cfg.threads = 1;
+    cfg.backend = kind;
+    cfg.compress.enabled = true;
+    cfg.compress.static_bodies = {kBody};
+    userd::Server server(cfg, std::move(router));
+    if (!server.start()) continue;  // io_uring refused: the other backend still runs
+    const auto loop = exchange(server.port(), "/loop");
+    CHECK(loop.first.find("Content-Encoding: gzip") != std::string::npos);
+    CHECK(gunzip(loop.second) == kBody);
+    const auto off = exchange(server.port(), "/static");
+    CHECK(off.second == loop.second);  // the same start-time bytes, not compressed again
+    const auto exact = exchange(server.port(), "/exact");
+    CHECK(exact.first.find("Content-Encoding") == std::string::npos);
+    CHECK(exact.second == kBody);
+    const auto copied = exchange(server.port(), "/copied");
+    CHECK(copied.first.find("Content-Encoding: gzip") != std::string::npos);
+    CHECK(gunzip(copied.second) == kBody);
+    const int fd = connect_to(server.port());
+    const std::string req = "GET /stream HTTP/1.1\r\nHost: t\r\nAccept-Encoding: gzip\r\n\r\n";
+    [[maybe_unused]] ssize_t w = ::send(fd, req.data(), req.size(), MSG_NOSIGNAL);
+    const Chunked c = read_chunked(fd);
+    ::close(fd);
+    CHECK(c.ended);
+    CHECK(c.head.find("Content-Encoding: gzip") != std::string::npos);
+    CHECK(gunzip(c.body) == kBody.substr(0, 10000));
+    pool.reset();
+  }
 }

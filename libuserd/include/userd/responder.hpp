@@ -24,8 +24,12 @@ struct Response {
   std::string_view content_type = "application/json";
   std::string_view body{};
   std::span<const Header> headers{};  // extra headers, written as given (Date, Content-Length come from the server)
-  // True when body outlives the server (a dataset loaded at start): it is then sent without being copied.
+  // True when body outlives the server (a dataset loaded at start): it is then sent without being copied, and its
+  // bytes must not change (their compressed forms are kept).
   bool body_is_static = false;
+  // False: never compressed (ServerConfig::compress), e.g. a body already compressed or one a client must get
+  // byte for byte.
+  bool compressible = true;
 };
 
 // A response whose body is written in pieces: chunked to an HTTP/1.1 client, delimited by the close to an

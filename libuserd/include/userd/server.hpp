@@ -37,6 +37,24 @@ struct TlsConfig {
   bool proxy_protocol = false;
 };
 
+// Compressed answers (RFC 9110 8.4): a response is compressed when the client's Accept-Encoding accepts one of
+// codings, its content type is one compression helps (text/*, JSON, JavaScript, XML, SVG, +json, +xml), its
+// body is at least min_size bytes (a stream: any size), and nothing rules it out: HEAD, 204, 304, a handler's own
+// Content-Encoding, "Cache-Control: no-transform", Response::compressible false. Such a response says
+// "Vary: Accept-Encoding" whichever coding it gets; a compressed one's strong ETag becomes weak. A coded form no
+// smaller than the body is never sent.
+struct CompressConfig {
+  bool enabled = false;
+  // Offered, in the server's order of preference (a client's q-values come first): "br", "zstd", "gzip".
+  std::vector<std::string> codings{"br", "zstd", "gzip"};
+  std::size_t min_size = 1024;
+  // Bodies that will be sent with body_is_static (a dataset): start() compresses each in every coding at the
+  // best levels (br 11, zstd 19, gzip 9; about a second per MiB), so sending one compressed costs nothing more
+  // than sending it plain. Other static bodies are compressed on first use, once per loop (at most 64 of them
+  // and 16 MiB of coded bytes a loop; beyond, per response); dynamic ones per response.
+  std::vector<std::string_view> static_bodies{};
+};
+
 struct ServerConfig {
   std::string host = "0.0.0.0";  // numeric IPv4 or IPv6 address, or "localhost"
   std::uint16_t port = 8080;     // 0: the kernel picks one; Server::port() tells which
@@ -102,6 +120,7 @@ struct ServerConfig {
   // "::1"); any other source is closed at accept and counted. Empty: any source, so a client that can reach the
   // port directly can claim to be anyone; start() fails on an entry that does not parse.
   std::vector<std::string> proxy_from{};
+  CompressConfig compress{};
   // Access log: one line per request ("time peer method target protocol status bytes seconds"), appended to a
   // per-thread buffer and written to this descriptor on the loop's 100 ms tick (or at 64 KiB), never per
   // request. -1: off. The server does not close it.

@@ -123,6 +123,10 @@ std::string usage() {
          "  --proxy-protocol     behind a load balancer: every connection starts with a PROXY protocol header (v1\n"
          "                       or v2; haproxy send-proxy, nginx proxy_protocol), which names the client\n"
          "  --proxy-from CIDR,...  only these sources may connect to a --proxy-protocol listener (default: any)\n"
+         "  --compress on|off    br, zstd or gzip for clients whose Accept-Encoding asks, JSON and text of 1 KiB\n"
+         "                       or more; the dataset is compressed once, at start (on)\n"
+         "  --compress-proxied on|off  compress an upstream's uncompressed body too, per request (off: proxied\n"
+         "                       bodies go out as the upstream sent them)\n"
          "  --access-log PATH|-  one line per request, appended to PATH or written to stdout (off)\n"
          "  --extra-routes N     add N placeholder routes (/extra/N/{id}): to measure what routing costs (0)\n"
          "  --help               this text\n"
@@ -271,6 +275,10 @@ std::string parse_config(int argc, const char* const* argv, const Getenv& getenv
       if (!need(err)) return err;
       if (value != "on" && value != "off") return fmt::format("invalid --http2 '{}': expected on or off", value);
       out.server.http2 = value == "on";
+    } else if (arg == "--compress" || arg == "--compress-proxied") {
+      if (!need(err)) return err;
+      if (value != "on" && value != "off") return fmt::format("invalid {} '{}': expected on or off", arg, value);
+      (arg == "--compress" ? out.compress : out.compress_proxied) = value == "on";
     } else if (arg == "--http2-max-streams") {
       if (!need(err)) return err;
       unsigned long n;
@@ -329,6 +337,8 @@ std::string parse_config(int argc, const char* const* argv, const Getenv& getenv
   out.server.plain = !tls_listen || listen_given;
   if (!out.server.proxy_from.empty() && !out.server.proxy_protocol) return "--proxy-from needs --proxy-protocol";
   if (out.server.tls) out.server.tls->proxy_protocol = out.server.proxy_protocol;
+  if (out.compress_proxied && !out.compress) return "--compress-proxied on needs --compress on";
+  out.server.compress.enabled = out.compress;
   for (UpstreamConfig& u : out.server.upstreams) {
     u.timeout_ms = timeout_ms;
     u.max_conns = conns;

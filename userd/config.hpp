@@ -19,6 +19,8 @@ struct Config {
   bool proxy = false;
   std::string upstream_path = "/v1/avatar";
   bool validate = true;  // check the upstream body is JSON before forwarding it
+  bool compress = true;  // answers compressed for clients that ask (the dataset once, at start)
+  bool compress_proxied = false;  // compress an upstream's identity body too (it costs CPU per request)
   bool help = false;
   bool version = false;
   unsigned extra_routes = 0;  // placeholder routes beside the real ones: to measure what routing costs

@@ -96,6 +96,8 @@ int main(int argc, char** argv) {
   routes.proxy = cfg.proxy;
   routes.upstream_path = cfg.upstream_path;
   routes.validate = cfg.validate;
+  routes.compress_proxied = cfg.compress_proxied;
+  cfg.server.compress.static_bodies.push_back(dataset);  // compressed once, at start
   app::add_user_routes(router, dataset, routes);
   for (unsigned i = 0; i < cfg.extra_routes; ++i)  // never matched by the benchmark's requests, only walked past
     router.get("/extra/" + std::to_string(i) + "/{id}", [](const Request&, Responder res) { res.send(Response{}); });

@@ -28,6 +28,7 @@ struct RouteHeaders {
 struct ProxyRoute {
   const std::array<Header, 2>* headers;
   bool validate;
+  bool compress;  // an identity body from the upstream may be compressed for the client
 };
 
 enum class Cause : std::uint8_t { Unreachable, Timeout, Closed, BadResponse, TooLarge, Overloaded, Status, InvalidJson, kCount };
@@ -114,6 +115,7 @@ void on_upstream(void* user, Responder res, const UpstreamReply& u) {
   Response r;
   r.body = u.body;  // copied: it lives only as long as this callback
   r.headers = *route.headers;
+  r.compressible = route.compress;
   res.send(r);
 }
 
@@ -122,8 +124,15 @@ void on_upstream(void* user, Responder res, const UpstreamReply& u) {
 void on_upstream_head(void* user, Responder res, const UpstreamReply& u) {
   const ProxyRoute& route = *static_cast<const ProxyRoute*>(user);
   if (answered_error(res, route, u)) return;
+  // The upstream's coding goes through as it came (the client's Accept-Encoding went to it), with its Vary.
+  std::array<Header, 4> headers{(*route.headers)[0], (*route.headers)[1]};
+  std::size_t n = 2;
+  if (const std::string_view coding = u.header("content-encoding"); !coding.empty())
+    headers[n++] = {"Content-Encoding", coding};
+  if (const std::string_view vary = u.header("vary"); !vary.empty()) headers[n++] = {"Vary", vary};
   Response head;
-  head.headers = *route.headers;
+  head.headers = {headers.data(), n};
+  head.compressible = route.compress;
   if (const std::string_view type = u.header("content-type"); !type.empty()) head.content_type = type;
   u.stream.pipe(res.stream(head));
 }
@@ -155,14 +164,18 @@ void add_user_routes(Router& router, std::string_view dataset, const RouteOption
   };
   auto p = std::make_shared<Proxy>();
   p->headers = h;
-  p->uring = {&h->uring, opts.validate};
-  p->epoll = {&h->epoll, opts.validate};
+  p->uring = {&h->uring, opts.validate, opts.compress_proxied};
+  p->epoll = {&h->epoll, opts.validate, opts.compress_proxied};
   p->path = opts.upstream_path;
   router.get(opts.user_path, [p](const Request& req, Responder res) {
     ProxyRoute* route = req.backend() == "epoll" ? &p->epoll : &p->uring;
     UpstreamRequest up;
-    up.target = p->path;  // GET, no headers of ours: the seed's microservice1
+    up.target = p->path;  // GET, no headers of ours but the client's Accept-Encoding: the seed's microservice1
     up.stream_response = !route->validate;
+    // Streamed, the body goes through untouched, so the client may as well get the upstream's compression;
+    // validated, simdjson needs it plain.
+    const Header accept{"Accept-Encoding", req.header("accept-encoding")};
+    if (!route->validate && !accept.value.empty()) up.headers = {&accept, 1};
     if (!req.fetch(0, up, res, route->validate ? &on_upstream : &on_upstream_head, route))
       answer_error(res, *route, 503, Cause::Overloaded);
   });

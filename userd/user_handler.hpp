@@ -16,6 +16,9 @@ struct RouteOptions {
   bool proxy = false;                   // the user path fetches upstream 0
   std::string upstream_path = "/v1/avatar";
   bool validate = true;                 // the upstream body must be JSON
+  // The proxied body: forwarded in the coding the upstream chose (the client's Accept-Encoding goes upstream
+  // on the streamed path); an identity body is compressed for the client only when this is set.
+  bool compress_proxied = false;
 };
 
 // The dataset must outlive the server: it is sent without being copied.

@@ -68,7 +68,9 @@ class Serving(unittest.TestCase):
         lines = head.decode().split("\r\n")
         self.assertEqual(lines[0], "HTTP/1.1 200 OK")
         names = [line.split(":", 1)[0] for line in lines[1:]]
-        self.assertEqual(names, ["Content-Type", "Engine", "Location", "Date", "Content-Length"])
+        # The seed's headers, and Vary: the answer would differ for a client that asks for compression.
+        self.assertEqual(names, ["Content-Type", "Engine", "Location", "Vary", "Date", "Content-Length"])
+        self.assertIn("Vary: Accept-Encoding", lines)
         self.assertEqual(body, DATASET)
         users = json.loads(body)
         self.assertEqual(len(users), 20)

@@ -332,6 +332,9 @@ JOBS = {
             "tls"),
     "tls-handshake": ("TLS handshakes: a new TLS 1.3 connection per request (`Connection: close`), 100 connections; "
                       "CPU µs per request is CPU per handshake", "handshake"),
+    "compressed": ("Compressed static: `/v1/user` with `Accept-Encoding: gzip, br`, 100 keep-alive connections; nginx "
+                   "with `gzip_static` and `brotli_static` on files pre-compressed at the best levels; \"plain\" is "
+                   "userd without the header", "wrk"),
     "h2c": ("HTTP/2 h2c: `/v1/user` by prior knowledge, `h2load -t1 -c100 -m10`", "h2:10"),
     "h2c-m100": ("HTTP/2 h2c, 100 streams in flight per connection: `h2load -t1 -c100 -m100`", "h2:100"),
     "h2": ("HTTP/2 over TLS 1.3 (ALPN h2, TLS_AES_128_GCM_SHA256): `h2load -t1 -c100 -m10`", "h2:10"),
@@ -342,6 +345,7 @@ PANEL = {"static": "static, 100 keep-alive connections", "pipelined": "pipelined
          "proxy": "proxy to an nginx upstream", "pair": "the seed's pair (CPU of both services)",
          "fixed-static": "static at a fixed 10,000 req/s", "fixed-proxy": "proxy at a fixed 10,000 req/s",
          "tls": "static over TLS 1.3, keep-alive", "tls-handshake": "a TLS 1.3 handshake per request",
+         "compressed": "static, Accept-Encoding: gzip, br",
          "h2c": "h2c, 100 connections x 10 streams", "h2c-m100": "h2c, 100 connections x 100 streams",
          "h2": "h2 over TLS 1.3, 100 x 10 streams", "h2-m100": "h2 over TLS 1.3, 100 x 100 streams"}
 
@@ -363,6 +367,8 @@ TARGETS = [
     ("fixed-proxy", "userd io_uring", "nginx", "mean", 1.0),
     ("tls", "userd io_uring", "nginx", "cpu_us", 1.0),
     ("tls", "userd epoll", "nginx", "cpu_us", 1.0),
+    ("compressed", "userd io_uring", "userd io_uring plain", "cpu_us", 1.0),
+    ("compressed", "userd io_uring", "nginx", "cpu_us", 0.8),
     ("tls-handshake", "userd io_uring", "nginx", "cpu_us", 1.0),  # handshakes per CPU-second >= nginx's
     ("tls-handshake", "userd epoll", "nginx", "cpu_us", 1.0),
     *[(j, "userd io_uring", peer, "cpu_us", limit) for j in ("h2c", "h2c-m100")
@@ -380,10 +386,11 @@ MEASURE = {"cpu_us": "CPU µs/req", "mean": "mean latency"}
 class Entry:
     """One server of one job: the processes whose CPU counts and the port the load goes to."""
 
-    def __init__(self, procs, scheme="http"):
+    def __init__(self, procs, scheme="http", headers=()):
         self.procs = procs
         self.port = procs[-1].port
         self.scheme = scheme
+        self.headers = list(headers)  # request headers of its load (wrk jobs)
 
     def cpu(self):
         return sum(cpu_seconds(p.pid) for p in self.procs)
@@ -413,7 +420,62 @@ def load(kind, e, seconds, rate, tls_env=None):
         return h2load(url, seconds, rate)
     if kind in ("tls", "handshake"):
         return wrk(url, seconds, headers=["Connection: close"] if kind == "handshake" else (), env=tls_env)
-    return wrk(url, seconds, script=PIPELINE if kind == "pipelined" else None)
+    return wrk(url, seconds, script=PIPELINE if kind == "pipelined" else None, headers=e.headers)
+
+
+ACCEPT = "Accept-Encoding: gzip, br"
+
+
+def wire_bytes(port, headers):
+    """Bytes of one whole response to GET /v1/user with these request headers: what each request costs the wire."""
+    import socket
+    c = socket.create_connection(("127.0.0.1", port), timeout=5)
+    c.sendall(("GET /v1/user HTTP/1.1\r\nHost: localhost\r\n" + "".join(h + "\r\n" for h in headers) +
+               "Connection: close\r\n\r\n").encode())
+    n = 0
+    while True:
+        b = c.recv(65536)
+        if not b:
+            break
+        n += len(b)
+    c.close()
+    return n
+
+
+def check_compressed(port, dataset):
+    """curl decodes what the server chose for `gzip, br` back to the dataset, and says which coding it was."""
+    out = subprocess.run(["curl", "-sS", "--max-time", "5", "--compressed", "-H", ACCEPT, "-D", "-",
+                          f"http://127.0.0.1:{port}/v1/user"], capture_output=True, check=True).stdout
+    head, _, body = out.partition(b"\r\n\r\n")
+    coding = re.search(rb"(?im)^content-encoding:\s*(\S+)", head)
+    if body != dataset or not coding:
+        raise RuntimeError(f"port {port}: compressed answer {head[:200]!r} does not decode to the dataset")
+    return coding.group(1).decode()
+
+
+def nginx_compressed_conf(tmp, port, dataset):
+    """nginx as its users serve pre-compressed JSON for speed: gzip_static and (Debian's module) brotli_static
+    on files compressed at the best levels, open_file_cache, sendfile."""
+    import gzip as gz
+    root = os.path.join(tmp, f"htdocs-c-{port}")
+    os.makedirs(os.path.join(root, "v1"))
+    open(os.path.join(root, "v1", "user"), "wb").write(dataset)
+    open(os.path.join(root, "v1", "user.gz"), "wb").write(gz.compress(dataset, 9, mtime=0))
+    br = shutil.which("brotli")
+    module = "/usr/lib/nginx/modules/ngx_http_brotli_static_module.so"
+    if br and os.path.exists(module):
+        subprocess.run([br, "-q", "11", "-w", "22", "-f", "-o", os.path.join(root, "v1", "user.br"),
+                        os.path.join(root, "v1", "user")], check=True)
+    brotli_on = br and os.path.exists(module)
+    loc = (f"location = /v1/user {{ root {root}; default_type application/json; gzip_static on; "
+           f"{'brotli_static on; ' if brotli_on else ''}add_header Engine nginx; add_header Location /v1/user; }}")
+    path = nginx_file(tmp, port, f"127.0.0.1:{port}", loc,
+                      http_extra="sendfile on; tcp_nopush on; open_file_cache max=100 inactive=60s; "
+                                 "open_file_cache_valid 60s;")
+    if brotli_on:
+        conf = open(path).read()
+        open(path, "w").write(f"load_module {module};\n" + conf)
+    return path
 
 
 def main():
@@ -441,7 +503,7 @@ def main():
         return
     if a.quick:
         a.rounds, a.duration, a.warmup = 3, 1, 1
-    missing = [t for t in ("wrk", "h2load", "nginx", "h2o", "nghttpd", "taskset", "gnuplot") if not shutil.which(t)]
+    missing = [t for t in ("wrk", "h2load", "nginx", "h2o", "nghttpd", "taskset", "gnuplot", "curl") if not shutil.which(t)]
     if missing:
         sys.exit(f"bench: {', '.join(missing)} not found; `./dev bench` installs them")
     if not a.hyper:
@@ -536,7 +598,15 @@ def main():
                                              *(tls_files if tls else ())])], sch)
             return s
 
-        make = {"h2c": lambda: h2_set(False), "h2c-m100": lambda: h2_set(False), "h2": lambda: h2_set(True),
+        def compressed_set():
+            s = {f"userd {b}": Entry([userd(b)], headers=[ACCEPT]) for b in ("io_uring", "epoll")}
+            s["userd io_uring plain"] = Entry([userd("io_uring")])
+            p = free_port()
+            s["nginx"] = Entry([start(["taskset", "-c", SERVER_CPU, "nginx", "-c", nginx_compressed_conf(tmp, p, dataset)],
+                                      port=p)], headers=[ACCEPT])
+            return s
+
+        make = {"compressed": compressed_set, "h2c": lambda: h2_set(False), "h2c-m100": lambda: h2_set(False), "h2": lambda: h2_set(True),
                 "h2-m100": lambda: h2_set(True), "tls": tls_set, "tls-handshake": tls_set, "static": lambda: static_set(True), "pipelined": lambda: static_set(True), "proxy": proxy_set,
                 "pair": pair_set, "fixed-static": lambda: static_set(False), "fixed-proxy": proxy_set}
         servers = {j: make[j]() for j in jobs}
@@ -549,8 +619,12 @@ def main():
                     check_body_h2(e.port, dataset, e.scheme)
                 else:
                     check_body(e.port, dataset, e.scheme)
-                load(JOBS[j][1], e, a.warmup, a.rate, tls_env)
                 results[j][name] = {"rounds": []}
+                if j == "compressed":
+                    if e.headers:
+                        results[j][name]["coding"] = check_compressed(e.port, dataset)
+                    results[j][name]["wire_bytes"] = wire_bytes(e.port, e.headers)
+                load(JOBS[j][1], e, a.warmup, a.rate, tls_env)
         for rnd in range(a.rounds):
             for j, group in servers.items():
                 for name, e in group.items():
@@ -565,7 +639,7 @@ def main():
             for name, e in group.items():
                 r = results[j][name]
                 for k in r["rounds"][0]:
-                    if k != "errors":
+                    if k not in ("errors", "coding", "wire_bytes"):
                         r[k] = statistics.median(x[k] for x in r["rounds"])
                 r["errors"] = sum(x["errors"] for x in r["rounds"])
                 r["rss_kb"] = e.rss_kb()
@@ -688,12 +762,19 @@ def report(a, res, allocs, machine=None):
                   "| server | req/s | " + ("mean | max" if fixed else "p50 | p99") +
                   " | CPU µs/req | CPU vs Hyper (IQR) | peak RSS | errors |", "|---|---|---|---|---|---|---|---|"]
         for name, r in g.items():
-            med, q1, q3 = spread(ratios(res, job, name, "hyper", "cpu_us"))
+            vs = "—"
+            if "hyper" in g:
+                med, q1, q3 = spread(ratios(res, job, name, "hyper", "cpu_us"))
+                vs = f"{med:.2f}× ({q1:.2f}–{q3:.2f})"
             lat = (f"{r['mean']:.0f} µs | {r['max']:.0f} µs" if fixed else
                    # wrk records no latency for pipelined requests
                    "— | —" if job == "pipelined" else f"{r['p50']:.0f} µs | {r['p99']:.0f} µs")
-            lines.append(f"| {name} | {r['rps']:,.0f} | {lat} | {r['cpu_us']:.2f} | {med:.2f}× ({q1:.2f}–{q3:.2f}) | "
+            lines.append(f"| {name} | {r['rps']:,.0f} | {lat} | {r['cpu_us']:.2f} | {vs} | "
                          f"{r['rss_kb'] / 1024:.1f} MiB | {r['errors']} |")
+        if any("wire_bytes" in r for r in g.values()):
+            lines += ["", "Bytes on the wire per response (head and body, as each server sent it): " +
+                      ", ".join(f"{n} {r['wire_bytes']:,}" + (f" ({r['coding']})" if r.get("coding") else "")
+                                for n, r in g.items() if "wire_bytes" in r) + "."]
         if any("idle_h2_kib" in r for r in g.values()):
             lines += ["", "Memory per idle h2c connection (500 connections past the SETTINGS exchange, growth of "
                       "resident memory / 500): " + ", ".join(f"{n} {r['idle_h2_kib']:.1f} KiB" for n, r in g.items()
@@ -734,8 +815,8 @@ def chart(a, res):
         dat = os.path.join(tmp, f"{i}.dat")
         with open(dat, "w") as f:
             for name, r in g.items():
-                med = spread(ratios(res, job, name, "hyper", "cpu_us"))[0]
-                f.write(f"\"{name}\" {r['cpu_us']:.3f} \"{r['cpu_us']:.2f}\" \"{med:.2f}× Hyper\"\n")
+                vs = f"{spread(ratios(res, job, name, 'hyper', 'cpu_us'))[0]:.2f}× Hyper" if "hyper" in g else ""
+                f.write(f"\"{name}\" {r['cpu_us']:.3f} \"{r['cpu_us']:.2f}\" \"{vs}\"\n")
         top = max(r["cpu_us"] for r in g.values()) * 1.3
         panels.append(f"""set title "{PANEL[job]}"
 set yrange [0:{top:.2f}]

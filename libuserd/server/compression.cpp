@@ -73,15 +73,16 @@ bool LoopCompression::eligible(const Response& r, const http::HeaderCheck& check
 const std::string* LoopCompression::static_form(std::string_view body, http::Coding c) {
   const std::size_t k = std::size_t(c);
   if (const CompressedBody* b = find_body(shared_->statics, body); b && b->done[k]) return &b->coded[k];
-  CompressedBody* mine = const_cast<CompressedBody*>(find_body(lazy_, body));
+  auto at = std::lower_bound(lazy_.begin(), lazy_.end(), body, [](const std::unique_ptr<CompressedBody>& b, std::string_view x) {
+    return std::less<const char*>()(b->data, x.data()) || (b->data == x.data() && b->size < x.size());
+  });
+  CompressedBody* mine = at != lazy_.end() && (*at)->data == body.data() && (*at)->size == body.size() ? at->get() : nullptr;
   if (!mine) {
     if (lazy_.size() >= kLazyEntries || lazy_bytes_ + body.size() / 2 > kLazyBytes) return nullptr;
-    CompressedBody b;
-    b.data = body.data();
-    b.size = body.size();
-    auto at = std::upper_bound(lazy_.begin(), lazy_.end(), b.data,
-                               [](const char* p, const CompressedBody& x) { return std::less<const char*>()(p, x.data); });
-    mine = &*lazy_.insert(at, std::move(b));
+    auto b = std::make_unique<CompressedBody>();
+    b->data = body.data();
+    b->size = body.size();
+    mine = lazy_.insert(at, std::move(b))->get();
   }
   if (!mine->done[k]) {
     if (lazy_bytes_ + body.size() / 2 > kLazyBytes) return nullptr;

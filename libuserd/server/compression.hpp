@@ -105,7 +105,9 @@ class LoopCompression {
 
   const CompressShared* shared_;
   std::array<std::unique_ptr<http::Encoder>, http::kCodings> once_{};  // dynamic bodies, reset after each
-  std::vector<CompressedBody> lazy_;
+  // By address, each entry where it was made: a coded form is sent from where it lives, and a short one lives
+  // inside its std::string, which a vector's insert would move.
+  std::vector<std::unique_ptr<CompressedBody>> lazy_;
   std::size_t lazy_bytes_ = 0;
   std::array<std::vector<std::unique_ptr<http::Encoder>>, http::kCodings> spare_{};
   unsigned streams_ = 0;

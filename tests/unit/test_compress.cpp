@@ -13,6 +13,8 @@
 #include <vector>
 
 #include "libuserd/http/compress.hpp"
+#include "libuserd/http/response_writer.hpp"
+#include "libuserd/server/compression.hpp"
 
 using userd::Header;
 using userd::core::ByteBuffer;
@@ -240,4 +242,35 @@ TEST_CASE("compressible types") {
   CHECK(!compressible_type(""));
   CHECK(!compressible_type("json"));
   CHECK(!compressible_type("application/+json"));
+}
+
+// Found by reading: the per-loop cache kept its entries by value in a sorted vector, so caching a body at a lower
+// address moved the entries after it, and a short coded form (inside its std::string) moved with them while an
+// HTTP/2 stream was still sending it from there.
+TEST_CASE("a lazily cached coded form stays where it was first sent from") {
+  userd::CompressConfig cfg;
+  cfg.enabled = true;
+  std::string why;
+  const auto shared = userd::server::make_compress_shared(cfg, why);
+  REQUIRE(shared);
+  userd::server::LoopCompression loop(*shared);
+  static const std::string bodies = std::string(40 * 2000, 'a');  // 40 static bodies of 2000 bytes, back to back
+  auto plan = [&](std::size_t i) {
+    userd::Response r;
+    r.content_type = "text/plain";
+    r.body = std::string_view(bodies).substr(i * 2000, 2000);
+    r.body_is_static = true;
+    ByteBuffer scratch;
+    const userd::server::Coded c = loop.plan(r, check_headers({}, r.content_type, r.body.size()), Coding::Br, false, scratch);
+    REQUIRE(c.coding == Coding::Br);
+    REQUIRE(c.body_static);
+    REQUIRE(c.body.size() < 16);  // short: held inside its std::string
+    return c.body;
+  };
+  const std::string_view last = plan(39);
+  const std::string copy(last);
+  for (std::size_t i = 0; i < 39; ++i) (void)plan(i);  // each lands before it in the cache's order
+  const std::string_view again = plan(39);
+  CHECK(static_cast<const void*>(again.data()) == static_cast<const void*>(last.data()));
+  CHECK(std::string(last) == copy);
 }

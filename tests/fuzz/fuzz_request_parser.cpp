@@ -1,8 +1,10 @@
 // tests/fuzz/fuzz_request_parser.cpp: the request parser on arbitrary bytes, whole and split at a byte the input
 // chooses. A split may only delay a verdict, never change it: Done must consume the same bytes, Bad stay Bad.
+// A parsed head's Accept-Encoding lines then go through negotiation, which must pick an offered coding or none.
 #include <cstdint>
 #include <cstdlib>
 
+#include "libuserd/http/compress.hpp"
 #include "libuserd/http/parser.hpp"
 
 using namespace userd::http;
@@ -17,6 +19,9 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
       const auto& h = whole.headers[i];
       if (h.name.data() < p || h.value.data() + h.value.size() > p + size) std::abort();
     }
+    static constexpr Coding kOffered[] = {Coding::Zstd, Coding::Gzip};
+    const Coding c = negotiate({whole.headers.data(), whole.header_count}, kOffered);
+    if (c != Coding::Identity && c != Coding::Zstd && c != Coding::Gzip) std::abort();
   }
   if (size < 2) return 0;
   const std::size_t split = data[0] % size;

@@ -555,16 +555,7 @@ bool Http1Session::stream_append(std::uint32_t seq, std::string_view data, bool 
     if (senc_ && body) {
       if (!stream_coded(data, end)) return;  // the encoder failed: the connection is reset
     } else if (!end && body && !data.empty()) {
-      if (req_minor_ == 1) {
-        char size[24];
-        const int n = std::snprintf(size, sizeof size, "%zx\r\n", data.size());
-        q.bytes.append(size, std::size_t(n));
-        q.bytes.append(data);
-        q.bytes.append("\r\n", 2);
-      } else {
-        q.bytes.append(data);
-      }
-      stream_bytes_ += data.size();
+      append_body(data);
     }
     if (end) {
       if (body && req_minor_ == 1) {  // the last chunk, then the trailer section (RFC 9112 7.1.2)
@@ -595,32 +586,33 @@ bool Http1Session::stream_append(std::uint32_t seq, std::string_view data, bool 
   return ok;
 }
 
+// A piece of a streamed body: one chunk to HTTP/1.1, as it is to HTTP/1.0 (the close ends it).
+void Http1Session::append_body(std::string_view data) {
+  if (data.empty()) return;
+  Transport::OutQueue& q = t_->out();
+  if (req_minor_ == 1) {
+    char size[24];
+    const int n = std::snprintf(size, sizeof size, "%zx\r\n", data.size());
+    q.bytes.append(size, std::size_t(n));
+    q.bytes.append(data);
+    q.bytes.append("\r\n", 2);
+  } else {
+    q.bytes.append(data);
+  }
+  stream_bytes_ += data.size();
+}
+
 // A compressed stream's write: data coded and flushed, so the client can decode all it got; at the end, the
-// coding's end. Framed as one chunk (HTTP/1.1) or as is (HTTP/1.0).
+// coding's end.
 bool Http1Session::stream_coded(std::string_view data, bool end) {
   core::ByteBuffer& z = ctx_->compress->scratch();
   z.clear();
-  if (!senc_.get()->write(data, end, z)) {
+  if (!senc_.get()->write(data, end, z)) {  // out of memory: the body cannot be finished
     Dispatch::refused(*ctx_, "compression failed");
-    streaming_ = false;
-    set_awaiting(false);
-    writable_ = nullptr;
-    senc_.release();
-    count(stream_status_, stream_bytes_);
-    conn_->reset();
+    (void)stream_abort(seq_);
     return false;
   }
-  Transport::OutQueue& q = t_->out();
-  if (!z.empty() && req_minor_ == 1) {
-    char size[24];
-    const int n = std::snprintf(size, sizeof size, "%zx\r\n", z.size());
-    q.bytes.append(size, std::size_t(n));
-    q.bytes.append(z.data(), z.size());
-    q.bytes.append("\r\n", 2);
-  } else {
-    q.bytes.append(z.data(), z.size());
-  }
-  stream_bytes_ += z.size();
+  append_body({z.data(), z.size()});
   LoopCompression::trim(z);
   return true;
 }

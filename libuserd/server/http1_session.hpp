@@ -81,6 +81,7 @@ class Http1Session final : public Session {
   void write_response(const Response& r);
   bool write_head(const Response& r, http::BodyFraming framing, Coded& coded);
   bool stream_coded(std::string_view data, bool end);
+  void append_body(std::string_view data);
   void refuse_response(std::string_view why);
   void write_error(http::HttpError e);
   void refuse(int status, std::string_view message);

@@ -32,12 +32,6 @@ std::optional<int> parse_q(std::string_view v) noexcept {
   return q > 1000 ? std::nullopt : std::optional<int>(q);
 }
 
-std::string_view trim(std::string_view s) noexcept {
-  while (!s.empty() && (s.front() == ' ' || s.front() == '\t')) s.remove_prefix(1);
-  while (!s.empty() && (s.back() == ' ' || s.back() == '\t')) s.remove_suffix(1);
-  return s;
-}
-
 // Brotli's memory: blocks in power-of-two classes, each kept on its class's free list when brotli frees it and
 // handed out again, so an encoder made again for every body (brotli has no reset), or one that frees and
 // allocates at every flush of a stream, stops calling malloc once warm. Blocks go back to the heap with the
@@ -117,38 +111,30 @@ Coding negotiate(std::span<const Header> headers, std::span<const Coding> offere
   int star = -1;
   bool asked = false;
   for (const Header& h : headers) {
-    if (h.name.size() != 15 || !iequals(h.name, "accept-encoding")) continue;
+    if (!iequals(h.name, "accept-encoding")) continue;
     asked = true;
-    std::string_view rest = h.value;
-    while (!rest.empty()) {
-      const std::size_t comma = rest.find(',');
-      std::string_view element = rest.substr(0, comma);
-      rest = comma == std::string_view::npos ? std::string_view() : rest.substr(comma + 1);
+    for_each_token(h.value, [&](std::string_view element) {
       const std::size_t semi = element.find(';');
-      const std::string_view name = trim(element.substr(0, semi));
-      if (name.empty()) continue;
+      const std::string_view name = trim_ows(element.substr(0, semi));
       int weight = 1000;
-      std::string_view params = semi == std::string_view::npos ? std::string_view() : element.substr(semi + 1);
-      bool bad = false;
-      while (!params.empty()) {  // only q is defined; any other parameter is skipped
+      for (std::string_view params = semi == std::string_view::npos ? std::string_view() : element.substr(semi + 1);
+           !params.empty();) {  // only q is defined; any other parameter is skipped
         const std::size_t next = params.find(';');
-        const std::string_view p = trim(params.substr(0, next));
+        const std::string_view p = trim_ows(params.substr(0, next));
         params = next == std::string_view::npos ? std::string_view() : params.substr(next + 1);
-        if (p.size() >= 2 && (p[0] | 0x20) == 'q' && trim(p.substr(1)).starts_with('=')) {
-          const std::string_view v = trim(trim(p.substr(1)).substr(1));
-          const std::optional<int> parsed = parse_q(v);
-          if (!parsed) bad = true;
-          else weight = *parsed;
-        }
+        const std::size_t eq = p.find('=');
+        if (eq == std::string_view::npos || !iequals(trim_ows(p.substr(0, eq)), "q")) continue;
+        const std::optional<int> parsed = parse_q(trim_ows(p.substr(eq + 1)));
+        if (!parsed) return;  // the element is ignored
+        weight = *parsed;
       }
-      if (bad) continue;
       int* slot = nullptr;
       if (name == "*") slot = &star;
       else if (iequals(name, "identity")) slot = &q[0];
       else if (iequals(name, "x-gzip")) slot = &q[std::size_t(Coding::Gzip)];
       else if (const std::optional<Coding> c = parse_coding(name)) slot = &q[std::size_t(*c)];
       if (slot) *slot = std::max(*slot, weight);
-    }
+    });
   }
   if (!asked) return Coding::Identity;
   auto weight = [&](Coding c) { return q[std::size_t(c)] >= 0 ? q[std::size_t(c)] : star; };
@@ -314,7 +300,7 @@ bool compress_whole(Coding c, Effort e, std::string_view in, core::ByteBuffer& o
 
 bool compressible_type(std::string_view t) noexcept {
   if (t == "application/json") return true;  // most answers: no parse
-  t = trim(t.substr(0, t.find(';')));
+  t = trim_ows(t.substr(0, t.find(';')));
   if (t.size() >= 5 && iequals(t.substr(0, 5), "text/")) return true;
   const std::size_t slash = t.find('/');
   if (slash == std::string_view::npos) return false;

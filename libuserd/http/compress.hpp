@@ -32,7 +32,7 @@ Coding negotiate(std::span<const Header> headers, std::span<const Coding> offere
 
 // Levels: a body compressed once and kept (a static body, at start: br 11, zstd 19, gzip 9), one compressed
 // whole as it is sent (br 5, zstd 3, gzip 6), and a stream, whose encoder lives as long as the stream and so
-// gets smaller windows (br 4 with 64 KiB, zstd 3 with 64 KiB, gzip 6 with 16 KiB).
+// gets smaller windows (br 3 with 64 KiB, zstd 3 with 64 KiB, gzip 6 with 16 KiB).
 enum class Effort : std::uint8_t { Best, Dynamic, Stream };
 
 // One coding's compressor. A body is written through write() in pieces, each flushed so the client can decode

@@ -93,7 +93,7 @@ const std::string* LoopCompression::static_form(std::string_view body, http::Cod
 }
 
 Coded LoopCompression::plan(const Response& r, const http::HeaderCheck& check, http::Coding accepted,
-                            bool head_only, core::ByteBuffer& scratch) {
+                            bool head_only) {
   Coded out{http::Coding::Identity, false, r.body, r.body_is_static};
   if (r.body.size() < shared_->min_size || !eligible(r, check)) return out;
   out.vary = true;
@@ -110,15 +110,15 @@ Coded LoopCompression::plan(const Response& r, const http::HeaderCheck& check, h
   std::unique_ptr<http::Encoder>& enc = once_[std::size_t(accepted)];
   try {
     if (!enc) enc = std::make_unique<http::Encoder>(accepted, http::Effort::Dynamic);
-    scratch.clear();
-    const bool ok = enc->write(r.body, true, scratch);
+    scratch_.clear();
+    const bool ok = enc->write(r.body, true, scratch_);
     enc->reset();
-    if (!ok || scratch.size() >= r.body.size()) return out;
+    if (!ok || scratch_.size() >= r.body.size()) return out;
   } catch (const std::bad_alloc&) {
     return out;  // uncompressed rather than not at all
   }
   out.coding = accepted;
-  out.body = {scratch.data(), scratch.size()};
+  out.body = {scratch_.data(), scratch_.size()};
   out.body_static = false;
   return out;
 }

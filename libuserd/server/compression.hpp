@@ -85,17 +85,17 @@ class LoopCompression {
   http::Coding accepted(std::span<const Header> headers) const noexcept {
     return http::negotiate(headers, shared_->order);
   }
-  // r with its headers checked: identity, or a coded body (in the loop's cache, or in scratch).
-  Coded plan(const Response& r, const http::HeaderCheck& check, http::Coding accepted, bool head_only,
-             core::ByteBuffer& scratch);
+  // r with its headers checked: identity, or a coded body (in a cache, or in scratch(): valid until the next
+  // plan or stream write; trim() once it is copied).
+  Coded plan(const Response& r, const http::HeaderCheck& check, http::Coding accepted, bool head_only);
   // A stream's head: whether it says Vary, and its encoder (none: it goes out as written).
   StreamEncoder stream(const Response& head, const http::HeaderCheck& check, http::Coding accepted, bool head_only,
                        bool& vary);
-  // A buffer plan() wrote into: given back when a large body made it large.
-  static void trim(core::ByteBuffer& scratch) noexcept {
-    if (scratch.capacity() > (1u << 20)) scratch.release();
-  }
+  // Where plan() and a stream's writes code into; trim() gives it back when a large body made it large.
   core::ByteBuffer& scratch() noexcept { return scratch_; }
+  void trim() noexcept {
+    if (scratch_.capacity() > (1u << 20)) scratch_.release();
+  }
 
  private:
   friend class StreamEncoder;

@@ -613,7 +613,7 @@ bool Http1Session::stream_coded(std::string_view data, bool end) {
     return false;
   }
   append_body({z.data(), z.size()});
-  LoopCompression::trim(z);
+  ctx_->compress->trim();
   return true;
 }
 
@@ -719,7 +719,7 @@ bool Http1Session::write_head(const Response& r, http::BodyFraming framing, Code
   coded = {http::Coding::Identity, false, r.body, r.body_is_static};
   if (ctx_->compress) {
     if (framing == http::BodyFraming::Length) {
-      coded = ctx_->compress->plan(r, check, req_coding_, req_head_only_, ctx_->compress->scratch());
+      coded = ctx_->compress->plan(r, check, req_coding_, req_head_only_);
       h.content_length = coded.body.size();
     } else {
       senc_ = ctx_->compress->stream(r, check, req_coding_, req_head_only_, coded.vary);
@@ -740,7 +740,7 @@ void Http1Session::write_response(const Response& r) {
   const bool with_body = !req_head_only_ && http::status_has_body(r.status) && !c.body.empty();
   if (with_body && c.body_static && c.body.size() >= kCopyBelow) q.append_external(c.body.data(), c.body.size());
   else if (with_body) q.append(c.body);
-  if (c.coding != http::Coding::Identity && !c.body_static) LoopCompression::trim(ctx_->compress->scratch());
+  if (ctx_->compress) ctx_->compress->trim();
   if (!req_keep_alive_) t_->close_after_flush();
   count(r.status, with_body ? c.body.size() : 0);
 }

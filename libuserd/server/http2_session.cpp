@@ -829,15 +829,10 @@ bool Http2Session::reply(std::uint32_t id, const Response& r) noexcept {
       Dispatch::refused(*ctx_, check.why);
       return submit_error(*st, 500, "invalid response from handler");
     }
-    if (ctx_->compress) {
-      const Coded coded = ctx_->compress->plan(r, check, st->coding, st->head_only, ctx_->compress->scratch());
-      submit(*st, r.status, check.has_content_type ? std::string_view() : r.content_type, r.headers, coded.body,
-             coded.body_static, &coded);
-      if (coded.coding != http::Coding::Identity && !coded.body_static) LoopCompression::trim(ctx_->compress->scratch());
-      return;
-    }
-    submit(*st, r.status, check.has_content_type ? std::string_view() : r.content_type, r.headers, r.body,
-           r.body_is_static);
+    const Coded coded = ctx_->compress ? ctx_->compress->plan(r, check, st->coding, st->head_only)
+                                       : Coded{http::Coding::Identity, false, r.body, r.body_is_static};
+    submit(*st, r.status, check.has_content_type ? std::string_view() : r.content_type, r.headers, coded);
+    if (ctx_->compress) ctx_->compress->trim();  // submit copied a body coded into its scratch
   });
   after_answer();
   return true;
@@ -846,13 +841,15 @@ bool Http2Session::reply(std::uint32_t id, const Response& r) noexcept {
 void Http2Session::submit_error(Stream& st, int status, std::string_view message, std::span<const Header> extra) {
   char body[160];
   const int n = std::snprintf(body, sizeof body, "{\"error\":\"%.*s\"}", int(message.size()), message.data());
-  submit(st, status, "application/json", extra, {body, std::size_t(n)}, false);
+  submit(st, status, "application/json", extra, Coded{http::Coding::Identity, false, {body, std::size_t(n)}, false});
 }
 
 // The response's fields are lowercased into the stream's buffer (HTTP/2 field names are lowercase), framed by
 // nghttp2; its body goes out as DATA frames from where it lives (static) or from the stream's copy.
 void Http2Session::submit(Stream& st, int status, std::string_view content_type, std::span<const Header> headers,
-                          std::string_view body, bool body_static, const Coded* coded) {
+                          const Coded& coded) {
+  const std::string_view body = coded.body;
+  const bool body_static = coded.body_static;
   stop_awaiting(st);
   st.answered = true;
   st.framed_ms = ctx_->now_ms;
@@ -870,8 +867,7 @@ void Http2Session::submit(Stream& st, int status, std::string_view content_type,
   nghttp2_data_provider prd{};
   prd.source.ptr = &st;
   prd.read_callback = H2Callbacks::read;
-  submit_head(st, status, content_type, headers, &body, with_body ? &prd : nullptr,
-              coded ? coded->coding : http::Coding::Identity, coded && coded->vary);
+  submit_head(st, status, content_type, headers, &body, with_body ? &prd : nullptr, coded.coding, coded.vary);
   Dispatch::record(*ctx_, st.ex, *conn_, status, st.resp_len);
 }
 
@@ -1000,19 +996,12 @@ bool Http2Session::stream_append(std::uint32_t id, std::string_view data, bool e
   if (!st || !st->streaming || st->stream_end || !t_->is_open()) return false;
   if (bounded && !end && (st->sbuf.size() - st->soff > kStreamBuffer || t_->queued() > Transport::kOutHighWater))
     return false;
-  bool ok = false;
+  bool ok = false, coding_failed = false;
   t_->guarded([&] {
     if (st->senc) {  // coded and flushed, so the client can decode all it got
       const std::size_t before = st->sbuf.size();
       if (!st->senc.get()->write(data, end, st->sbuf)) {
-        Dispatch::refused(*ctx_, "compression failed");
-        st->sbuf.resize_down(before);
-        stop_awaiting(*st);
-        st->writable = nullptr;
-        st->stream_end = true;
-        st->senc.release();
-        Dispatch::record(*ctx_, st->ex, *conn_, st->stream_status, st->stream_bytes);
-        nghttp2_submit_rst_stream(s_, NGHTTP2_FLAG_NONE, st->id, NGHTTP2_INTERNAL_ERROR);
+        coding_failed = true;
         return;
       }
       st->stream_bytes += st->sbuf.size() - before;
@@ -1046,6 +1035,11 @@ bool Http2Session::stream_append(std::uint32_t id, std::string_view data, bool e
     nghttp2_session_resume_data(s_, st->id);
     ok = true;
   });
+  if (coding_failed) {  // out of memory: the body cannot be finished
+    Dispatch::refused(*ctx_, "compression failed");
+    (void)stream_abort(id);
+    return false;
+  }
   after_answer();
   return ok;
 }
@@ -1063,6 +1057,7 @@ bool Http2Session::stream_abort(std::uint32_t id) noexcept {
   t_->guarded([&] {
     stop_awaiting(*st);
     st->writable = nullptr;
+    st->senc.release();
     st->stream_end = true;  // nothing more is taken; what is buffered goes nowhere once the reset is out
     Dispatch::record(*ctx_, st->ex, *conn_, st->stream_status, st->stream_bytes);
     nghttp2_submit_rst_stream(s_, NGHTTP2_FLAG_NONE, st->id, NGHTTP2_INTERNAL_ERROR);

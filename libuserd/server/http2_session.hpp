@@ -183,8 +183,9 @@ class Http2Session final : public Session {
   void send_continue(Stream& st);
   void let_go(Stream& st) noexcept;
   bool make_head(Stream& s);
+  // The body, coded or not, as LoopCompression::plan said (identity without compression).
   void submit(Stream& s, int status, std::string_view content_type, std::span<const Header> headers,
-              std::string_view body, bool body_static, const Coded* coded = nullptr);
+              const Coded& body);
   void submit_error(Stream& s, int status, std::string_view message, std::span<const Header> extra = {});
   void pump() noexcept;
   void after_answer() noexcept;  // out now, unless inside our own recv (which pumps when it returns)

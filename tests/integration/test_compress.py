@@ -166,7 +166,7 @@ class Dataset(unittest.TestCase):
             self.assertEqual(int(one(h, "content-length")), len(body))
             self.assertEqual(DECODE[coding](body), self.plain)
 
-    def test_metrics_and_errors_stay_plain_when_small(self):
+    def test_small_error_bodies_stay_plain(self):
         status, h, _ = fetch(self.srv.port, "/nope", "gzip")
         self.assertEqual(status, 404)
         self.assertIsNone(one(h, "content-encoding"))

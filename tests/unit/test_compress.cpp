@@ -260,8 +260,7 @@ TEST_CASE("a lazily cached coded form stays where it was first sent from") {
     r.content_type = "text/plain";
     r.body = std::string_view(bodies).substr(i * 2000, 2000);
     r.body_is_static = true;
-    ByteBuffer scratch;
-    const userd::server::Coded c = loop.plan(r, check_headers({}, r.content_type, r.body.size()), Coding::Br, false, scratch);
+    const userd::server::Coded c = loop.plan(r, check_headers({}, r.content_type, r.body.size()), Coding::Br, false);
     REQUIRE(c.coding == Coding::Br);
     REQUIRE(c.body_static);
     REQUIRE(c.body.size() < 16);  // short: held inside its std::string
@@ -274,3 +273,4 @@ TEST_CASE("a lazily cached coded form stays where it was first sent from") {
   CHECK(static_cast<const void*>(again.data()) == static_cast<const void*>(last.data()));
   CHECK(std::string(last) == copy);
 }
+

@@ -217,21 +217,29 @@ bool Encoder::write(std::string_view in, bool finish, core::ByteBuffer& out) {
   bool ok = true;
   switch (coding_) {
     case Coding::Gzip: {
-      m.z.next_in = reinterpret_cast<Bytef*>(const_cast<char*>(in.data()));
-      m.z.avail_in = uInt(in.size());
-      for (;;) {
-        char* p = out.prepare(kOutStep);
-        m.z.next_out = reinterpret_cast<Bytef*>(p);
-        m.z.avail_out = uInt(kOutStep);
-        const int rc = deflate(&m.z, finish ? Z_FINISH : Z_SYNC_FLUSH);
-        out.commit(kOutStep - m.z.avail_out);
-        if (rc == Z_STREAM_END) break;
-        if (rc != Z_OK && rc != Z_BUF_ERROR) {
-          ok = false;
-          break;
+      // zlib counts in uInt: a body over 4 GiB goes in slices, the last one flushed or finished.
+      constexpr std::size_t kSlice = std::size_t(1) << 30;
+      do {
+        const std::size_t n = std::min(in.size(), kSlice);
+        const bool last = n == in.size();
+        m.z.next_in = reinterpret_cast<Bytef*>(const_cast<char*>(in.data()));
+        m.z.avail_in = uInt(n);
+        in.remove_prefix(n);
+        const int flush = !last ? Z_NO_FLUSH : finish ? Z_FINISH : Z_SYNC_FLUSH;
+        for (;;) {
+          char* p = out.prepare(kOutStep);
+          m.z.next_out = reinterpret_cast<Bytef*>(p);
+          m.z.avail_out = uInt(kOutStep);
+          const int rc = deflate(&m.z, flush);
+          out.commit(kOutStep - m.z.avail_out);
+          if (rc == Z_STREAM_END) break;
+          if (rc != Z_OK && rc != Z_BUF_ERROR) {
+            ok = false;
+            break;
+          }
+          if (flush != Z_FINISH && m.z.avail_out != 0) break;  // all in, flushed as asked: deflate had room left
         }
-        if (!finish && m.z.avail_out != 0) break;  // flushed: deflate had room left over
-      }
+      } while (ok && !in.empty());
       break;
     }
     case Coding::Zstd: {

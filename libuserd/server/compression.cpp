@@ -68,11 +68,12 @@ bool LoopCompression::eligible(const Response& r, const http::HeaderCheck& check
   return http::compressible_type(check.has_content_type ? check.content_type : r.content_type);
 }
 
-// A static body's coded form: from start()'s table, else from this loop's cache (coded now if there is room).
-// Null: not cached, and no room to cache it.
+// A static body's coded form: from start()'s table, else from this loop's cache (coded now if there is room and
+// it is small enough to code on the loop). Null: neither.
 const std::string* LoopCompression::static_form(std::string_view body, http::Coding c) {
   const std::size_t k = std::size_t(c);
   if (const CompressedBody* b = find_body(shared_->statics, body); b && b->done[k]) return &b->coded[k];
+  if (body.size() > kMaxOnLoop) return nullptr;
   auto at = std::lower_bound(lazy_.begin(), lazy_.end(), body, [](const std::unique_ptr<CompressedBody>& b, std::string_view x) {
     return std::less<const char*>()(b->data, x.data()) || (b->data == x.data() && b->size < x.size());
   });
@@ -107,6 +108,7 @@ Coded LoopCompression::plan(const Response& r, const http::HeaderCheck& check, h
       return out;
     }
   }
+  if (r.body.size() > kMaxOnLoop) return out;
   std::unique_ptr<http::Encoder>& enc = once_[std::size_t(accepted)];
   try {
     if (!enc) enc = std::make_unique<http::Encoder>(accepted, http::Effort::Dynamic);

@@ -78,6 +78,10 @@ class LoopCompression {
   static constexpr unsigned kMaxStreams = 16;
   // Static bodies compressed on first use per loop (those start() did not): this many, this many bytes coded.
   static constexpr std::size_t kLazyEntries = 64, kLazyBytes = 16u << 20;
+  // A body coded on the loop (per response, or into the per-loop cache) blocks the loop while it is coded: about
+  // 40 ms per MiB of JSON at br 5 or gzip 6, 8 ms at zstd 3. A larger one goes out as it is, so one answer never
+  // stalls every other client of the loop for long. (start() codes static_bodies of any size.)
+  static constexpr std::size_t kMaxOnLoop = 1u << 20;
 
   explicit LoopCompression(const CompressShared& shared) noexcept : shared_(&shared) {}
 
@@ -91,10 +95,11 @@ class LoopCompression {
   // A stream's head: whether it says Vary, and its encoder (none: it goes out as written).
   StreamEncoder stream(const Response& head, const http::HeaderCheck& check, http::Coding accepted, bool head_only,
                        bool& vary);
-  // Where plan() and a stream's writes code into; trim() gives it back when a large body made it large.
+  // Where plan() and a stream's writes code into; trim() gives it back once something larger than any body
+  // plan() codes (a stream's large write) made it large, so a steady load keeps it and allocates nothing.
   core::ByteBuffer& scratch() noexcept { return scratch_; }
   void trim() noexcept {
-    if (scratch_.capacity() > (1u << 20)) scratch_.release();
+    if (scratch_.capacity() > 2 * kMaxOnLoop) scratch_.release();
   }
 
  private:
